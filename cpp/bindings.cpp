@@ -1,0 +1,259 @@
+// pybind11 only: convert arrays to raw views, validate what the Python layer hands over, release
+// the GIL, call the active kernel table. The public argument checks with user-facing messages live
+// in python/fastloss/_validation.py; the checks here guard the C++ from anything that slipped past.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+
+#include "dispatch.hpp"
+#include "kernels.hpp"
+
+#ifndef FASTLOSS_VERSION
+#define FASTLOSS_VERSION "0+unknown"
+#endif
+
+namespace py = pybind11;
+using namespace fastloss;
+
+namespace {
+
+template <class T>
+bool has_dtype(const py::array& a) {
+  return a.dtype().equal(py::dtype::of<T>());
+}
+
+int64_t element_stride(const py::array& a, int axis, const char* name) {
+  const py::ssize_t bytes = a.strides(axis);
+  if (bytes % static_cast<py::ssize_t>(a.itemsize()) != 0) {
+    throw py::value_error(std::string(name) + ": strides must be multiples of the item size");
+  }
+  return static_cast<int64_t>(bytes / static_cast<py::ssize_t>(a.itemsize()));
+}
+
+template <class T>
+MatrixView<T> matrix_view(const py::array& a, const char* name) {
+  if (a.ndim() != 2) throw py::value_error(std::string(name) + ": expected a 2-D array");
+  if (!has_dtype<T>(a)) throw py::type_error(std::string(name) + ": unexpected dtype");
+  MatrixView<T> v;
+  v.data = static_cast<const T*>(a.data());
+  v.rows = a.shape(0);
+  v.cols = a.shape(1);
+  v.row_stride = element_stride(a, 0, name);
+  v.col_stride = element_stride(a, 1, name);
+  return v;
+}
+
+template <class T>
+T* output_buffer(const py::object& out, py::ssize_t size, const char* name) {
+  if (out.is_none()) return nullptr;
+  py::array a = py::reinterpret_borrow<py::array>(out);
+  if (!has_dtype<T>(a) || a.size() != size || !(a.flags() & py::array::c_style) || !a.writeable()) {
+    throw py::value_error(std::string(name) + ": expected a writeable C-contiguous buffer of matching dtype and size");
+  }
+  return static_cast<T*>(a.mutable_data());
+}
+
+const double* double_vector(const py::object& obj, py::ssize_t size, const char* name) {
+  if (obj.is_none()) return nullptr;
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!has_dtype<double>(a) || a.ndim() != 1 || a.shape(0) != size || !(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + ": expected a contiguous float64 array of shape (" +
+                          std::to_string(size) + ",)");
+  }
+  return static_cast<const double*>(a.data());
+}
+
+template <class T>
+double regression_typed(RegressionKind kind, const py::array& pred, const py::array& target,
+                        const py::object& sample_weight, const py::object& out) {
+  const MatrixView<T> p = matrix_view<T>(pred, "pred");
+  const MatrixView<T> t = matrix_view<T>(target, "target");
+  if (p.rows != t.rows || p.cols != t.cols) throw py::value_error("pred and target: shapes differ");
+  const double* w = double_vector(sample_weight, p.rows, "sample_weight");
+  T* o = output_buffer<T>(out, p.rows * p.cols, "out");
+  const RegressionFn<T> fn = [] {
+    if constexpr (sizeof(T) == sizeof(float)) return active_table().f32.regression;
+    else return active_table().f64.regression;
+  }();
+  const int threads = num_threads();
+  // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
+  py::gil_scoped_release release;
+  return fn(kind, p, t, w, o, threads);
+}
+
+double regression(int kind, const py::array& pred, const py::array& target,
+                  const py::object& sample_weight, const py::object& out) {
+  if (kind != 0 && kind != 1) throw py::value_error("kind: expected 0 (squared) or 1 (absolute)");
+  const RegressionKind k = static_cast<RegressionKind>(kind);
+  if (has_dtype<float>(pred)) return regression_typed<float>(k, pred, target, sample_weight, out);
+  if (has_dtype<double>(pred)) return regression_typed<double>(k, pred, target, sample_weight, out);
+  throw py::type_error("pred: expected native float32 or float64");
+}
+
+template <class T>
+py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_index,
+                              const py::object& target_prob, const py::object& weight,
+                              int64_t ignore_index, double label_smoothing, const py::object& out) {
+  CrossEntropyArgs<T> args;
+  args.logits = matrix_view<T>(logits, "logits");
+  const int64_t rows = args.logits.rows;
+  const int64_t cols = args.logits.cols;
+  if (!target_index.is_none()) {
+    py::array idx = py::reinterpret_borrow<py::array>(target_index);
+    if (!has_dtype<int64_t>(idx) || idx.ndim() != 1 || idx.shape(0) != rows) {
+      throw py::value_error("target: expected int64 class indices of shape (N,)");
+    }
+    args.target_index = static_cast<const int64_t*>(idx.data());
+    args.target_index_stride = element_stride(idx, 0, "target");
+    // Every label is checked before any is used: an out-of-range index would read outside the row.
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t label = args.target_index[i * args.target_index_stride];
+      if (label != ignore_index && (label < 0 || label >= cols)) {
+        throw py::value_error("target: class index " + std::to_string(label) + " at position " +
+                              std::to_string(i) + " is out of range: expected 0 <= target < " +
+                              std::to_string(cols) + " or target == ignore_index (" +
+                              std::to_string(ignore_index) + ")");
+      }
+    }
+  } else {
+    args.target_prob = matrix_view<T>(py::reinterpret_borrow<py::array>(target_prob), "target");
+    if (args.target_prob.rows != rows || args.target_prob.cols != cols) {
+      throw py::value_error("target: probabilities must have the shape of logits");
+    }
+  }
+  args.class_weight = double_vector(weight, cols, "weight");
+  args.ignore_index = ignore_index;
+  args.label_smoothing = label_smoothing;
+  args.out = output_buffer<T>(out, rows, "out");
+  const CrossEntropyFn<T> fn = [] {
+    if constexpr (sizeof(T) == sizeof(float)) return active_table().f32.cross_entropy;
+    else return active_table().f64.cross_entropy;
+  }();
+  const int threads = num_threads();
+  CrossEntropySums sums;
+  {
+    // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
+    py::gil_scoped_release release;
+    sums = fn(args, threads);
+  }
+  return py::make_tuple(sums.loss, sums.denominator);
+}
+
+py::tuple cross_entropy(const py::array& logits, const py::object& target_index,
+                        const py::object& target_prob, const py::object& weight, int64_t ignore_index,
+                        double label_smoothing, const py::object& out) {
+  if (target_index.is_none() == target_prob.is_none()) {
+    throw py::value_error("target: pass exactly one of class indices or probabilities");
+  }
+  if (has_dtype<float>(logits)) {
+    return cross_entropy_typed<float>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out);
+  }
+  if (has_dtype<double>(logits)) {
+    return cross_entropy_typed<double>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out);
+  }
+  throw py::type_error("logits: expected native float32 or float64");
+}
+
+template <class T>
+void info_nce_typed(const py::array& query, const py::array& positive, int mode,
+                    const py::object& negatives, double inv_temperature, bool normalize,
+                    const py::array& row_loss) {
+  InfoNceArgs<T> args;
+  args.query = matrix_view<T>(query, "query");
+  args.positive = matrix_view<T>(positive, "positive_key");
+  const int64_t n = args.query.rows;
+  const int64_t dim = args.query.cols;
+  if (args.positive.rows != n || args.positive.cols != dim) {
+    throw py::value_error("positive_key: expected the shape of query");
+  }
+  if (dim > 1 && (args.query.col_stride != 1 || args.positive.col_stride != 1)) {
+    throw py::value_error("query, positive_key: feature axis must be contiguous");
+  }
+  args.mode = static_cast<NegativeMode>(mode);
+  if (args.mode != NegativeMode::in_batch) {
+    py::array neg = py::reinterpret_borrow<py::array>(negatives);
+    if (!has_dtype<T>(neg)) throw py::type_error("negative_keys: unexpected dtype");
+    const int expected_ndim = args.mode == NegativeMode::paired ? 3 : 2;
+    if (neg.ndim() != expected_ndim || neg.shape(neg.ndim() - 1) != dim ||
+        (dim > 1 && element_stride(neg, expected_ndim - 1, "negative_keys") != 1)) {
+      throw py::value_error("negative_keys: unexpected shape or feature stride");
+    }
+    if (args.mode == NegativeMode::paired && neg.shape(0) != n) {
+      throw py::value_error("negative_keys: paired negatives need one set per query");
+    }
+    args.negatives = static_cast<const T*>(neg.data());
+    args.num_negatives = neg.shape(expected_ndim - 2);
+    args.negatives_stride1 = element_stride(neg, expected_ndim - 2, "negative_keys");
+    args.negatives_stride0 = args.mode == NegativeMode::paired ? element_stride(neg, 0, "negative_keys") : 0;
+  }
+  args.inv_temperature = inv_temperature;
+  args.normalize = normalize;
+  args.row_loss = const_cast<double*>(double_vector(row_loss, n, "row_loss"));
+  if (!row_loss.writeable()) throw py::value_error("row_loss: expected a writeable buffer");
+  const InfoNceFn<T> fn = [] {
+    if constexpr (sizeof(T) == sizeof(float)) return active_table().f32.info_nce;
+    else return active_table().f64.info_nce;
+  }();
+  const int threads = num_threads();
+  // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
+  py::gil_scoped_release release;
+  fn(args, threads);
+}
+
+void info_nce(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
+              double inv_temperature, bool normalize, const py::array& row_loss) {
+  if (mode < 0 || mode > 2) throw py::value_error("mode: expected 0 (in-batch), 1 (unpaired) or 2 (paired)");
+  if ((mode == 0) != negatives.is_none()) throw py::value_error("negative_keys: does not match mode");
+  if (has_dtype<float>(query)) {
+    info_nce_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_loss);
+  } else if (has_dtype<double>(query)) {
+    info_nce_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_loss);
+  } else {
+    throw py::type_error("query: expected native float32 or float64");
+  }
+}
+
+std::string compiler() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+  return "msvc " + std::to_string(_MSC_VER);
+#else
+  return "unknown";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastloss compiled kernels (private; use the fastloss package)";
+  init_dispatch();
+
+  m.def("regression", &regression, py::arg("kind"), py::arg("pred"), py::arg("target"),
+        py::arg("sample_weight"), py::arg("out"));
+  m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target_index"),
+        py::arg("target_prob"), py::arg("weight"), py::arg("ignore_index"),
+        py::arg("label_smoothing"), py::arg("out"));
+  m.def("info_nce", &info_nce, py::arg("query"), py::arg("positive"), py::arg("mode"),
+        py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"));
+
+  m.def("compiled_isas", &compiled_isas);
+  m.def("available_isas", &available_isas);
+  m.def("active_isa", [] { return std::string(active_table().name); });
+  m.def("set_active_isa", &set_active_isa, py::arg("name"));
+  m.def("get_num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("default_num_threads", &default_num_threads);
+#if defined(FASTLOSS_HAVE_OPENMP)
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+  m.attr("compiler") = compiler();
+  m.attr("build_version") = FASTLOSS_VERSION;
+}

@@ -1,0 +1,99 @@
+// The KernelTable: every loss kernel as a plain function pointer over raw pointers, strides and
+// sizes. One table is compiled per instruction set (cpp/kernels/<isa>.cpp); dispatch.cpp picks one.
+// Nothing here knows about Python.
+#pragma once
+
+#include <cstdint>
+
+namespace fastloss {
+
+// A read-only 2-D view; strides are in elements and may be negative or zero.
+template <class T>
+struct MatrixView {
+  const T* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t row_stride = 0;
+  int64_t col_stride = 0;
+};
+
+enum class RegressionKind : int { squared = 0, absolute = 1 };
+
+// MSE / MAE. Element loss e_ij = (p - t)^2 or |p - t|, times row_weight[i] when given.
+// Writes e_ij to out (row-major rows x cols, contiguous) when out is not null.
+// Returns the sum of all (weighted) element losses, accumulated in double.
+template <class T>
+using RegressionFn = double (*)(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
+                                const double* row_weight, T* out, int num_threads);
+
+// Cross-entropy over rows of logits (rows = N, cols = C). The target is either class indices
+// (target_index, stride in elements; every value is already checked to lie in [0, C) or to equal
+// ignore_index) or a probability matrix of the logits' shape (target_prob.data != nullptr).
+template <class T>
+struct CrossEntropyArgs {
+  MatrixView<T> logits;
+  const int64_t* target_index = nullptr;
+  int64_t target_index_stride = 1;
+  MatrixView<T> target_prob;
+  const double* class_weight = nullptr;  // C contiguous values or null
+  int64_t ignore_index = -100;
+  double label_smoothing = 0.0;
+  T* out = nullptr;  // N contiguous row losses, or null
+};
+
+struct CrossEntropySums {
+  double loss = 0.0;         // sum of the row losses
+  double denominator = 0.0;  // PyTorch's "mean" denominator for index targets
+};
+
+template <class T>
+using CrossEntropyFn = CrossEntropySums (*)(const CrossEntropyArgs<T>& args, int num_threads);
+
+// InfoNCE, one direction. Row i of `query` is scored against keys; the loss of row i is
+// logsumexp(logits_i) - positive_logit_i with logits scaled by inv_temperature.
+//   in_batch: keys are the rows of `positive` and the positive of row i is key i;
+//   unpaired: keys are [positive_i, negatives rows (M x D)];
+//   paired:   keys are [positive_i, negatives[i, :, :] (M x D)], negatives as a 3-D strided array.
+// The logits are produced tile by tile with an online log-sum-exp; nothing N x M is stored.
+enum class NegativeMode : int { in_batch = 0, unpaired = 1, paired = 2 };
+
+template <class T>
+struct InfoNceArgs {
+  MatrixView<T> query;     // N x D, col_stride == 1
+  MatrixView<T> positive;  // N x D (or the keys for in_batch), col_stride == 1
+  NegativeMode mode = NegativeMode::in_batch;
+  const T* negatives = nullptr;
+  int64_t num_negatives = 0;       // M
+  int64_t negatives_stride0 = 0;   // paired: between queries
+  int64_t negatives_stride1 = 0;   // between negatives; the feature stride is 1
+  double inv_temperature = 1.0;
+  bool normalize = false;
+  double* row_loss = nullptr;  // N contiguous outputs, in double
+};
+
+template <class T>
+using InfoNceFn = void (*)(const InfoNceArgs<T>& args, int num_threads);
+
+template <class T>
+struct KernelSet {
+  RegressionFn<T> regression;
+  CrossEntropyFn<T> cross_entropy;
+  InfoNceFn<T> info_nce;
+};
+
+struct KernelTable {
+  const char* name;
+  KernelSet<float> f32;
+  KernelSet<double> f64;
+};
+
+// One table per ISA compiled into this build; each is defined in cpp/kernels/<isa>.cpp.
+KernelTable scalar_table();
+#if defined(FASTLOSS_HAVE_AVX2)
+KernelTable avx2_table();
+#endif
+#if defined(FASTLOSS_HAVE_AVX512)
+KernelTable avx512_table();
+#endif
+
+}  // namespace fastloss

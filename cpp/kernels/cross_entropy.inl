@@ -1,0 +1,114 @@
+// Cross-entropy over rows of logits with a stable log-softmax: lse = m + log(sum exp(x - m)) with
+// m the row maximum, so no exp overflows for finite logits of any magnitude. The per-row loss is
+// formed in double from lse and the logits, so only a row loss beyond T's range becomes inf.
+// Included inside an ISA namespace.
+
+// Logits per reduction block (whole rows; at least one row per block).
+constexpr int64_t kCrossEntropyBlock = 1 << 14;
+
+template <class T>
+inline T exp_of(T x) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    return ::expf(x);
+  } else {
+    return ::exp(x);
+  }
+}
+
+// log-sum-exp of one row, in double.
+template <class T>
+double row_log_sum_exp(const T* x, int64_t cols, int64_t stride) {
+  T row_max = x[0];
+  for (int64_t j = 1; j < cols; ++j) {
+    const T v = x[j * stride];
+    row_max = v > row_max ? v : row_max;
+  }
+  double sum0 = 0.0, sum1 = 0.0;
+  int64_t j = 0;
+  for (; j + 2 <= cols; j += 2) {
+    sum0 += exp_of<T>(x[j * stride] - row_max);
+    sum1 += exp_of<T>(x[(j + 1) * stride] - row_max);
+  }
+  if (j < cols) sum0 += exp_of<T>(x[j * stride] - row_max);
+  return static_cast<double>(row_max) + ::log(sum0 + sum1);
+}
+
+// Loss of row `i` and its contribution to the "mean" denominator.
+template <class T>
+void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double* loss, double* denominator) {
+  const MatrixView<T>& logits = a.logits;
+  const int64_t cols = logits.cols;
+  const int64_t cs = logits.col_stride;
+  const T* x = logits.data + i * logits.row_stride;
+  const double* w = a.class_weight;
+  const double smoothing = a.label_smoothing;
+
+  if (a.target_prob.data != nullptr) {
+    // Soft targets: sum_c w_c * q_c * (lse - x_c) with q = (1 - eps) p + eps / C.
+    const double lse = row_log_sum_exp(x, cols, cs);
+    const T* p = a.target_prob.data + i * a.target_prob.row_stride;
+    const int64_t ps = a.target_prob.col_stride;
+    const double uniform = smoothing / static_cast<double>(cols);
+    double total = 0.0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double q = (1.0 - smoothing) * static_cast<double>(p[c * ps]) + uniform;
+      const double term = q * (lse - static_cast<double>(x[c * cs]));
+      total += w != nullptr ? w[c] * term : term;
+    }
+    *loss = total;
+    *denominator = 1.0;
+    return;
+  }
+
+  const int64_t label = a.target_index[i * a.target_index_stride];
+  if (label == a.ignore_index) {
+    *loss = 0.0;
+    *denominator = 0.0;
+    return;
+  }
+  const double lse = row_log_sum_exp(x, cols, cs);
+  const double label_weight = w != nullptr ? w[label] : 1.0;
+  double total = label_weight * (lse - static_cast<double>(x[label * cs]));
+  if (smoothing != 0.0) {
+    // eps / C * sum_c w_c (lse - x_c), the uniform part of the smoothed target.
+    double smooth = 0.0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double term = lse - static_cast<double>(x[c * cs]);
+      smooth += w != nullptr ? w[c] * term : term;
+    }
+    total = (1.0 - smoothing) * total + smoothing / static_cast<double>(cols) * smooth;
+  }
+  *loss = total;
+  *denominator = label_weight;
+}
+
+template <class T>
+CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
+  const int64_t rows = a.logits.rows;
+  const int64_t cols = a.logits.cols;
+  CrossEntropySums sums;
+  if (rows == 0 || cols == 0) return sums;
+  const int64_t rows_per_block = cols >= kCrossEntropyBlock ? 1 : kCrossEntropyBlock / cols;
+  const int64_t num_blocks = (rows + rows_per_block - 1) / rows_per_block;
+  double result[2];
+  deterministic_sum<2>(
+      num_blocks, rows * cols, num_threads,
+      [&](int64_t b, double* block) {
+        const int64_t r0 = b * rows_per_block;
+        const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+        double loss_sum = 0.0, denominator_sum = 0.0;
+        for (int64_t r = r0; r < r1; ++r) {
+          double loss, denominator;
+          cross_entropy_row(a, r, &loss, &denominator);
+          if (a.out != nullptr) a.out[r] = static_cast<T>(loss);
+          loss_sum += loss;
+          denominator_sum += denominator;
+        }
+        block[0] = loss_sum;
+        block[1] = denominator_sum;
+      },
+      result);
+  sums.loss = result[0];
+  sums.denominator = result[1];
+  return sums;
+}

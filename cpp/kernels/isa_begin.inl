@@ -1,0 +1,22 @@
+// Opens the namespace of one ISA's kernels and pulls in every kernel family. A file
+// cpp/kernels/<isa>.cpp defines FASTLOSS_ISA_NAMESPACE and FASTLOSS_ISA_NAME, includes this, and
+// exports <isa>_table(). Each ISA compiles the same templates in its own namespace, so the
+// linker never merges code built for a wide ISA with code that must run on any CPU.
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+
+#include "kernels.hpp"
+
+namespace fastloss {
+namespace FASTLOSS_ISA_NAMESPACE {
+
+#include "reduce.inl"
+#include "kernels/regression.inl"
+#include "kernels/cross_entropy.inl"
+#include "kernels/info_nce.inl"
+#include "kernels/isa_table.inl"
+
+}  // namespace FASTLOSS_ISA_NAMESPACE
+}  // namespace fastloss

@@ -1,0 +1,94 @@
+// MSE and MAE: the element losses (p - t)^2 and |p - t| over a strided 2-D view, optionally
+// weighted per row, optionally written out, always summed. Included inside an ISA namespace.
+
+// Elements per reduction block: large enough to amortise the per-block bookkeeping, small enough
+// that 2 threads get many blocks on mid-sized inputs.
+constexpr int64_t kRegressionBlock = 1 << 14;
+
+template <class T, RegressionKind Kind>
+inline T element_loss(T p, T t) {
+  const T d = p - t;
+  if constexpr (Kind == RegressionKind::squared) {
+    return d * d;
+  } else {
+    return d < T(0) ? -d : d;  // NaN falls through unchanged
+  }
+}
+
+// Sums the element losses of row `row`, columns [c0, c1), writing them to `out` when not null.
+template <class T, RegressionKind Kind>
+double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target, int64_t row,
+                           int64_t c0, int64_t c1, double weight, bool weighted, T* out) {
+  const T* p = pred.data + row * pred.row_stride;
+  const T* t = target.data + row * target.row_stride;
+  const int64_t ps = pred.col_stride;
+  const int64_t ts = target.col_stride;
+  // Four independent accumulators keep the add latency off the critical path.
+  double acc0 = 0.0, acc1 = 0.0, acc2 = 0.0, acc3 = 0.0;
+  int64_t j = c0;
+  if (out == nullptr) {
+    for (; j + 4 <= c1; j += 4) {
+      acc0 += element_loss<T, Kind>(p[j * ps], t[j * ts]);
+      acc1 += element_loss<T, Kind>(p[(j + 1) * ps], t[(j + 1) * ts]);
+      acc2 += element_loss<T, Kind>(p[(j + 2) * ps], t[(j + 2) * ts]);
+      acc3 += element_loss<T, Kind>(p[(j + 3) * ps], t[(j + 3) * ts]);
+    }
+    for (; j < c1; ++j) acc0 += element_loss<T, Kind>(p[j * ps], t[j * ts]);
+  } else {
+    T* o = out + row * pred.cols;
+    for (; j < c1; ++j) {
+      const T e = element_loss<T, Kind>(p[j * ps], t[j * ts]);
+      acc0 += e;
+      o[j] = weighted ? static_cast<T>(static_cast<double>(e) * weight) : e;
+    }
+  }
+  const double total = (acc0 + acc1) + (acc2 + acc3);
+  return weighted ? total * weight : total;
+}
+
+template <class T, RegressionKind Kind>
+double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* row_weight, T* out,
+                       int num_threads) {
+  const int64_t rows = pred.rows;
+  const int64_t cols = pred.cols;
+  if (rows == 0 || cols == 0) return 0.0;
+  const bool weighted = row_weight != nullptr;
+  // A block is either a run of whole rows or, for rows longer than a block, a slice of one row.
+  const int64_t slices_per_row = cols >= kRegressionBlock ? (cols + kRegressionBlock - 1) / kRegressionBlock : 1;
+  const int64_t rows_per_block = cols >= kRegressionBlock ? 1 : kRegressionBlock / cols;
+  const int64_t num_blocks = cols >= kRegressionBlock
+                                 ? rows * slices_per_row
+                                 : (rows + rows_per_block - 1) / rows_per_block;
+  double total = 0.0;
+  deterministic_sum<1>(
+      num_blocks, rows * cols, num_threads,
+      [&](int64_t b, double* sum) {
+        if (slices_per_row > 1) {
+          const int64_t row = b / slices_per_row;
+          const int64_t c0 = (b % slices_per_row) * kRegressionBlock;
+          const int64_t c1 = c0 + kRegressionBlock < cols ? c0 + kRegressionBlock : cols;
+          sum[0] = regression_row_part<T, Kind>(pred, target, row, c0, c1,
+                                                weighted ? row_weight[row] : 1.0, weighted, out);
+          return;
+        }
+        const int64_t r0 = b * rows_per_block;
+        const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+        double block = 0.0;
+        for (int64_t r = r0; r < r1; ++r) {
+          block += regression_row_part<T, Kind>(pred, target, r, 0, cols,
+                                                weighted ? row_weight[r] : 1.0, weighted, out);
+        }
+        sum[0] = block;
+      },
+      &total);
+  return total;
+}
+
+template <class T>
+double regression(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
+                  const double* row_weight, T* out, int num_threads) {
+  if (kind == RegressionKind::squared) {
+    return regression_kind<T, RegressionKind::squared>(pred, target, row_weight, out, num_threads);
+  }
+  return regression_kind<T, RegressionKind::absolute>(pred, target, row_weight, out, num_threads);
+}

@@ -1,0 +1,59 @@
+// The deterministic blocked reduction every loss shares. Included by cpp/kernels/<isa>.cpp inside
+// that ISA's namespace (no includes here: the including file brings <cstdlib>, <new>, OpenMP).
+//
+// Work is cut into blocks whose bounds depend only on the problem size, never on the thread count.
+// Each block is summed on its own, then the per-block partials are added pairwise in a fixed order,
+// so a result has the same bits for 1, 2 or 64 threads and for every repeated call.
+
+// Below this many elements of work, forking threads costs more than it saves.
+constexpr int64_t kMinParallelWork = 1 << 15;
+
+inline int threads_for(int64_t work, int64_t num_blocks, int num_threads) {
+  if (work < kMinParallelWork || num_blocks < 2) return 1;
+  return num_threads < num_blocks ? num_threads : static_cast<int>(num_blocks);
+}
+
+// Adds `count` values pairwise; the tree shape depends on `count` only.
+inline double pairwise_sum(const double* values, int64_t count) {
+  if (count <= 8) {
+    double total = 0.0;
+    for (int64_t i = 0; i < count; ++i) total += values[i];
+    return total;
+  }
+  const int64_t half = count / 2;
+  return pairwise_sum(values, half) + pairwise_sum(values + half, count - half);
+}
+
+// Sums, component-wise, the Width doubles that block_sum(b, double* out) writes for every block b
+// in [0, num_blocks); `work` (elements touched) decides whether threads are worth starting.
+template <int Width, class BlockSum>
+void deterministic_sum(int64_t num_blocks, int64_t work, int num_threads, BlockSum block_sum,
+                       double* result) {
+  for (int k = 0; k < Width; ++k) result[k] = 0.0;
+  if (num_blocks <= 0) return;
+  if (num_blocks == 1) {
+    block_sum(int64_t{0}, result);
+    return;
+  }
+  // malloc rather than a std container: standard-library templates instantiated here would be
+  // compiled with this ISA's flags and could be the copy the linker keeps for every ISA.
+  double* partials = static_cast<double*>(std::malloc(sizeof(double) * Width * num_blocks));
+  if (partials == nullptr) throw std::bad_alloc();
+  const int threads = threads_for(work, num_blocks, num_threads);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+  for (int64_t b = 0; b < num_blocks; ++b) block_sum(b, partials + Width * b);
+  // Transpose component k into a contiguous run so pairwise_sum can read it.
+  double* column = static_cast<double*>(std::malloc(sizeof(double) * num_blocks));
+  if (column == nullptr) {
+    std::free(partials);
+    throw std::bad_alloc();
+  }
+  for (int k = 0; k < Width; ++k) {
+    for (int64_t b = 0; b < num_blocks; ++b) column[b] = partials[Width * b + k];
+    result[k] = pairwise_sum(column, num_blocks);
+  }
+  std::free(column);
+  std::free(partials);
+}

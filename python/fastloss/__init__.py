@@ -1,0 +1,57 @@
+"""fastloss: fast, trustworthy CPU losses for NumPy arrays.
+
+MSE, MAE, cross-entropy and InfoNCE computed by SIMD + OpenMP C++ kernels, with PyTorch's
+semantics, deterministic reductions (the same bits for any thread count) and the GIL released.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Optional, TextIO
+
+import numpy as np
+
+from . import _core
+from ._losses import cross_entropy, info_nce, mae, mse
+from ._validation import check_int
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "cross_entropy",
+    "get_num_threads",
+    "info_nce",
+    "mae",
+    "mse",
+    "set_num_threads",
+    "show_config",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Sets how many threads the kernels use (default: the machine's cores). Results do not depend on it."""
+    n = check_int(n, "n")
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads the kernels use."""
+    return int(_core.get_num_threads())
+
+
+def show_config(file: Optional[TextIO] = None) -> None:
+    """Prints the version, the active CPU path, the available paths, threads and compiler."""
+    lines = [
+        f"fastloss {__version__}",
+        f"active path: {_core.active_isa()}",
+        f"compiled paths: {', '.join(_core.compiled_isas())}",
+        f"available paths: {', '.join(_core.available_isas())}",
+        f"threads: {get_num_threads()} (OpenMP: {'yes' if _core.openmp else 'no'})",
+        f"compiler: {_core.compiler}",
+        f"python: {sys.version.split()[0]} on {platform.machine()} {platform.system()}",
+        f"numpy: {np.__version__}",
+    ]
+    print("\n".join(lines), file=file if file is not None else sys.stdout)

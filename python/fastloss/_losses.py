@@ -1,0 +1,280 @@
+"""The four losses: argument checks and layout here, arithmetic in the compiled kernels."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _core
+from ._validation import (
+    as_real_array,
+    check_flag,
+    check_int,
+    check_no_grad,
+    check_real,
+    check_reduction,
+    compute_dtype,
+    divide,
+    sample_weights,
+    to_kernel_layout,
+)
+
+Reduction = Literal["none", "sum", "mean", "batchmean"]
+LossResult = Union[float, np.ndarray]
+
+_SQUARED, _ABSOLUTE = 0, 1
+_IN_BATCH, _UNPAIRED, _PAIRED = 0, 1, 2
+
+
+def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, sample_weight: Any,
+                return_grad: Any) -> LossResult:
+    reduction = check_reduction(reduction)
+    check_no_grad(return_grad)
+    pred_array = as_real_array(pred, "pred")
+    target_array = as_real_array(target, "target")
+    if pred_array.shape != target_array.shape:
+        raise ValueError(
+            f"pred and target must have the same shape (no broadcasting); got pred {pred_array.shape} "
+            f"and target {target_array.shape}"
+        )
+    if pred_array.ndim == 0:
+        raise ValueError("pred and target must have at least 1 dimension; got 0-d arrays")
+    shape = pred_array.shape
+    rows = shape[0]
+    cols = int(np.prod(shape[1:], dtype=np.int64))
+    weights = sample_weights(sample_weight, rows)
+    dtype = compute_dtype(pred_array, target_array)
+    # (N, ...) -> (N, F) is a view for most layouts; the kernels read the strides as they are.
+    pred2d = to_kernel_layout(pred_array, dtype).reshape(rows, cols)
+    target2d = to_kernel_layout(target_array, dtype).reshape(rows, cols)
+
+    if reduction == "none":
+        out = np.empty(shape, dtype=dtype)
+        _core.regression(kind, pred2d, target2d, weights, out)
+        return out
+    total = _core.regression(kind, pred2d, target2d, weights, None)
+    if reduction == "sum":
+        return total
+    if weights is None:
+        return divide(total, float(pred_array.size) if reduction == "mean" else float(rows))
+    weight_sum = float(weights.sum())
+    return divide(total, weight_sum * cols if reduction == "mean" else weight_sum)
+
+
+def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
+        sample_weight: Optional[ArrayLike] = None, return_grad: bool = False) -> LossResult:
+    """Mean squared error: element loss ``(pred - target) ** 2``.
+
+    Args:
+        pred, target: arrays of the same shape (ndim >= 1); no broadcasting.
+        reduction: ``"none"`` (element losses, shape of ``pred``), ``"sum"``, ``"mean"`` (sum /
+            number of elements, like ``torch.nn.functional.mse_loss``) or ``"batchmean"`` (sum /
+            ``pred.shape[0]``: the per-sample sum over features averaged over the batch).
+        sample_weight: optional ``(N,)`` finite weights >= 0, one per row; ``"mean"`` then divides
+            by ``sum(w) * elements per row`` (scikit-learn's ``mean_squared_error``) and
+            ``"batchmean"`` by ``sum(w)``.
+        return_grad: reserved for gradients (a later release); must be False.
+
+    Returns:
+        A Python float for a reduction; an ndarray in the computation dtype for ``"none"``.
+        float32 inputs compute in float32, float16 in float32, ints and bools in float64.
+    """
+    return _regression(_SQUARED, pred, target, reduction, sample_weight, return_grad)
+
+
+def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
+        sample_weight: Optional[ArrayLike] = None, return_grad: bool = False) -> LossResult:
+    """Mean absolute error: element loss ``|pred - target|``.
+
+    Same arguments, reductions and dtypes as :func:`mse` (``"mean"`` matches
+    ``torch.nn.functional.l1_loss``).
+    """
+    return _regression(_ABSOLUTE, pred, target, reduction, sample_weight, return_grad)
+
+
+def _class_indices(target: np.ndarray, expected_shape: tuple[int, ...]) -> np.ndarray:
+    if target.shape != expected_shape:
+        raise ValueError(f"target: class indices must have shape {expected_shape}; got {target.shape}")
+    if target.dtype.kind == "u" and target.size and target.max() > np.iinfo(np.int64).max:
+        position = int(np.argmax(target > np.iinfo(np.int64).max))
+        raise ValueError(f"target: class index {int(target.reshape(-1)[position])} at position {position} is out of range")
+    return to_kernel_layout(target.reshape(-1), np.dtype(np.int64))
+
+
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
+                  weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                  label_smoothing: float = 0.0, return_grad: bool = False) -> LossResult:
+    """Cross-entropy of softmax(logits) against class indices or class probabilities.
+
+    Semantics are those of ``torch.nn.functional.cross_entropy``, computed with a stable
+    (max-subtracted) log-softmax, so finite logits of any magnitude give a finite, correct loss.
+
+    Args:
+        logits: ``(N, C)`` or ``(C,)`` scores.
+        target: integer class indices of shape ``(N,)`` (a scalar for ``(C,)`` logits), each in
+            ``[0, C)`` or equal to ``ignore_index``; or floating class probabilities with the
+            shape of ``logits`` (not checked to sum to 1; ``ignore_index`` does not apply).
+        reduction: ``"none"``, ``"sum"``, ``"mean"`` (PyTorch's: divided by the summed weight of
+            the non-ignored targets for indices, by N for probabilities; ``nan`` when every row is
+            ignored) or ``"batchmean"`` (sum / N).
+        weight: optional ``(C,)`` class weights.
+        ignore_index: class index whose rows contribute nothing.
+        label_smoothing: in ``[0, 1]``; mixes the target with the uniform distribution.
+        return_grad: reserved for gradients (a later release); must be False.
+
+    Returns:
+        A Python float for a reduction (accumulated in float64); for ``"none"``, the ``(N,)`` row
+        losses (a 0-d array for ``(C,)`` logits) in the computation dtype.
+    """
+    reduction = check_reduction(reduction)
+    check_no_grad(return_grad)
+    ignore_index = check_int(ignore_index, "ignore_index")
+    smoothing = check_real(label_smoothing, "label_smoothing")
+    if not 0.0 <= smoothing <= 1.0:  # also refuses nan
+        raise ValueError(f"label_smoothing must be in [0, 1]; got {label_smoothing!r}")
+    logits_array = as_real_array(logits, "logits")
+    if logits_array.ndim not in (1, 2):
+        raise ValueError(f"logits must have shape (N, C) or (C,); got {logits_array.shape}")
+    single = logits_array.ndim == 1
+    classes = logits_array.shape[-1]
+    if classes == 0:
+        raise ValueError("logits: need at least one class (C >= 1)")
+    dtype = compute_dtype(logits_array)
+    logits2d = to_kernel_layout(logits_array.reshape(1, classes) if single else logits_array, dtype)
+    rows = logits2d.shape[0]
+
+    try:
+        target_array = np.asarray(target)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"target: cannot be converted to an array ({error})") from None
+    kind = target_array.dtype.kind
+    target_index = target_prob = None
+    if kind in "iu":
+        target_index = _class_indices(target_array, () if single else (rows,))
+    elif kind == "f":
+        if target_array.shape != logits_array.shape:
+            raise ValueError(
+                f"target: probabilities must have the shape of logits {logits_array.shape}; got "
+                f"{target_array.shape} (class indices must be an integer array)"
+            )
+        target_prob = to_kernel_layout(target_array.reshape(rows, classes), dtype)
+    else:
+        raise TypeError(
+            f"target: dtype {target_array.dtype} is not supported; expected integer class indices "
+            "or floating class probabilities"
+        )
+
+    class_weight = None
+    if weight is not None:
+        weight_array = as_real_array(weight, "weight")
+        if weight_array.shape != (classes,):
+            raise ValueError(f"weight: expected shape ({classes},) (one weight per class); got {weight_array.shape}")
+        class_weight = np.ascontiguousarray(weight_array, dtype=np.float64)
+        if not np.isfinite(class_weight).all():
+            raise ValueError("weight: every class weight must be finite")
+
+    if reduction == "none":
+        out = np.empty(rows, dtype=dtype)
+        _core.cross_entropy(logits2d, target_index, target_prob, class_weight, ignore_index, smoothing, out)
+        return out.reshape(()) if single else out
+    loss_sum, denominator = _core.cross_entropy(
+        logits2d, target_index, target_prob, class_weight, ignore_index, smoothing, None
+    )
+    if reduction == "sum":
+        return loss_sum
+    if reduction == "mean" and target_index is not None:
+        return divide(loss_sum, denominator)
+    return divide(loss_sum, float(rows))
+
+
+def _matrix(value: ArrayLike, name: str) -> np.ndarray:
+    array = as_real_array(value, name)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, D); got {array.shape}")
+    return array
+
+
+def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = None, *,
+             temperature: float = 0.07, reduction: Reduction = "mean",
+             negative_mode: Literal["unpaired", "paired"] = "unpaired", normalize: bool = False,
+             symmetric: bool = False, return_grad: bool = False) -> LossResult:
+    """InfoNCE: a (K+1)-way cross-entropy whose true class is the positive key.
+
+    Row ``i``'s logits are ``[q_i . k+_i, q_i . k_1, ..., q_i . k_M] / temperature`` with the true
+    class at index 0. The logits are produced tile by tile with an online log-sum-exp, so the
+    ``N x (M+1)`` matrix is never stored: extra memory is O(N) plus a fixed tile.
+
+    Args:
+        query: ``(N, D)``.
+        positive_key: ``(N, D)``.
+        negative_keys: ``None`` for in-batch negatives (``logits = query @ positive_key.T /
+            temperature``, row ``i``'s label is ``i``, as SimCLR/CLIP); ``(M, D)`` for one shared
+            queue (``negative_mode="unpaired"``, MoCo); ``(N, M, D)`` for per-query negatives
+            (``negative_mode="paired"``).
+        temperature: finite and > 0; small values sharpen the softmax, large ones flatten it.
+        reduction: ``"mean"`` (= ``"batchmean"``), ``"sum"`` or ``"none"`` (one loss per query).
+        negative_mode: ``"unpaired"`` or ``"paired"``; checked even when ``negative_keys`` is None.
+        normalize: L2-normalise every query and key row first (``x / max(||x||, 1e-12)``), as
+            ``info-nce-pytorch``'s ``InfoNCE`` does.
+        symmetric: with in-batch negatives only, average the query->key and key->query losses
+            (CLIP).
+        return_grad: reserved for gradients (a later release); must be False.
+    """
+    reduction = check_reduction(reduction)
+    check_no_grad(return_grad)
+    if not isinstance(negative_mode, str) or negative_mode not in ("unpaired", "paired"):
+        raise ValueError(f"negative_mode must be 'unpaired' or 'paired'; got {negative_mode!r}")
+    tau = check_real(temperature, "temperature")
+    if not (np.isfinite(tau) and tau > 0.0):
+        raise ValueError(f"temperature must be finite and > 0; got {temperature!r}")
+    normalize = check_flag(normalize, "normalize")
+    symmetric = check_flag(symmetric, "symmetric")
+
+    query_array = _matrix(query, "query")
+    positive_array = _matrix(positive_key, "positive_key")
+    if positive_array.shape != query_array.shape:
+        raise ValueError(
+            f"query and positive_key must have the same shape (N, D); got query {query_array.shape} "
+            f"and positive_key {positive_array.shape}"
+        )
+    rows, dim = query_array.shape
+    negatives_array = None
+    mode = _IN_BATCH
+    if negative_keys is not None:
+        if symmetric:
+            raise ValueError("symmetric=True is defined for in-batch negatives only: pass negative_keys=None")
+        negatives_array = as_real_array(negative_keys, "negative_keys")
+        if negative_mode == "unpaired":
+            mode = _UNPAIRED
+            if negatives_array.ndim != 2 or negatives_array.shape[1] != dim:
+                raise ValueError(
+                    f"negative_keys must have shape (M, {dim}) with negative_mode='unpaired'; got {negatives_array.shape}"
+                )
+        else:
+            mode = _PAIRED
+            if negatives_array.ndim != 3 or negatives_array.shape[0] != rows or negatives_array.shape[2] != dim:
+                raise ValueError(
+                    f"negative_keys must have shape ({rows}, M, {dim}) with negative_mode='paired'; got "
+                    f"{negatives_array.shape}"
+                )
+
+    arrays = (query_array, positive_array) + (() if negatives_array is None else (negatives_array,))
+    dtype = compute_dtype(*arrays)
+    q = to_kernel_layout(query_array, dtype, contiguous_rows=True)
+    k = to_kernel_layout(positive_array, dtype, contiguous_rows=True)
+    negatives = None if negatives_array is None else to_kernel_layout(negatives_array, dtype, contiguous_rows=True)
+
+    row_loss = np.empty(rows, dtype=np.float64)
+    _core.info_nce(q, k, mode, negatives, 1.0 / tau, normalize, row_loss)
+    if symmetric:
+        key_loss = np.empty(rows, dtype=np.float64)
+        _core.info_nce(k, q, _IN_BATCH, None, 1.0 / tau, normalize, key_loss)
+        row_loss = 0.5 * (row_loss + key_loss)
+    if reduction == "none":
+        return row_loss.astype(dtype)
+    total = float(row_loss.sum())
+    if reduction == "sum":
+        return total
+    return divide(total, float(rows))
