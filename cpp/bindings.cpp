@@ -169,7 +169,7 @@ void info_nce_typed(const py::array& query, const py::array& positive, int mode,
   if (args.positive.rows != n || args.positive.cols != dim) {
     throw py::value_error("positive_key: expected the shape of query");
   }
-  if (dim > 1 && (args.query.col_stride != 1 || args.positive.col_stride != 1)) {
+  if (n > 0 && dim > 1 && (args.query.col_stride != 1 || args.positive.col_stride != 1)) {
     throw py::value_error("query, positive_key: feature axis must be contiguous");
   }
   args.mode = static_cast<NegativeMode>(mode);
@@ -178,7 +178,7 @@ void info_nce_typed(const py::array& query, const py::array& positive, int mode,
     if (!has_dtype<T>(neg)) throw py::type_error("negative_keys: unexpected dtype");
     const int expected_ndim = args.mode == NegativeMode::paired ? 3 : 2;
     if (neg.ndim() != expected_ndim || neg.shape(neg.ndim() - 1) != dim ||
-        (dim > 1 && element_stride(neg, expected_ndim - 1, "negative_keys") != 1)) {
+        (neg.size() > 0 && dim > 1 && element_stride(neg, expected_ndim - 1, "negative_keys") != 1)) {
       throw py::value_error("negative_keys: unexpected shape or feature stride");
     }
     if (args.mode == NegativeMode::paired && neg.shape(0) != n) {

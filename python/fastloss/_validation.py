@@ -81,7 +81,7 @@ def to_kernel_layout(array: np.ndarray, dtype: np.dtype, *, contiguous_rows: boo
         array = array.astype(dtype)
     itemsize = dtype.itemsize
     if any(stride % itemsize for stride in array.strides) or (
-        contiguous_rows and array.ndim and array.shape[-1] > 1 and array.strides[-1] != itemsize
+        contiguous_rows and array.size and array.shape[-1] > 1 and array.strides[-1] != itemsize
     ):
         array = np.ascontiguousarray(array)
     return array
