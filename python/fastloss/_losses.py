@@ -242,81 +242,109 @@ def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[
     """
     reduction = check_reduction(reduction)
     return_grad = check_flag(return_grad, "return_grad")
-    if not isinstance(negative_mode, str) or negative_mode not in ("unpaired", "paired"):
-        raise ValueError(f"negative_mode must be 'unpaired' or 'paired'; got {negative_mode!r}")
-    tau = check_real(temperature, "temperature")
-    if not (np.isfinite(tau) and tau > 0.0):
-        raise ValueError(f"temperature must be finite and > 0; got {temperature!r}")
-    normalize = check_flag(normalize, "normalize")
-    symmetric = check_flag(symmetric, "symmetric")
-
-    query_array = _matrix(query, "query")
-    positive_array = _matrix(positive_key, "positive_key")
-    if positive_array.shape != query_array.shape:
-        raise ValueError(
-            f"query and positive_key must have the same shape (N, D); got query {query_array.shape} "
-            f"and positive_key {positive_array.shape}"
-        )
-    rows, dim = query_array.shape
-    negatives_array = None
-    mode = _IN_BATCH
-    if negative_keys is not None:
-        if symmetric:
-            raise ValueError("symmetric=True is defined for in-batch negatives only: pass negative_keys=None")
-        negatives_array = as_real_array(negative_keys, "negative_keys")
-        if negative_mode == "unpaired":
-            mode = _UNPAIRED
-            if negatives_array.ndim != 2 or negatives_array.shape[1] != dim:
-                raise ValueError(
-                    f"negative_keys must have shape (M, {dim}) with negative_mode='unpaired'; got {negatives_array.shape}"
-                )
-        else:
-            mode = _PAIRED
-            if negatives_array.ndim != 3 or negatives_array.shape[0] != rows or negatives_array.shape[2] != dim:
-                raise ValueError(
-                    f"negative_keys must have shape ({rows}, M, {dim}) with negative_mode='paired'; got "
-                    f"{negatives_array.shape}"
-                )
-
-    arrays = (query_array, positive_array) + (() if negatives_array is None else (negatives_array,))
-    dtype = compute_dtype(*arrays)
-    q = to_kernel_layout(query_array, dtype, contiguous_rows=True)
-    k = to_kernel_layout(positive_array, dtype, contiguous_rows=True)
-    negatives = None if negatives_array is None else to_kernel_layout(negatives_array, dtype, contiguous_rows=True)
-
-    inv_tau = 1.0 / tau
-    row_loss = np.empty(rows, dtype=np.float64)
-    row_lse = np.empty(rows, dtype=np.float64) if return_grad else None
-    _core.info_nce(q, k, mode, negatives, inv_tau, normalize, row_loss, row_lse)
-    if symmetric:
-        key_loss = np.empty(rows, dtype=np.float64)
-        key_lse = np.empty(rows, dtype=np.float64) if return_grad else None
-        _core.info_nce(k, q, _IN_BATCH, None, inv_tau, normalize, key_loss, key_lse)
-        row_loss = 0.5 * (row_loss + key_loss)
+    problem = InfoNceProblem(query, positive_key, negative_keys, temperature=temperature,
+                             negative_mode=negative_mode, normalize=normalize, symmetric=symmetric)
+    row_loss = problem.forward(keep_for_backward=return_grad)
     if reduction == "none":
-        loss: LossResult = row_loss.astype(dtype)
+        loss: LossResult = row_loss.astype(problem.dtype)
     else:
         total = float(row_loss.sum())
-        loss = total if reduction == "sum" else divide(total, float(rows))
+        loss = total if reduction == "sum" else divide(total, float(problem.rows))
     if not return_grad:
         return loss
+    scale = 1.0 / problem.rows if reduction in ("mean", "batchmean") and problem.rows else 1.0
+    return loss, problem.backward(np.full(problem.rows, scale))
 
-    # d loss / d row_loss_i, halved per direction when the two directions are averaged.
-    row_grad = np.full(rows, 1.0 / rows if reduction in ("mean", "batchmean") and rows else 1.0)
-    if symmetric:
-        row_grad *= 0.5
-    d_query = np.zeros((rows, dim), dtype=dtype)
-    d_positive = np.zeros((rows, dim), dtype=dtype)
-    d_negatives = None if negatives is None else np.zeros(negatives.shape, dtype=dtype)
-    _core.info_nce_backward(q, k, mode, negatives, inv_tau, normalize, row_lse, row_grad, d_query,
-                            d_positive, d_negatives)
-    if symmetric:
-        # The keys -> queries direction: the roles of the two arrays swap.
-        _core.info_nce_backward(k, q, _IN_BATCH, None, inv_tau, normalize, key_lse, row_grad, d_positive,
-                                d_query, None)
-    grads = (
-        as_input_dtype(d_query, query_array),
-        as_input_dtype(d_positive, positive_array),
-        None if d_negatives is None or negatives_array is None else as_input_dtype(d_negatives, negatives_array),
-    )
-    return loss, grads
+
+class InfoNceProblem:
+    """One validated InfoNCE call: the arrays in kernel layout, a forward pass that keeps the
+    per-row log-sum-exps, and a backward pass for any per-row upstream gradient (which is what
+    ``reduction="none"`` needs under autograd)."""
+
+    def __init__(self, query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike], *,
+                 temperature: Any, negative_mode: Any, normalize: Any, symmetric: Any) -> None:
+        if not isinstance(negative_mode, str) or negative_mode not in ("unpaired", "paired"):
+            raise ValueError(f"negative_mode must be 'unpaired' or 'paired'; got {negative_mode!r}")
+        tau = check_real(temperature, "temperature")
+        if not (np.isfinite(tau) and tau > 0.0):
+            raise ValueError(f"temperature must be finite and > 0; got {temperature!r}")
+        self.normalize = check_flag(normalize, "normalize")
+        self.symmetric = check_flag(symmetric, "symmetric")
+        self.inv_tau = 1.0 / tau
+
+        query_array = _matrix(query, "query")
+        positive_array = _matrix(positive_key, "positive_key")
+        if positive_array.shape != query_array.shape:
+            raise ValueError(
+                f"query and positive_key must have the same shape (N, D); got query {query_array.shape} "
+                f"and positive_key {positive_array.shape}"
+            )
+        rows, dim = query_array.shape
+        negatives_array = None
+        self.mode = _IN_BATCH
+        if negative_keys is not None:
+            if self.symmetric:
+                raise ValueError("symmetric=True is defined for in-batch negatives only: pass negative_keys=None")
+            negatives_array = as_real_array(negative_keys, "negative_keys")
+            if negative_mode == "unpaired":
+                self.mode = _UNPAIRED
+                if negatives_array.ndim != 2 or negatives_array.shape[1] != dim:
+                    raise ValueError(
+                        f"negative_keys must have shape (M, {dim}) with negative_mode='unpaired'; got "
+                        f"{negatives_array.shape}"
+                    )
+            else:
+                self.mode = _PAIRED
+                if negatives_array.ndim != 3 or negatives_array.shape[0] != rows or negatives_array.shape[2] != dim:
+                    raise ValueError(
+                        f"negative_keys must have shape ({rows}, M, {dim}) with negative_mode='paired'; got "
+                        f"{negatives_array.shape}"
+                    )
+        self.rows, self.dim = rows, dim
+        self._originals = (query_array, positive_array, negatives_array)
+        arrays = (query_array, positive_array) + (() if negatives_array is None else (negatives_array,))
+        self.dtype = compute_dtype(*arrays)
+        self.query = to_kernel_layout(query_array, self.dtype, contiguous_rows=True)
+        self.positive = to_kernel_layout(positive_array, self.dtype, contiguous_rows=True)
+        self.negatives = (
+            None if negatives_array is None else to_kernel_layout(negatives_array, self.dtype, contiguous_rows=True)
+        )
+        self._row_lse: Optional[np.ndarray] = None
+        self._key_lse: Optional[np.ndarray] = None
+
+    def forward(self, keep_for_backward: bool = False) -> np.ndarray:
+        """The per-query losses in float64 (averaged over both directions when symmetric)."""
+        row_loss = np.empty(self.rows, dtype=np.float64)
+        self._row_lse = np.empty(self.rows, dtype=np.float64) if keep_for_backward else None
+        _core.info_nce(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
+                       row_loss, self._row_lse)
+        if self.symmetric:
+            key_loss = np.empty(self.rows, dtype=np.float64)
+            self._key_lse = np.empty(self.rows, dtype=np.float64) if keep_for_backward else None
+            _core.info_nce(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize, key_loss,
+                           self._key_lse)
+            row_loss = 0.5 * (row_loss + key_loss)
+        return row_loss
+
+    def backward(self, row_grad: np.ndarray) -> tuple:
+        """Gradients of sum_i row_grad[i] * loss_i: (d_query, d_positive_key, d_negative_keys)."""
+        if self._row_lse is None:
+            raise RuntimeError("InfoNceProblem.backward needs forward(keep_for_backward=True) first")
+        row_grad = np.ascontiguousarray(row_grad, dtype=np.float64)
+        if self.symmetric:
+            row_grad = 0.5 * row_grad
+        d_query = np.zeros((self.rows, self.dim), dtype=self.dtype)
+        d_positive = np.zeros((self.rows, self.dim), dtype=self.dtype)
+        d_negatives = None if self.negatives is None else np.zeros(self.negatives.shape, dtype=self.dtype)
+        _core.info_nce_backward(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
+                                self._row_lse, row_grad, d_query, d_positive, d_negatives)
+        if self.symmetric:
+            # The keys -> queries direction: the two arrays swap roles.
+            _core.info_nce_backward(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize,
+                                    self._key_lse, row_grad, d_positive, d_query, None)
+        query_array, positive_array, negatives_array = self._originals
+        return (
+            as_input_dtype(d_query, query_array),
+            as_input_dtype(d_positive, positive_array),
+            None if d_negatives is None or negatives_array is None else as_input_dtype(d_negatives, negatives_array),
+        )
