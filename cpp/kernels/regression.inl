@@ -36,28 +36,27 @@ double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& targe
   const T* t = target.data + row * target.row_stride;
   const int64_t ps = pred.col_stride;
   const int64_t ts = target.col_stride;
+  T* o = out != nullptr ? out + row * pred.cols : nullptr;
+  T* g = grad != nullptr ? grad + row * pred.cols : nullptr;
+  const T row_grad_scale = static_cast<T>(grad_scale * weight);
+  // Element j's loss, also written out and differentiated when asked; the loss sums use the same
+  // accumulators either way, so return_grad never changes the returned loss.
+  auto element = [&](int64_t j) {
+    const T e = element_loss<T, Kind>(p[j * ps], t[j * ts]);
+    if (o != nullptr) o[j] = weighted ? static_cast<T>(static_cast<double>(e) * weight) : e;
+    if (g != nullptr) g[j] = row_grad_scale * element_grad<T, Kind>(p[j * ps], t[j * ts]);
+    return e;
+  };
   // Four independent accumulators keep the add latency off the critical path.
   double acc0 = 0.0, acc1 = 0.0, acc2 = 0.0, acc3 = 0.0;
   int64_t j = c0;
-  if (out == nullptr && grad == nullptr) {
-    for (; j + 4 <= c1; j += 4) {
-      acc0 += element_loss<T, Kind>(p[j * ps], t[j * ts]);
-      acc1 += element_loss<T, Kind>(p[(j + 1) * ps], t[(j + 1) * ts]);
-      acc2 += element_loss<T, Kind>(p[(j + 2) * ps], t[(j + 2) * ts]);
-      acc3 += element_loss<T, Kind>(p[(j + 3) * ps], t[(j + 3) * ts]);
-    }
-    for (; j < c1; ++j) acc0 += element_loss<T, Kind>(p[j * ps], t[j * ts]);
-  } else {
-    T* o = out != nullptr ? out + row * pred.cols : nullptr;
-    T* g = grad != nullptr ? grad + row * pred.cols : nullptr;
-    const T row_grad_scale = static_cast<T>(grad_scale * weight);
-    for (; j < c1; ++j) {
-      const T e = element_loss<T, Kind>(p[j * ps], t[j * ts]);
-      acc0 += e;
-      if (o != nullptr) o[j] = weighted ? static_cast<T>(static_cast<double>(e) * weight) : e;
-      if (g != nullptr) g[j] = row_grad_scale * element_grad<T, Kind>(p[j * ps], t[j * ts]);
-    }
+  for (; j + 4 <= c1; j += 4) {
+    acc0 += element(j);
+    acc1 += element(j + 1);
+    acc2 += element(j + 2);
+    acc3 += element(j + 3);
   }
+  for (; j < c1; ++j) acc0 += element(j);
   const double total = (acc0 + acc1) + (acc2 + acc3);
   return weighted ? total * weight : total;
 }
