@@ -68,12 +68,14 @@ const double* double_vector(const py::object& obj, py::ssize_t size, const char*
 
 template <class T>
 double regression_typed(RegressionKind kind, const py::array& pred, const py::array& target,
-                        const py::object& sample_weight, const py::object& out) {
+                        const py::object& sample_weight, const py::object& out, const py::object& grad,
+                        double grad_scale) {
   const MatrixView<T> p = matrix_view<T>(pred, "pred");
   const MatrixView<T> t = matrix_view<T>(target, "target");
   if (p.rows != t.rows || p.cols != t.cols) throw py::value_error("pred and target: shapes differ");
   const double* w = double_vector(sample_weight, p.rows, "sample_weight");
   T* o = output_buffer<T>(out, p.rows * p.cols, "out");
+  T* g = output_buffer<T>(grad, p.rows * p.cols, "grad");
   const RegressionFn<T> fn = [] {
     if constexpr (sizeof(T) == sizeof(float)) return active_table().f32.regression;
     else return active_table().f64.regression;
@@ -81,22 +83,24 @@ double regression_typed(RegressionKind kind, const py::array& pred, const py::ar
   const int threads = num_threads();
   // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
   py::gil_scoped_release release;
-  return fn(kind, p, t, w, o, threads);
+  return fn(kind, p, t, w, o, g, grad_scale, threads);
 }
 
 double regression(int kind, const py::array& pred, const py::array& target,
-                  const py::object& sample_weight, const py::object& out) {
+                  const py::object& sample_weight, const py::object& out, const py::object& grad,
+                  double grad_scale) {
   if (kind != 0 && kind != 1) throw py::value_error("kind: expected 0 (squared) or 1 (absolute)");
   const RegressionKind k = static_cast<RegressionKind>(kind);
-  if (has_dtype<float>(pred)) return regression_typed<float>(k, pred, target, sample_weight, out);
-  if (has_dtype<double>(pred)) return regression_typed<double>(k, pred, target, sample_weight, out);
+  if (has_dtype<float>(pred)) return regression_typed<float>(k, pred, target, sample_weight, out, grad, grad_scale);
+  if (has_dtype<double>(pred)) return regression_typed<double>(k, pred, target, sample_weight, out, grad, grad_scale);
   throw py::type_error("pred: expected native float32 or float64");
 }
 
 template <class T>
 py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_index,
                               const py::object& target_prob, const py::object& weight,
-                              int64_t ignore_index, double label_smoothing, const py::object& out) {
+                              int64_t ignore_index, double label_smoothing, const py::object& out,
+                              const py::object& grad, double grad_scale, bool grad_divide_by_denominator) {
   CrossEntropyArgs<T> args;
   args.logits = matrix_view<T>(logits, "logits");
   const int64_t rows = args.logits.rows;
@@ -128,6 +132,9 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
   args.ignore_index = ignore_index;
   args.label_smoothing = label_smoothing;
   args.out = output_buffer<T>(out, rows, "out");
+  args.grad = output_buffer<T>(grad, rows * cols, "grad");
+  args.grad_scale = grad_scale;
+  args.grad_divide_by_denominator = grad_divide_by_denominator;
   const CrossEntropyFn<T> fn = [] {
     if constexpr (sizeof(T) == sizeof(float)) return active_table().f32.cross_entropy;
     else return active_table().f64.cross_entropy;
@@ -144,23 +151,33 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
 
 py::tuple cross_entropy(const py::array& logits, const py::object& target_index,
                         const py::object& target_prob, const py::object& weight, int64_t ignore_index,
-                        double label_smoothing, const py::object& out) {
+                        double label_smoothing, const py::object& out, const py::object& grad,
+                        double grad_scale, bool grad_divide_by_denominator) {
   if (target_index.is_none() == target_prob.is_none()) {
     throw py::value_error("target: pass exactly one of class indices or probabilities");
   }
   if (has_dtype<float>(logits)) {
-    return cross_entropy_typed<float>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out);
+    return cross_entropy_typed<float>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out, grad,
+                                      grad_scale, grad_divide_by_denominator);
   }
   if (has_dtype<double>(logits)) {
-    return cross_entropy_typed<double>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out);
+    return cross_entropy_typed<double>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out, grad,
+                                      grad_scale, grad_divide_by_denominator);
   }
   throw py::type_error("logits: expected native float32 or float64");
 }
 
+double* writable_doubles(const py::object& obj, py::ssize_t size, const char* name) {
+  if (obj.is_none()) return nullptr;
+  if (!py::reinterpret_borrow<py::array>(obj).writeable()) {
+    throw py::value_error(std::string(name) + ": expected a writeable buffer");
+  }
+  return const_cast<double*>(double_vector(obj, size, name));
+}
+
 template <class T>
-void info_nce_typed(const py::array& query, const py::array& positive, int mode,
-                    const py::object& negatives, double inv_temperature, bool normalize,
-                    const py::array& row_loss) {
+InfoNceArgs<T> info_nce_args(const py::array& query, const py::array& positive, int mode,
+                             const py::object& negatives, double inv_temperature, bool normalize) {
   InfoNceArgs<T> args;
   args.query = matrix_view<T>(query, "query");
   args.positive = matrix_view<T>(positive, "positive_key");
@@ -172,6 +189,8 @@ void info_nce_typed(const py::array& query, const py::array& positive, int mode,
   if (n > 0 && dim > 1 && (args.query.col_stride != 1 || args.positive.col_stride != 1)) {
     throw py::value_error("query, positive_key: feature axis must be contiguous");
   }
+  if (mode < 0 || mode > 2) throw py::value_error("mode: expected 0 (in-batch), 1 (unpaired) or 2 (paired)");
+  if ((mode == 0) != negatives.is_none()) throw py::value_error("negative_keys: does not match mode");
   args.mode = static_cast<NegativeMode>(mode);
   if (args.mode != NegativeMode::in_batch) {
     py::array neg = py::reinterpret_borrow<py::array>(negatives);
@@ -191,26 +210,78 @@ void info_nce_typed(const py::array& query, const py::array& positive, int mode,
   }
   args.inv_temperature = inv_temperature;
   args.normalize = normalize;
-  args.row_loss = const_cast<double*>(double_vector(row_loss, n, "row_loss"));
-  if (!row_loss.writeable()) throw py::value_error("row_loss: expected a writeable buffer");
-  const InfoNceFn<T> fn = [] {
-    if constexpr (sizeof(T) == sizeof(float)) return active_table().f32.info_nce;
-    else return active_table().f64.info_nce;
-  }();
+  return args;
+}
+
+template <class T>
+const KernelSet<T>& active_set() {
+  if constexpr (sizeof(T) == sizeof(float)) return active_table().f32;
+  else return active_table().f64;
+}
+
+template <class T>
+void info_nce_typed(const py::array& query, const py::array& positive, int mode,
+                    const py::object& negatives, double inv_temperature, bool normalize,
+                    const py::object& row_loss, const py::object& row_lse) {
+  InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
+  args.row_loss = writable_doubles(row_loss, args.query.rows, "row_loss");
+  if (args.row_loss == nullptr) throw py::value_error("row_loss: required");
+  args.row_lse = writable_doubles(row_lse, args.query.rows, "row_lse");
+  const InfoNceFn<T> fn = active_set<T>().info_nce;
   const int threads = num_threads();
   // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
   py::gil_scoped_release release;
   fn(args, threads);
 }
 
+template <class T>
+void info_nce_backward_typed(const py::array& query, const py::array& positive, int mode,
+                             const py::object& negatives, double inv_temperature, bool normalize,
+                             const py::object& row_lse, const py::object& row_grad,
+                             const py::object& d_query, const py::object& d_positive,
+                             const py::object& d_negatives) {
+  const InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
+  const int64_t n = args.query.rows;
+  const int64_t dim = args.query.cols;
+  InfoNceGradArgs<T> grad;
+  grad.row_lse = double_vector(row_lse, n, "row_lse");
+  grad.row_grad = double_vector(row_grad, n, "row_grad");
+  grad.d_query = output_buffer<T>(d_query, n * dim, "d_query");
+  grad.d_positive = output_buffer<T>(d_positive, n * dim, "d_positive");
+  const int64_t negative_rows = args.mode == NegativeMode::paired ? n * args.num_negatives : args.num_negatives;
+  grad.d_negatives = output_buffer<T>(d_negatives, negative_rows * dim, "d_negatives");
+  if (grad.row_lse == nullptr || grad.row_grad == nullptr || grad.d_query == nullptr ||
+      grad.d_positive == nullptr || (args.mode != NegativeMode::in_batch && grad.d_negatives == nullptr)) {
+    throw py::value_error("info_nce_backward: missing buffer");
+  }
+  const InfoNceBackwardFn<T> fn = active_set<T>().info_nce_backward;
+  const int threads = num_threads();
+  // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
+  py::gil_scoped_release release;
+  fn(args, grad, threads);
+}
+
 void info_nce(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
-              double inv_temperature, bool normalize, const py::array& row_loss) {
-  if (mode < 0 || mode > 2) throw py::value_error("mode: expected 0 (in-batch), 1 (unpaired) or 2 (paired)");
-  if ((mode == 0) != negatives.is_none()) throw py::value_error("negative_keys: does not match mode");
+              double inv_temperature, bool normalize, const py::object& row_loss, const py::object& row_lse) {
   if (has_dtype<float>(query)) {
-    info_nce_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_loss);
+    info_nce_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_lse);
   } else if (has_dtype<double>(query)) {
-    info_nce_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_loss);
+    info_nce_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_lse);
+  } else {
+    throw py::type_error("query: expected native float32 or float64");
+  }
+}
+
+void info_nce_backward(const py::array& query, const py::array& positive, int mode,
+                       const py::object& negatives, double inv_temperature, bool normalize,
+                       const py::object& row_lse, const py::object& row_grad, const py::object& d_query,
+                       const py::object& d_positive, const py::object& d_negatives) {
+  if (has_dtype<float>(query)) {
+    info_nce_backward_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_lse,
+                                   row_grad, d_query, d_positive, d_negatives);
+  } else if (has_dtype<double>(query)) {
+    info_nce_backward_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_lse,
+                                    row_grad, d_query, d_positive, d_negatives);
   } else {
     throw py::type_error("query: expected native float32 or float64");
   }
@@ -235,12 +306,17 @@ PYBIND11_MODULE(_core, m) {
   init_dispatch();
 
   m.def("regression", &regression, py::arg("kind"), py::arg("pred"), py::arg("target"),
-        py::arg("sample_weight"), py::arg("out"));
+        py::arg("sample_weight"), py::arg("out"), py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0);
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target_index"),
         py::arg("target_prob"), py::arg("weight"), py::arg("ignore_index"),
-        py::arg("label_smoothing"), py::arg("out"));
+        py::arg("label_smoothing"), py::arg("out"), py::arg("grad") = py::none(),
+        py::arg("grad_scale") = 1.0, py::arg("grad_divide_by_denominator") = false);
   m.def("info_nce", &info_nce, py::arg("query"), py::arg("positive"), py::arg("mode"),
-        py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"));
+        py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"),
+        py::arg("row_lse") = py::none());
+  m.def("info_nce_backward", &info_nce_backward, py::arg("query"), py::arg("positive"), py::arg("mode"),
+        py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_lse"),
+        py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"), py::arg("d_negatives"));
 
   m.def("compiled_isas", &compiled_isas);
   m.def("available_isas", &available_isas);

@@ -20,11 +20,13 @@ struct MatrixView {
 enum class RegressionKind : int { squared = 0, absolute = 1 };
 
 // MSE / MAE. Element loss e_ij = (p - t)^2 or |p - t|, times row_weight[i] when given.
-// Writes e_ij to out (row-major rows x cols, contiguous) when out is not null.
+// Writes e_ij to out and grad_scale * row_weight[i] * d e_ij / d p_ij to grad (both row-major
+// rows x cols, contiguous) when those are not null.
 // Returns the sum of all (weighted) element losses, accumulated in double.
 template <class T>
 using RegressionFn = double (*)(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
-                                const double* row_weight, T* out, int num_threads);
+                                const double* row_weight, T* out, T* grad, double grad_scale,
+                                int num_threads);
 
 // Cross-entropy over rows of logits (rows = N, cols = C). The target is either class indices
 // (target_index, stride in elements; every value is already checked to lie in [0, C) or to equal
@@ -39,6 +41,11 @@ struct CrossEntropyArgs {
   int64_t ignore_index = -100;
   double label_smoothing = 0.0;
   T* out = nullptr;  // N contiguous row losses, or null
+  // Gradient of (grad_scale * sum of row losses) w.r.t. logits, N x C contiguous, or null. With
+  // grad_divide_by_denominator the scale is further divided by the "mean" denominator.
+  T* grad = nullptr;
+  double grad_scale = 1.0;
+  bool grad_divide_by_denominator = false;
 };
 
 struct CrossEntropySums {
@@ -68,17 +75,35 @@ struct InfoNceArgs {
   int64_t negatives_stride1 = 0;   // between negatives; the feature stride is 1
   double inv_temperature = 1.0;
   bool normalize = false;
-  double* row_loss = nullptr;  // N contiguous outputs, in double
+  double* row_loss = nullptr;  // forward: N contiguous outputs, in double
+  double* row_lse = nullptr;   // forward: N log-sum-exps kept for the backward pass, or null
+};
+
+// InfoNCE backward, one direction: adds the gradient of sum_i row_grad[i] * loss_i to d_query
+// (N x D), d_positive (N x D; the keys for in_batch) and d_negatives (M x D or N x M x D), all
+// contiguous. It streams the keys again and recomputes each tile's logits from the saved row_lse,
+// so, like the forward pass, it never stores anything N x M.
+template <class T>
+struct InfoNceGradArgs {
+  const double* row_lse = nullptr;
+  const double* row_grad = nullptr;
+  T* d_query = nullptr;
+  T* d_positive = nullptr;
+  T* d_negatives = nullptr;
 };
 
 template <class T>
 using InfoNceFn = void (*)(const InfoNceArgs<T>& args, int num_threads);
+template <class T>
+using InfoNceBackwardFn = void (*)(const InfoNceArgs<T>& args, const InfoNceGradArgs<T>& grad,
+                                   int num_threads);
 
 template <class T>
 struct KernelSet {
   RegressionFn<T> regression;
   CrossEntropyFn<T> cross_entropy;
   InfoNceFn<T> info_nce;
+  InfoNceBackwardFn<T> info_nce_backward;
 };
 
 struct KernelTable {

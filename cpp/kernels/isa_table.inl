@@ -7,6 +7,7 @@ KernelSet<T> kernel_set() {
   set.regression = &regression<T>;
   set.cross_entropy = &cross_entropy<T>;
   set.info_nce = &info_nce<T>;
+  set.info_nce_backward = &info_nce_backward<T>;
   return set;
 }
 

@@ -9,10 +9,10 @@ from numpy.typing import ArrayLike
 
 from . import _core
 from ._validation import (
+    as_input_dtype,
     as_real_array,
     check_flag,
     check_int,
-    check_no_grad,
     check_real,
     check_reduction,
     compute_dtype,
@@ -23,15 +23,17 @@ from ._validation import (
 
 Reduction = Literal["none", "sum", "mean", "batchmean"]
 LossResult = Union[float, np.ndarray]
+# With return_grad=True: (loss, grad); for info_nce, (loss, (d_query, d_positive_key, d_negative_keys)).
+LossAndGrad = Union[LossResult, tuple]
 
 _SQUARED, _ABSOLUTE = 0, 1
 _IN_BATCH, _UNPAIRED, _PAIRED = 0, 1, 2
 
 
 def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, sample_weight: Any,
-                return_grad: Any) -> LossResult:
+                return_grad: Any) -> LossAndGrad:
     reduction = check_reduction(reduction)
-    check_no_grad(return_grad)
+    return_grad = check_flag(return_grad, "return_grad")
     pred_array = as_real_array(pred, "pred")
     target_array = as_real_array(target, "target")
     if pred_array.shape != target_array.shape:
@@ -50,21 +52,25 @@ def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, s
     pred2d = to_kernel_layout(pred_array, dtype).reshape(rows, cols)
     target2d = to_kernel_layout(target_array, dtype).reshape(rows, cols)
 
-    if reduction == "none":
-        out = np.empty(shape, dtype=dtype)
-        _core.regression(kind, pred2d, target2d, weights, out)
-        return out
-    total = _core.regression(kind, pred2d, target2d, weights, None)
-    if reduction == "sum":
-        return total
-    if weights is None:
-        return divide(total, float(pred_array.size) if reduction == "mean" else float(rows))
-    weight_sum = float(weights.sum())
-    return divide(total, weight_sum * cols if reduction == "mean" else weight_sum)
+    # The reduction's divisor is known before the pass, so the gradient is scaled as it is written.
+    if reduction in ("none", "sum"):
+        divisor = 1.0
+    elif weights is None:
+        divisor = float(pred_array.size) if reduction == "mean" else float(rows)
+    else:
+        weight_sum = float(weights.sum())
+        divisor = weight_sum * cols if reduction == "mean" else weight_sum
+    out = np.empty(shape, dtype=dtype) if reduction == "none" else None
+    grad = np.empty(shape, dtype=dtype) if return_grad else None
+    total = _core.regression(kind, pred2d, target2d, weights, out, grad, 1.0 / divisor if divisor else np.inf)
+    loss = out if out is not None else divide(total, divisor)
+    if grad is not None:
+        return loss, as_input_dtype(grad, pred_array)
+    return loss
 
 
 def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
-        sample_weight: Optional[ArrayLike] = None, return_grad: bool = False) -> LossResult:
+        sample_weight: Optional[ArrayLike] = None, return_grad: bool = False) -> LossAndGrad:
     """Mean squared error: element loss ``(pred - target) ** 2``.
 
     Args:
@@ -75,21 +81,24 @@ def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
         sample_weight: optional ``(N,)`` finite weights >= 0, one per row; ``"mean"`` then divides
             by ``sum(w) * elements per row`` (scikit-learn's ``mean_squared_error``) and
             ``"batchmean"`` by ``sum(w)``.
-        return_grad: reserved for gradients (a later release); must be False.
+        return_grad: also return the gradient of the returned loss (for ``"none"``: of the sum of
+            the element losses) with respect to ``pred``, computed in the same pass.
 
     Returns:
         A Python float for a reduction; an ndarray in the computation dtype for ``"none"``.
         float32 inputs compute in float32, float16 in float32, ints and bools in float64.
+        With ``return_grad``: ``(loss, grad)``, ``grad`` shaped like ``pred`` and in its floating
+        dtype (float64 for integer ``pred``).
     """
     return _regression(_SQUARED, pred, target, reduction, sample_weight, return_grad)
 
 
 def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
-        sample_weight: Optional[ArrayLike] = None, return_grad: bool = False) -> LossResult:
+        sample_weight: Optional[ArrayLike] = None, return_grad: bool = False) -> LossAndGrad:
     """Mean absolute error: element loss ``|pred - target|``.
 
     Same arguments, reductions and dtypes as :func:`mse` (``"mean"`` matches
-    ``torch.nn.functional.l1_loss``).
+    ``torch.nn.functional.l1_loss``). The gradient at ``pred == target`` is 0, like ``sign``.
     """
     return _regression(_ABSOLUTE, pred, target, reduction, sample_weight, return_grad)
 
@@ -105,7 +114,7 @@ def _class_indices(target: np.ndarray, expected_shape: tuple[int, ...]) -> np.nd
 
 def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
                   weight: Optional[ArrayLike] = None, ignore_index: int = -100,
-                  label_smoothing: float = 0.0, return_grad: bool = False) -> LossResult:
+                  label_smoothing: float = 0.0, return_grad: bool = False) -> LossAndGrad:
     """Cross-entropy of softmax(logits) against class indices or class probabilities.
 
     Semantics are those of ``torch.nn.functional.cross_entropy``, computed with a stable
@@ -122,14 +131,16 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
         weight: optional ``(C,)`` class weights.
         ignore_index: class index whose rows contribute nothing.
         label_smoothing: in ``[0, 1]``; mixes the target with the uniform distribution.
-        return_grad: reserved for gradients (a later release); must be False.
+        return_grad: also return the gradient w.r.t. ``logits`` (softmax minus the target
+            distribution, scaled by the reduction), written in the same pass as the loss.
 
     Returns:
         A Python float for a reduction (accumulated in float64); for ``"none"``, the ``(N,)`` row
-        losses (a 0-d array for ``(C,)`` logits) in the computation dtype.
+        losses (a 0-d array for ``(C,)`` logits) in the computation dtype. With ``return_grad``:
+        ``(loss, grad)``, ``grad`` shaped like ``logits``.
     """
     reduction = check_reduction(reduction)
-    check_no_grad(return_grad)
+    return_grad = check_flag(return_grad, "return_grad")
     ignore_index = check_int(ignore_index, "ignore_index")
     smoothing = check_real(label_smoothing, "label_smoothing")
     if not 0.0 <= smoothing <= 1.0:  # also refuses nan
@@ -175,18 +186,23 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
         if not np.isfinite(class_weight).all():
             raise ValueError("weight: every class weight must be finite")
 
-    if reduction == "none":
-        out = np.empty(rows, dtype=dtype)
-        _core.cross_entropy(logits2d, target_index, target_prob, class_weight, ignore_index, smoothing, out)
-        return out.reshape(()) if single else out
+    # Every divisor but PyTorch's weighted "mean" is known up front; that one the kernel forms
+    # from the labels before it writes the gradient.
+    by_denominator = reduction == "mean" and target_index is not None
+    divisor = float(rows) if reduction in ("mean", "batchmean") and not by_denominator else 1.0
+    out = np.empty(rows, dtype=dtype) if reduction == "none" else None
+    grad = np.empty((rows, classes), dtype=dtype) if return_grad else None
     loss_sum, denominator = _core.cross_entropy(
-        logits2d, target_index, target_prob, class_weight, ignore_index, smoothing, None
+        logits2d, target_index, target_prob, class_weight, ignore_index, smoothing, out, grad,
+        1.0 / divisor if divisor else np.inf, by_denominator,
     )
-    if reduction == "sum":
-        return loss_sum
-    if reduction == "mean" and target_index is not None:
-        return divide(loss_sum, denominator)
-    return divide(loss_sum, float(rows))
+    if out is not None:
+        loss: LossResult = out.reshape(()) if single else out
+    else:
+        loss = divide(loss_sum, denominator if by_denominator else divisor)
+    if grad is not None:
+        return loss, as_input_dtype(grad.reshape(logits_array.shape), logits_array)
+    return loss
 
 
 def _matrix(value: ArrayLike, name: str) -> np.ndarray:
@@ -199,7 +215,7 @@ def _matrix(value: ArrayLike, name: str) -> np.ndarray:
 def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = None, *,
              temperature: float = 0.07, reduction: Reduction = "mean",
              negative_mode: Literal["unpaired", "paired"] = "unpaired", normalize: bool = False,
-             symmetric: bool = False, return_grad: bool = False) -> LossResult:
+             symmetric: bool = False, return_grad: bool = False) -> LossAndGrad:
     """InfoNCE: a (K+1)-way cross-entropy whose true class is the positive key.
 
     Row ``i``'s logits are ``[q_i . k+_i, q_i . k_1, ..., q_i . k_M] / temperature`` with the true
@@ -220,61 +236,115 @@ def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[
             ``info-nce-pytorch``'s ``InfoNCE`` does.
         symmetric: with in-batch negatives only, average the query->key and key->query losses
             (CLIP).
-        return_grad: reserved for gradients (a later release); must be False.
+        return_grad: also return ``(d_query, d_positive_key, d_negative_keys)``
+            (``d_negative_keys`` is None without negatives), from a second streaming pass that
+            recomputes each tile's logits from the saved log-sum-exps: memory stays O(N + tile).
     """
     reduction = check_reduction(reduction)
-    check_no_grad(return_grad)
-    if not isinstance(negative_mode, str) or negative_mode not in ("unpaired", "paired"):
-        raise ValueError(f"negative_mode must be 'unpaired' or 'paired'; got {negative_mode!r}")
-    tau = check_real(temperature, "temperature")
-    if not (np.isfinite(tau) and tau > 0.0):
-        raise ValueError(f"temperature must be finite and > 0; got {temperature!r}")
-    normalize = check_flag(normalize, "normalize")
-    symmetric = check_flag(symmetric, "symmetric")
-
-    query_array = _matrix(query, "query")
-    positive_array = _matrix(positive_key, "positive_key")
-    if positive_array.shape != query_array.shape:
-        raise ValueError(
-            f"query and positive_key must have the same shape (N, D); got query {query_array.shape} "
-            f"and positive_key {positive_array.shape}"
-        )
-    rows, dim = query_array.shape
-    negatives_array = None
-    mode = _IN_BATCH
-    if negative_keys is not None:
-        if symmetric:
-            raise ValueError("symmetric=True is defined for in-batch negatives only: pass negative_keys=None")
-        negatives_array = as_real_array(negative_keys, "negative_keys")
-        if negative_mode == "unpaired":
-            mode = _UNPAIRED
-            if negatives_array.ndim != 2 or negatives_array.shape[1] != dim:
-                raise ValueError(
-                    f"negative_keys must have shape (M, {dim}) with negative_mode='unpaired'; got {negatives_array.shape}"
-                )
-        else:
-            mode = _PAIRED
-            if negatives_array.ndim != 3 or negatives_array.shape[0] != rows or negatives_array.shape[2] != dim:
-                raise ValueError(
-                    f"negative_keys must have shape ({rows}, M, {dim}) with negative_mode='paired'; got "
-                    f"{negatives_array.shape}"
-                )
-
-    arrays = (query_array, positive_array) + (() if negatives_array is None else (negatives_array,))
-    dtype = compute_dtype(*arrays)
-    q = to_kernel_layout(query_array, dtype, contiguous_rows=True)
-    k = to_kernel_layout(positive_array, dtype, contiguous_rows=True)
-    negatives = None if negatives_array is None else to_kernel_layout(negatives_array, dtype, contiguous_rows=True)
-
-    row_loss = np.empty(rows, dtype=np.float64)
-    _core.info_nce(q, k, mode, negatives, 1.0 / tau, normalize, row_loss)
-    if symmetric:
-        key_loss = np.empty(rows, dtype=np.float64)
-        _core.info_nce(k, q, _IN_BATCH, None, 1.0 / tau, normalize, key_loss)
-        row_loss = 0.5 * (row_loss + key_loss)
+    return_grad = check_flag(return_grad, "return_grad")
+    problem = InfoNceProblem(query, positive_key, negative_keys, temperature=temperature,
+                             negative_mode=negative_mode, normalize=normalize, symmetric=symmetric)
+    row_loss = problem.forward(keep_for_backward=return_grad)
     if reduction == "none":
-        return row_loss.astype(dtype)
-    total = float(row_loss.sum())
-    if reduction == "sum":
-        return total
-    return divide(total, float(rows))
+        loss: LossResult = row_loss.astype(problem.dtype)
+    else:
+        total = float(row_loss.sum())
+        loss = total if reduction == "sum" else divide(total, float(problem.rows))
+    if not return_grad:
+        return loss
+    scale = 1.0 / problem.rows if reduction in ("mean", "batchmean") and problem.rows else 1.0
+    return loss, problem.backward(np.full(problem.rows, scale))
+
+
+class InfoNceProblem:
+    """One validated InfoNCE call: the arrays in kernel layout, a forward pass that keeps the
+    per-row log-sum-exps, and a backward pass for any per-row upstream gradient (which is what
+    ``reduction="none"`` needs under autograd)."""
+
+    def __init__(self, query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike], *,
+                 temperature: Any, negative_mode: Any, normalize: Any, symmetric: Any) -> None:
+        if not isinstance(negative_mode, str) or negative_mode not in ("unpaired", "paired"):
+            raise ValueError(f"negative_mode must be 'unpaired' or 'paired'; got {negative_mode!r}")
+        tau = check_real(temperature, "temperature")
+        if not (np.isfinite(tau) and tau > 0.0):
+            raise ValueError(f"temperature must be finite and > 0; got {temperature!r}")
+        self.normalize = check_flag(normalize, "normalize")
+        self.symmetric = check_flag(symmetric, "symmetric")
+        self.inv_tau = 1.0 / tau
+
+        query_array = _matrix(query, "query")
+        positive_array = _matrix(positive_key, "positive_key")
+        if positive_array.shape != query_array.shape:
+            raise ValueError(
+                f"query and positive_key must have the same shape (N, D); got query {query_array.shape} "
+                f"and positive_key {positive_array.shape}"
+            )
+        rows, dim = query_array.shape
+        negatives_array = None
+        self.mode = _IN_BATCH
+        if negative_keys is not None:
+            if self.symmetric:
+                raise ValueError("symmetric=True is defined for in-batch negatives only: pass negative_keys=None")
+            negatives_array = as_real_array(negative_keys, "negative_keys")
+            if negative_mode == "unpaired":
+                self.mode = _UNPAIRED
+                if negatives_array.ndim != 2 or negatives_array.shape[1] != dim:
+                    raise ValueError(
+                        f"negative_keys must have shape (M, {dim}) with negative_mode='unpaired'; got "
+                        f"{negatives_array.shape}"
+                    )
+            else:
+                self.mode = _PAIRED
+                if negatives_array.ndim != 3 or negatives_array.shape[0] != rows or negatives_array.shape[2] != dim:
+                    raise ValueError(
+                        f"negative_keys must have shape ({rows}, M, {dim}) with negative_mode='paired'; got "
+                        f"{negatives_array.shape}"
+                    )
+        self.rows, self.dim = rows, dim
+        self._originals = (query_array, positive_array, negatives_array)
+        arrays = (query_array, positive_array) + (() if negatives_array is None else (negatives_array,))
+        self.dtype = compute_dtype(*arrays)
+        self.query = to_kernel_layout(query_array, self.dtype, contiguous_rows=True)
+        self.positive = to_kernel_layout(positive_array, self.dtype, contiguous_rows=True)
+        self.negatives = (
+            None if negatives_array is None else to_kernel_layout(negatives_array, self.dtype, contiguous_rows=True)
+        )
+        self._row_lse: Optional[np.ndarray] = None
+        self._key_lse: Optional[np.ndarray] = None
+
+    def forward(self, keep_for_backward: bool = False) -> np.ndarray:
+        """The per-query losses in float64 (averaged over both directions when symmetric)."""
+        row_loss = np.empty(self.rows, dtype=np.float64)
+        self._row_lse = np.empty(self.rows, dtype=np.float64) if keep_for_backward else None
+        _core.info_nce(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
+                       row_loss, self._row_lse)
+        if self.symmetric:
+            key_loss = np.empty(self.rows, dtype=np.float64)
+            self._key_lse = np.empty(self.rows, dtype=np.float64) if keep_for_backward else None
+            _core.info_nce(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize, key_loss,
+                           self._key_lse)
+            row_loss = 0.5 * (row_loss + key_loss)
+        return row_loss
+
+    def backward(self, row_grad: np.ndarray) -> tuple:
+        """Gradients of sum_i row_grad[i] * loss_i: (d_query, d_positive_key, d_negative_keys)."""
+        if self._row_lse is None:
+            raise RuntimeError("InfoNceProblem.backward needs forward(keep_for_backward=True) first")
+        row_grad = np.ascontiguousarray(row_grad, dtype=np.float64)
+        if self.symmetric:
+            row_grad = 0.5 * row_grad
+        d_query = np.zeros((self.rows, self.dim), dtype=self.dtype)
+        d_positive = np.zeros((self.rows, self.dim), dtype=self.dtype)
+        d_negatives = None if self.negatives is None else np.zeros(self.negatives.shape, dtype=self.dtype)
+        _core.info_nce_backward(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
+                                self._row_lse, row_grad, d_query, d_positive, d_negatives)
+        if self.symmetric:
+            # The keys -> queries direction: the two arrays swap roles.
+            _core.info_nce_backward(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize,
+                                    self._key_lse, row_grad, d_positive, d_query, None)
+        query_array, positive_array, negatives_array = self._originals
+        return (
+            as_input_dtype(d_query, query_array),
+            as_input_dtype(d_positive, positive_array),
+            None if d_negatives is None or negatives_array is None else as_input_dtype(d_negatives, negatives_array),
+        )

@@ -42,13 +42,6 @@ def check_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def check_no_grad(return_grad: Any) -> None:
-    if check_flag(return_grad, "return_grad"):
-        raise NotImplementedError(
-            "return_grad=True is not available in this release: gradients are planned for fastloss 0.2"
-        )
-
-
 def as_real_array(value: Any, name: str) -> np.ndarray:
     """np.asarray(value), refusing dtypes that have no real-valued meaning."""
     try:
@@ -68,6 +61,14 @@ def compute_dtype(*arrays: np.ndarray) -> np.dtype:
         if array.dtype.kind != "f" or array.dtype.itemsize > 4:
             return _FLOAT64
     return _FLOAT32
+
+
+def as_input_dtype(grad: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """A gradient in the dtype of the argument it belongs to (float16 stays float16); arguments
+    that were integers or bools get the computation dtype."""
+    if original.dtype.kind == "f" and grad.dtype != original.dtype:
+        return grad.astype(original.dtype.newbyteorder("="))
+    return grad
 
 
 def to_kernel_layout(array: np.ndarray, dtype: np.dtype, *, contiguous_rows: bool = False) -> np.ndarray:

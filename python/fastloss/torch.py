@@ -1,0 +1,223 @@
+"""PyTorch front end: autograd functions and ``nn.Module`` losses whose forward and backward run
+through fastloss on CPU tensors.
+
+Install with ``pip install "fastloss[torch]"``. Tensors are handed to the kernels as NumPy views
+of the same memory (no copy for float32/float64 CPU tensors with whole-element strides), and the
+gradient comes from the same fused pass as the loss, so ``backward`` only scales it by
+``grad_output``. InfoNCE is the exception: its per-row losses share keys, so its backward runs
+the streaming backward kernel with ``grad_output`` as the per-row weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from . import _losses
+
+__all__ = [
+    "CrossEntropyLoss",
+    "InfoNCE",
+    "L1Loss",
+    "MSELoss",
+    "cross_entropy",
+    "info_nce",
+    "l1_loss",
+    "mse_loss",
+]
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _to_numpy(tensor: Any, name: str, *, floating: bool = True) -> np.ndarray:
+    """A NumPy view of a CPU tensor (no copy), after checking device and dtype."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}")
+    if tensor.device.type != "cpu":
+        raise TypeError(f"{name} is on {tensor.device}; fastloss runs on CPU tensors only (call .cpu())")
+    if floating and tensor.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {tensor.dtype}; fastloss.torch supports float32 and float64")
+    return tensor.detach().numpy()
+
+
+def _loss_tensor(loss: Any, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(loss, np.ndarray):
+        return torch.from_numpy(loss).to(dtype)
+    return torch.tensor(loss, dtype=dtype)
+
+
+def _scaled(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> torch.Tensor:
+    """grad is d(loss)/d(input) for a reduction and d(sum of losses)/d(input) for "none"; chain it
+    with the upstream gradient, which for "none" has one entry per loss."""
+    if reduction != "none":
+        return grad * grad_output
+    return grad * grad_output.reshape(grad_output.shape + (1,) * (grad.dim() - grad_output.dim()))
+
+
+class _RegressionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, target: torch.Tensor, reduction: str,  # noqa: A002
+                loss_fn: Any) -> torch.Tensor:
+        pred = _to_numpy(input, "input")
+        tgt = _to_numpy(target, "target")
+        if input.dtype != target.dtype:
+            raise TypeError(f"input and target must have the same dtype; got {input.dtype} and {target.dtype}")
+        ctx.reduction = reduction
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return _loss_tensor(loss_fn(pred, tgt, reduction=reduction), input.dtype)
+        loss, grad = loss_fn(pred, tgt, reduction=reduction, return_grad=True)
+        ctx.save_for_backward(torch.from_numpy(grad))
+        return _loss_tensor(loss, input.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        (grad,) = ctx.saved_tensors
+        d_input = _scaled(grad, grad_output, ctx.reduction)
+        # The element loss depends on pred - target, so the target's gradient is the negative.
+        return (d_input if ctx.needs_input_grad[0] else None,
+                -d_input if ctx.needs_input_grad[1] else None, None, None)
+
+
+def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:  # noqa: A002
+    """``torch.nn.functional.mse_loss`` computed by fastloss (also ``reduction="batchmean"``)."""
+    return _RegressionFunction.apply(input, target, reduction, _losses.mse)
+
+
+def l1_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:  # noqa: A002
+    """``torch.nn.functional.l1_loss`` computed by fastloss (also ``reduction="batchmean"``)."""
+    return _RegressionFunction.apply(input, target, reduction, _losses.mae)
+
+
+class _CrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],  # noqa: A002
+                ignore_index: int, reduction: str, label_smoothing: float) -> torch.Tensor:
+        logits = _to_numpy(input, "input")
+        soft = target.is_floating_point()
+        if soft and target.requires_grad:
+            raise NotImplementedError("fastloss.torch.cross_entropy: gradients w.r.t. probability targets are not supported")
+        tgt = _to_numpy(target, "target", floating=soft)
+        class_weight = None if weight is None else _to_numpy(weight, "weight")
+        ctx.reduction = reduction
+        kwargs = dict(reduction=reduction, weight=class_weight, ignore_index=ignore_index,
+                      label_smoothing=label_smoothing)
+        if not ctx.needs_input_grad[0]:
+            return _loss_tensor(_losses.cross_entropy(logits, tgt, **kwargs), input.dtype)
+        loss, grad = _losses.cross_entropy(logits, tgt, return_grad=True, **kwargs)
+        ctx.save_for_backward(torch.from_numpy(grad))
+        return _loss_tensor(loss, input.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        (grad,) = ctx.saved_tensors
+        return _scaled(grad, grad_output, ctx.reduction), None, None, None, None, None
+
+
+def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,  # noqa: A002
+                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
+    """``torch.nn.functional.cross_entropy`` for ``(N, C)`` / ``(C,)`` logits, computed by fastloss.
+
+    Gradients flow to ``input`` (the logits); class weights and targets are constants.
+    """
+    return _CrossEntropyFunction.apply(input, target, weight, ignore_index, reduction, label_smoothing)
+
+
+class _InfoNceFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, positive_key: torch.Tensor, negative_keys: Optional[torch.Tensor],
+                temperature: float, reduction: str, negative_mode: str, normalize: bool,
+                symmetric: bool) -> torch.Tensor:
+        arrays = [_to_numpy(query, "query"), _to_numpy(positive_key, "positive_key")]
+        negatives = None if negative_keys is None else _to_numpy(negative_keys, "negative_keys")
+        reduction = _losses.check_reduction(reduction)
+        problem = _losses.InfoNceProblem(arrays[0], arrays[1], negatives, temperature=temperature,
+                                         negative_mode=negative_mode, normalize=normalize, symmetric=symmetric)
+        row_loss = problem.forward(keep_for_backward=any(ctx.needs_input_grad[:3]))
+        ctx.problem = problem
+        ctx.reduction = reduction
+        if reduction == "none":
+            return torch.from_numpy(row_loss.astype(problem.dtype))
+        total = float(row_loss.sum())
+        loss = total if reduction == "sum" else _losses.divide(total, float(problem.rows))
+        return torch.tensor(loss, dtype=query.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        problem = ctx.problem
+        if ctx.reduction == "none":
+            row_grad = grad_output.detach().to(torch.float64).cpu().numpy()
+        else:
+            scale = float(grad_output)
+            if ctx.reduction != "sum" and problem.rows:
+                scale /= problem.rows
+            row_grad = np.full(problem.rows, scale)
+        d_query, d_positive, d_negatives = problem.backward(row_grad)
+        return (torch.from_numpy(d_query), torch.from_numpy(d_positive),
+                None if d_negatives is None else torch.from_numpy(d_negatives),
+                None, None, None, None, None)
+
+
+def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: Optional[torch.Tensor] = None,
+             temperature: float = 0.07, reduction: str = "mean", negative_mode: str = "unpaired",
+             normalize: bool = False, symmetric: bool = False) -> torch.Tensor:
+    """:func:`fastloss.info_nce` on tensors, differentiable w.r.t. query and keys."""
+    return _InfoNceFunction.apply(query, positive_key, negative_keys, temperature, reduction, negative_mode,
+                                  normalize, symmetric)
+
+
+class MSELoss(torch.nn.Module):
+    """Drop-in for ``torch.nn.MSELoss`` (CPU, float32/float64)."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = _losses.check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        return mse_loss(input, target, self.reduction)
+
+
+class L1Loss(torch.nn.Module):
+    """Drop-in for ``torch.nn.L1Loss`` (CPU, float32/float64)."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = _losses.check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        return l1_loss(input, target, self.reduction)
+
+
+class CrossEntropyLoss(torch.nn.Module):
+    """Drop-in for ``torch.nn.CrossEntropyLoss`` with ``(N, C)`` / ``(C,)`` logits."""
+
+    def __init__(self, weight: Optional[torch.Tensor] = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = _losses.check_reduction(reduction)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing)
+
+
+class InfoNCE(torch.nn.Module):
+    """InfoNCE with ``info-nce-pytorch``'s interface and defaults (temperature 0.1, rows
+    L2-normalised); ``normalize=False`` and ``symmetric=True`` (CLIP) are available too."""
+
+    def __init__(self, temperature: float = 0.1, reduction: str = "mean", negative_mode: str = "unpaired",
+                 normalize: bool = True, symmetric: bool = False) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.reduction = _losses.check_reduction(reduction)
+        self.negative_mode = negative_mode
+        self.normalize = normalize
+        self.symmetric = symmetric
+
+    def forward(self, query: torch.Tensor, positive_key: torch.Tensor,
+                negative_keys: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return info_nce(query, positive_key, negative_keys, self.temperature, self.reduction, self.negative_mode,
+                        self.normalize, self.symmetric)
