@@ -222,11 +222,15 @@ const KernelSet<T>& active_set() {
 template <class T>
 void info_nce_typed(const py::array& query, const py::array& positive, int mode,
                     const py::object& negatives, double inv_temperature, bool normalize,
-                    const py::object& row_loss, const py::object& row_lse) {
+                    const py::object& row_loss, const py::object& row_max, const py::object& row_log_sum) {
   InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
   args.row_loss = writable_doubles(row_loss, args.query.rows, "row_loss");
   if (args.row_loss == nullptr) throw py::value_error("row_loss: required");
-  args.row_lse = writable_doubles(row_lse, args.query.rows, "row_lse");
+  args.row_max = writable_doubles(row_max, args.query.rows, "row_max");
+  args.row_log_sum = writable_doubles(row_log_sum, args.query.rows, "row_log_sum");
+  if ((args.row_max == nullptr) != (args.row_log_sum == nullptr)) {
+    throw py::value_error("row_max, row_log_sum: pass both or neither");
+  }
   const InfoNceFn<T> fn = active_set<T>().info_nce;
   const int threads = num_threads();
   // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
@@ -237,20 +241,22 @@ void info_nce_typed(const py::array& query, const py::array& positive, int mode,
 template <class T>
 void info_nce_backward_typed(const py::array& query, const py::array& positive, int mode,
                              const py::object& negatives, double inv_temperature, bool normalize,
-                             const py::object& row_lse, const py::object& row_grad,
+                             const py::object& row_max, const py::object& row_log_sum,
+                             const py::object& row_grad,
                              const py::object& d_query, const py::object& d_positive,
                              const py::object& d_negatives) {
   const InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
   const int64_t n = args.query.rows;
   const int64_t dim = args.query.cols;
   InfoNceGradArgs<T> grad;
-  grad.row_lse = double_vector(row_lse, n, "row_lse");
+  grad.row_max = double_vector(row_max, n, "row_max");
+  grad.row_log_sum = double_vector(row_log_sum, n, "row_log_sum");
   grad.row_grad = double_vector(row_grad, n, "row_grad");
   grad.d_query = output_buffer<T>(d_query, n * dim, "d_query");
   grad.d_positive = output_buffer<T>(d_positive, n * dim, "d_positive");
   const int64_t negative_rows = args.mode == NegativeMode::paired ? n * args.num_negatives : args.num_negatives;
   grad.d_negatives = output_buffer<T>(d_negatives, negative_rows * dim, "d_negatives");
-  if (grad.row_lse == nullptr || grad.row_grad == nullptr || grad.d_query == nullptr ||
+  if (grad.row_max == nullptr || grad.row_log_sum == nullptr || grad.row_grad == nullptr || grad.d_query == nullptr ||
       grad.d_positive == nullptr || (args.mode != NegativeMode::in_batch && grad.d_negatives == nullptr)) {
     throw py::value_error("info_nce_backward: missing buffer");
   }
@@ -262,11 +268,12 @@ void info_nce_backward_typed(const py::array& query, const py::array& positive, 
 }
 
 void info_nce(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
-              double inv_temperature, bool normalize, const py::object& row_loss, const py::object& row_lse) {
+              double inv_temperature, bool normalize, const py::object& row_loss, const py::object& row_max,
+              const py::object& row_log_sum) {
   if (has_dtype<float>(query)) {
-    info_nce_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_lse);
+    info_nce_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max, row_log_sum);
   } else if (has_dtype<double>(query)) {
-    info_nce_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_lse);
+    info_nce_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max, row_log_sum);
   } else {
     throw py::type_error("query: expected native float32 or float64");
   }
@@ -274,14 +281,15 @@ void info_nce(const py::array& query, const py::array& positive, int mode, const
 
 void info_nce_backward(const py::array& query, const py::array& positive, int mode,
                        const py::object& negatives, double inv_temperature, bool normalize,
-                       const py::object& row_lse, const py::object& row_grad, const py::object& d_query,
+                       const py::object& row_max, const py::object& row_log_sum, const py::object& row_grad,
+                       const py::object& d_query,
                        const py::object& d_positive, const py::object& d_negatives) {
   if (has_dtype<float>(query)) {
-    info_nce_backward_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_lse,
-                                   row_grad, d_query, d_positive, d_negatives);
+    info_nce_backward_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_max,
+                                   row_log_sum, row_grad, d_query, d_positive, d_negatives);
   } else if (has_dtype<double>(query)) {
-    info_nce_backward_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_lse,
-                                    row_grad, d_query, d_positive, d_negatives);
+    info_nce_backward_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_max,
+                                    row_log_sum, row_grad, d_query, d_positive, d_negatives);
   } else {
     throw py::type_error("query: expected native float32 or float64");
   }
@@ -313,10 +321,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("grad_scale") = 1.0, py::arg("grad_divide_by_denominator") = false);
   m.def("info_nce", &info_nce, py::arg("query"), py::arg("positive"), py::arg("mode"),
         py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"),
-        py::arg("row_lse") = py::none());
+        py::arg("row_max") = py::none(), py::arg("row_log_sum") = py::none());
   m.def("info_nce_backward", &info_nce_backward, py::arg("query"), py::arg("positive"), py::arg("mode"),
-        py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_lse"),
-        py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"), py::arg("d_negatives"));
+        py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_max"),
+        py::arg("row_log_sum"), py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"), py::arg("d_negatives"));
 
   m.def("compiled_isas", &compiled_isas);
   m.def("available_isas", &available_isas);

@@ -76,16 +76,20 @@ struct InfoNceArgs {
   double inv_temperature = 1.0;
   bool normalize = false;
   double* row_loss = nullptr;  // forward: N contiguous outputs, in double
-  double* row_lse = nullptr;   // forward: N log-sum-exps kept for the backward pass, or null
+  // forward: each row's log-sum-exp as max + log_sum, kept for the backward pass, or null.
+  double* row_max = nullptr;
+  double* row_log_sum = nullptr;
 };
 
 // InfoNCE backward, one direction: adds the gradient of sum_i row_grad[i] * loss_i to d_query
 // (N x D), d_positive (N x D; the keys for in_batch) and d_negatives (M x D or N x M x D), all
-// contiguous. It streams the keys again and recomputes each tile's logits from the saved row_lse,
+// contiguous. It streams the keys again and recomputes each tile's logits from the saved
+// log-sum-exps,
 // so, like the forward pass, it never stores anything N x M.
 template <class T>
 struct InfoNceGradArgs {
-  const double* row_lse = nullptr;
+  const double* row_max = nullptr;
+  const double* row_log_sum = nullptr;
   const double* row_grad = nullptr;
   T* d_query = nullptr;
   T* d_positive = nullptr;

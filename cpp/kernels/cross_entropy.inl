@@ -1,6 +1,7 @@
 // Cross-entropy over rows of logits with a stable log-softmax: lse = m + log(sum exp(x - m)) with
-// m the row maximum, so no exp overflows for finite logits of any magnitude. The per-row loss is
-// formed in double from lse and the logits, so only a row loss beyond T's range becomes inf.
+// m the row maximum, so no exp overflows for finite logits of any magnitude. Each -log softmax_c
+// is formed in double as log(sum) - (x_c - m), never as lse - x_c: at |m| ~ 1e16 and beyond, m +
+// log(sum) would round log(sum) away. Only a row loss beyond T's range becomes inf.
 // The gradient softmax - target distribution is written in the same pass, while the row is in
 // cache. Included inside an ISA namespace.
 
@@ -16,10 +17,18 @@ inline T exp_of(T x) {
   }
 }
 
-// log-sum-exp of one row, in double. When `exps` is not null it receives exp(x_c - max), which
-// the gradient turns into softmax probabilities without a second exp.
+// A row's log-sum-exp kept in two parts: -log softmax_c = log_sum - (x_c - max).
+struct RowLogSumExp {
+  double max;
+  double log_sum;
+
+  double neg_log_softmax(double x) const { return log_sum - (x - max); }
+};
+
+// The log-sum-exp of one row. When `exps` is not null it receives exp(x_c - max), which the
+// gradient turns into softmax probabilities without a second exp.
 template <class T>
-double row_log_sum_exp(const T* x, int64_t cols, int64_t stride, T* exps, double* sum_out) {
+RowLogSumExp row_log_sum_exp(const T* x, int64_t cols, int64_t stride, T* exps, double* sum_out) {
   T row_max = x[0];
   for (int64_t j = 1; j < cols; ++j) {
     const T v = x[j * stride];
@@ -41,7 +50,7 @@ double row_log_sum_exp(const T* x, int64_t cols, int64_t stride, T* exps, double
   }
   const double sum = sum0 + sum1;
   if (sum_out != nullptr) *sum_out = sum;
-  return static_cast<double>(row_max) + ::log(sum);
+  return RowLogSumExp{static_cast<double>(row_max), ::log(sum)};
 }
 
 // Loss of row `i` and its contribution to the "mean" denominator; with a gradient buffer, also
@@ -61,14 +70,14 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
 
   if (a.target_prob.data != nullptr) {
     // Soft targets: sum_c w_c * q_c * (lse - x_c) with q = (1 - eps) p + eps / C.
-    const double lse = row_log_sum_exp(x, cols, cs, g, &exp_sum);
+    const RowLogSumExp lse = row_log_sum_exp(x, cols, cs, g, &exp_sum);
     const T* p = a.target_prob.data + i * a.target_prob.row_stride;
     const int64_t ps = a.target_prob.col_stride;
     double total = 0.0, target_mass = 0.0;
     for (int64_t c = 0; c < cols; ++c) {
       const double q = (1.0 - smoothing) * static_cast<double>(p[c * ps]) + uniform;
       const double wq = w != nullptr ? w[c] * q : q;
-      total += wq * (lse - static_cast<double>(x[c * cs]));
+      total += wq * lse.neg_log_softmax(static_cast<double>(x[c * cs]));
       target_mass += wq;
     }
     if (g != nullptr) {
@@ -94,16 +103,16 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
     *denominator = 0.0;
     return;
   }
-  const double lse = row_log_sum_exp(x, cols, cs, g, &exp_sum);
+  const RowLogSumExp lse = row_log_sum_exp(x, cols, cs, g, &exp_sum);
   const double label_weight = w != nullptr ? w[label] : 1.0;
-  double total = label_weight * (lse - static_cast<double>(x[label * cs]));
+  double total = label_weight * lse.neg_log_softmax(static_cast<double>(x[label * cs]));
   double weight_total = static_cast<double>(cols);
   if (smoothing != 0.0) {
     // eps / C * sum_c w_c (lse - x_c), the uniform part of the smoothed target.
     double smooth = 0.0;
     weight_total = 0.0;
     for (int64_t c = 0; c < cols; ++c) {
-      const double term = lse - static_cast<double>(x[c * cs]);
+      const double term = lse.neg_log_softmax(static_cast<double>(x[c * cs]));
       smooth += w != nullptr ? w[c] * term : term;
       weight_total += w != nullptr ? w[c] : 1.0;
     }

@@ -46,7 +46,9 @@ struct OnlineLogSumExp {
     max = tile_max;
   }
 
-  double value() const { return max + ::log(sum); }
+  // -log softmax of a logit x: (max - x) + log(sum), never lse - x, whose log(sum) would round
+  // away beside logits of magnitude ~1e16 and beyond.
+  double neg_log_softmax(double x) const { return (max - x) + ::log(sum); }
 };
 
 // Where one direction's keys live; keys of query i, key j at base + i * query_stride + j * stride.
@@ -150,9 +152,11 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
       }
     }
     for (int64_t r = 0; r < tile.rows; ++r) {
-      const double lse = state[r].value();
-      a.row_loss[tile.first + r] = lse - tile.positive_logit[r];
-      if (a.row_lse != nullptr) a.row_lse[tile.first + r] = lse;
+      a.row_loss[tile.first + r] = state[r].neg_log_softmax(tile.positive_logit[r]);
+      if (a.row_max != nullptr) {
+        a.row_max[tile.first + r] = state[r].max;
+        a.row_log_sum[tile.first + r] = ::log(state[r].sum);
+      }
     }
   }
 }
@@ -219,7 +223,7 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
     for (int64_t r = 0; r < tile.rows; ++r) {
       const int64_t i = tile.first + r;
       if (keys.in_batch) continue;
-      const double coef = g.row_grad[i] * (::exp(tile.positive_logit[r] - g.row_lse[i]) - 1.0) * inv_t;
+      const double coef = g.row_grad[i] * (::exp((tile.positive_logit[r] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * inv_t;
       const T* q = a.query.data + i * a.query.row_stride;
       const T* p = a.positive.data + i * a.positive.row_stride;
       axpy_row(coef * tile.positive_inv_norm[r], p, dim, acc + r * dim);
@@ -234,7 +238,7 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
         const T* q = a.query.data + i * a.query.row_stride;
         const T* key_base = keys.base + i * keys.query_stride + j0 * keys.stride;
         for (int64_t c = 0; c < cols; ++c) {
-          double coef = ::exp(logits[c] - g.row_lse[i]);
+          double coef = ::exp((logits[c] - g.row_max[i]) - g.row_log_sum[i]);
           if (keys.in_batch && j0 + c == i) coef -= 1.0;
           coef *= g.row_grad[i] * inv_t;
           const double key_norm = a.normalize ? key_inv_norm[c] : 1.0;
@@ -283,7 +287,7 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
         logits_row(a, keys, tile, r, j0, cols, key_inv_norm, i > 0, logits);
         const T* q = a.query.data + i * a.query.row_stride;
         for (int64_t c = 0; c < cols; ++c) {
-          double coef = ::exp(logits[c] - g.row_lse[i]);
+          double coef = ::exp((logits[c] - g.row_max[i]) - g.row_log_sum[i]);
           if (keys.in_batch && j0 + c == i) coef -= 1.0;
           axpy_row(coef * g.row_grad[i] * inv_t * tile.query_inv_norm[r], q, dim, acc + c * dim);
         }

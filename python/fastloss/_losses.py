@@ -256,6 +256,10 @@ def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[
     return loss, problem.backward(np.full(problem.rows, scale))
 
 
+def _stats_rows(stats: Optional[np.ndarray]) -> tuple:
+    return (None, None) if stats is None else (stats[0], stats[1])
+
+
 class InfoNceProblem:
     """One validated InfoNCE call: the arrays in kernel layout, a forward pass that keeps the
     per-row log-sum-exps, and a backward pass for any per-row upstream gradient (which is what
@@ -309,26 +313,27 @@ class InfoNceProblem:
         self.negatives = (
             None if negatives_array is None else to_kernel_layout(negatives_array, self.dtype, contiguous_rows=True)
         )
-        self._row_lse: Optional[np.ndarray] = None
-        self._key_lse: Optional[np.ndarray] = None
+        # Each direction's per-row log-sum-exp as (max, log of the scaled sum), for backward.
+        self._row_stats: Optional[np.ndarray] = None
+        self._key_stats: Optional[np.ndarray] = None
 
     def forward(self, keep_for_backward: bool = False) -> np.ndarray:
         """The per-query losses in float64 (averaged over both directions when symmetric)."""
         row_loss = np.empty(self.rows, dtype=np.float64)
-        self._row_lse = np.empty(self.rows, dtype=np.float64) if keep_for_backward else None
+        self._row_stats = np.empty((2, self.rows)) if keep_for_backward else None
         _core.info_nce(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
-                       row_loss, self._row_lse)
+                       row_loss, *_stats_rows(self._row_stats))
         if self.symmetric:
             key_loss = np.empty(self.rows, dtype=np.float64)
-            self._key_lse = np.empty(self.rows, dtype=np.float64) if keep_for_backward else None
+            self._key_stats = np.empty((2, self.rows)) if keep_for_backward else None
             _core.info_nce(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize, key_loss,
-                           self._key_lse)
+                           *_stats_rows(self._key_stats))
             row_loss = 0.5 * (row_loss + key_loss)
         return row_loss
 
     def backward(self, row_grad: np.ndarray) -> tuple:
         """Gradients of sum_i row_grad[i] * loss_i: (d_query, d_positive_key, d_negative_keys)."""
-        if self._row_lse is None:
+        if self._row_stats is None:
             raise RuntimeError("InfoNceProblem.backward needs forward(keep_for_backward=True) first")
         row_grad = np.ascontiguousarray(row_grad, dtype=np.float64)
         if self.symmetric:
@@ -337,11 +342,11 @@ class InfoNceProblem:
         d_positive = np.zeros((self.rows, self.dim), dtype=self.dtype)
         d_negatives = None if self.negatives is None else np.zeros(self.negatives.shape, dtype=self.dtype)
         _core.info_nce_backward(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
-                                self._row_lse, row_grad, d_query, d_positive, d_negatives)
+                                *_stats_rows(self._row_stats), row_grad, d_query, d_positive, d_negatives)
         if self.symmetric:
             # The keys -> queries direction: the two arrays swap roles.
             _core.info_nce_backward(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize,
-                                    self._key_lse, row_grad, d_positive, d_query, None)
+                                    *_stats_rows(self._key_stats), row_grad, d_positive, d_query, None)
         query_array, positive_array, negatives_array = self._originals
         return (
             as_input_dtype(d_query, query_array),
