@@ -25,11 +25,18 @@ inline T scalar_exp(T x) {
   }
 }
 
-// The log-sum-exp of one row. When `exps` is not null it receives exp(x_c - max), which the
+// A row's max and sum of exp(x - max); the log of the sum is taken later, a vector of rows at a
+// time.
+struct RowSums {
+  double max;
+  double sum;
+};
+
+// The max and exp-sum of one row. When `exps` is not null it receives exp(x_c - max), which the
 // gradient turns into softmax probabilities without a second exp. With unit stride the row is
 // read twice while it sits in L1: a vector max, then vector exps summed in float64.
 template <class T>
-RowLogSumExp row_log_sum_exp(const T* x, int64_t cols, int64_t stride, T* exps, double* sum_out) {
+RowSums row_exp_sum(const T* x, int64_t cols, int64_t stride, T* exps) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int64_t L = S::kLanes;
@@ -74,16 +81,14 @@ RowLogSumExp row_log_sum_exp(const T* x, int64_t cols, int64_t stride, T* exps, 
       if (exps != nullptr) exps[j] = e;
     }
   }
-  const double sum = S::total(sum0) + S::total(sum1) + strided_sum;
-  if (sum_out != nullptr) *sum_out = sum;
-  return RowLogSumExp{static_cast<double>(row_max), ::log(sum)};
+  return RowSums{static_cast<double>(row_max), S::total(sum0) + S::total(sum1) + strided_sum};
 }
 
-// Loss of row `i` and its contribution to the "mean" denominator; with a gradient buffer, also
-// grad_scale * d loss / d logits of this row.
+// Loss of row `i` and its contribution to the "mean" denominator from the row's log-sum-exp; with a
+// gradient buffer (already holding exp(x - max)), also grad_scale * d loss / d logits of this row.
 template <class T>
-void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scale, double* loss,
-                       double* denominator) {
+void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scale, const RowLogSumExp& lse,
+                       double exp_sum, double* loss, double* denominator) {
   const MatrixView<T>& logits = a.logits;
   const int64_t cols = logits.cols;
   const int64_t cs = logits.col_stride;
@@ -92,11 +97,9 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
   const double smoothing = a.label_smoothing;
   const double uniform = smoothing / static_cast<double>(cols);
   T* g = a.grad != nullptr ? a.grad + i * cols : nullptr;
-  double exp_sum = 1.0;
 
   if (a.target_prob.data != nullptr) {
     // Soft targets: sum_c w_c * q_c * (lse - x_c) with q = (1 - eps) p + eps / C.
-    const RowLogSumExp lse = row_log_sum_exp(x, cols, cs, g, &exp_sum);
     const T* p = a.target_prob.data + i * a.target_prob.row_stride;
     const int64_t ps = a.target_prob.col_stride;
     double total = 0.0, target_mass = 0.0;
@@ -129,7 +132,6 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
     *denominator = 0.0;
     return;
   }
-  const RowLogSumExp lse = row_log_sum_exp(x, cols, cs, g, &exp_sum);
   const double label_weight = w != nullptr ? w[label] : 1.0;
   double total = label_weight * lse.neg_log_softmax(static_cast<double>(x[label * cs]));
   double weight_total = static_cast<double>(cols);
@@ -174,6 +176,18 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
   *denominator = label_weight;
 }
 
+// Rows whose logs are taken together, with vector log.
+constexpr int64_t kLogGroup = 16;
+
+inline void vector_log(const double* in, double* out, int64_t count) {
+  using S = Simd<double>;
+  constexpr int64_t L = S::kLanes;
+  for (int64_t k = 0; k < count; k += L) {
+    const int64_t n = count - k < L ? count - k : L;
+    S::store_partial(out + k, S::log(S::load_partial(in + k, n, 1.0)), n);
+  }
+}
+
 template <class T>
 CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
   const int64_t rows = a.logits.rows;
@@ -199,12 +213,28 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
         const int64_t r0 = b * rows_per_block;
         const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
         double loss_sum = 0.0, denominator_sum = 0.0;
-        for (int64_t r = r0; r < r1; ++r) {
-          double loss, denominator;
-          cross_entropy_row(a, r, grad_scale, &loss, &denominator);
-          if (a.out != nullptr) a.out[r] = static_cast<T>(loss);
-          loss_sum += loss;
-          denominator_sum += denominator;
+        for (int64_t g0 = r0; g0 < r1; g0 += kLogGroup) {
+          const int64_t count = r1 - g0 < kLogGroup ? r1 - g0 : kLogGroup;
+          double row_max[kLogGroup], exp_sum[kLogGroup], log_sum[kLogGroup];
+          for (int64_t k = 0; k < count; ++k) {
+            const int64_t r = g0 + k;
+            const bool ignored = a.target_prob.data == nullptr &&
+                                 a.target_index[r * a.target_index_stride] == a.ignore_index;
+            const RowSums sums = ignored ? RowSums{0.0, 1.0}
+                                         : row_exp_sum(a.logits.data + r * a.logits.row_stride, cols,
+                                                       a.logits.col_stride, a.grad != nullptr ? a.grad + r * cols : nullptr);
+            row_max[k] = sums.max;
+            exp_sum[k] = sums.sum;
+          }
+          vector_log(exp_sum, log_sum, count);
+          for (int64_t k = 0; k < count; ++k) {
+            double loss, denominator;
+            cross_entropy_row(a, g0 + k, grad_scale, RowLogSumExp{row_max[k], log_sum[k]}, exp_sum[k], &loss,
+                              &denominator);
+            if (a.out != nullptr) a.out[g0 + k] = static_cast<T>(loss);
+            loss_sum += loss;
+            denominator_sum += denominator;
+          }
         }
         block[0] = loss_sum;
         block[1] = denominator_sum;

@@ -43,7 +43,7 @@ struct Simd<float> {
     const V negative = _mm256_and_ps(_mm256_cmp_ps(a, zero(), _CMP_LT_OQ), one);
     return select(is_nan(a), a, _mm256_sub_ps(positive, negative));
   }
-  // 2^n for integral-valued n in [-127, 127].
+  // 2^n for integral-valued n in [-126, 127].
   static V pow2(V n) {
     const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
@@ -115,7 +115,7 @@ struct Simd<double> {
     const V negative = _mm256_and_pd(_mm256_cmp_pd(a, zero(), _CMP_LT_OQ), one);
     return select(is_nan(a), a, _mm256_sub_pd(positive, negative));
   }
-  // 2^n for integral-valued n in [-1023, 1023]: adding 2^52 + 2^51 puts n in the low mantissa
+  // 2^n for integral-valued n in [-1022, 1023]: adding 2^52 + 2^51 puts n in the low mantissa
   // bits (AVX2 has no double -> int64 conversion).
   static V pow2(V n) {
     const __m256d magic = _mm256_set1_pd(6755399441055744.0);
@@ -130,6 +130,21 @@ struct Simd<double> {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
   }
+  static V div(V a, V b) { return _mm256_div_pd(a, b); }
+  static M eq(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_EQ_OQ); }
+  static M lt(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
+  // x = m 2^e with m in [1, 2), for normal positive x: e from the exponent field (read as a
+  // double by or-ing it under 2^52's bits), m by putting 1's exponent on x's mantissa.
+  static V split_exponent(V x, V* mantissa) {
+    const __m256i bits = _mm256_castpd_si256(x);
+    const __m256d two52 = _mm256_set1_pd(4503599627370496.0);
+    const __m256i field = _mm256_srli_epi64(bits, 52);
+    const V biased = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(field, _mm256_castpd_si256(two52))), two52);
+    *mantissa = _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFLL)),
+                                                    _mm256_set1_epi64x(0x3FF0000000000000LL)));
+    return _mm256_sub_pd(biased, _mm256_set1_pd(1023.0));
+  }
+  static V log(V x);
   static V exp(V x);
 
   struct DoubleSum {
@@ -143,3 +158,4 @@ struct Simd<double> {
 
 inline Simd<float>::V Simd<float>::exp(V x) { return exp_poly<float>(x); }
 inline Simd<double>::V Simd<double>::exp(V x) { return exp_poly<double>(x); }
+inline Simd<double>::V Simd<double>::log(V x) { return log_poly(x); }

@@ -102,6 +102,15 @@ struct Simd<double> {
   }
   static double reduce_max(V a) { return _mm512_reduce_max_pd(a); }
   static double reduce_add(V a) { return _mm512_reduce_add_pd(a); }
+  static V div(V a, V b) { return _mm512_div_pd(a, b); }
+  static M eq(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
+  static M lt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
+  // x = m 2^e with m in [1, 2), for normal positive x.
+  static V split_exponent(V x, V* mantissa) {
+    *mantissa = _mm512_getmant_pd(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    return _mm512_getexp_pd(x);
+  }
+  static V log(V x);
   static V exp(V x);
 
   struct DoubleSum {
@@ -115,3 +124,4 @@ struct Simd<double> {
 
 inline Simd<float>::V Simd<float>::exp(V x) { return exp_poly<float>(x); }
 inline Simd<double>::V Simd<double>::exp(V x) { return exp_poly<double>(x); }
+inline Simd<double>::V Simd<double>::log(V x) { return log_poly(x); }

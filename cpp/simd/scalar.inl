@@ -1,5 +1,6 @@
 // The portable "vector" of one lane: the same kernel templates that the SIMD paths run, as plain
-// scalar code (the scalar object is built without auto-vectorisation). exp comes from libm.
+// scalar code (the scalar object is built without auto-vectorisation). exp and log come from
+// libm.
 // Included inside the scalar ISA namespace.
 
 template <class T>
@@ -34,6 +35,14 @@ struct Simd {
       return ::expf(x);
     } else {
       return ::exp(x);
+    }
+  }
+
+  static V log(V x) {
+    if constexpr (sizeof(T) == sizeof(float)) {
+      return ::logf(x);
+    } else {
+      return ::log(x);
     }
   }
 
