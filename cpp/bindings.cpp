@@ -20,6 +20,9 @@ using namespace fastloss;
 
 namespace {
 
+// Work below which releasing and re-taking the GIL costs more than the kernel.
+constexpr int64_t kReleaseGilAbove = 1 << 14;
+
 template <class T>
 bool has_dtype(const py::array& a) {
   return a.dtype().equal(py::dtype::of<T>());
@@ -141,7 +144,9 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
   }();
   const int threads = num_threads();
   CrossEntropySums sums;
-  {
+  if (rows * cols < kReleaseGilAbove) {
+    sums = fn(args, threads);
+  } else {
     // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
     py::gil_scoped_release release;
     sums = fn(args, threads);
@@ -295,6 +300,114 @@ void info_nce_backward(const py::array& query, const py::array& positive, int mo
   }
 }
 
+// The fast paths serve the most common calls (C-contiguous native float arrays, a plain
+// reduction, no options) with no Python-level work, so a small call costs about a microsecond.
+// They return None for anything else, and the Python layer then takes the general path, which
+// validates and converts everything.
+enum class FastReduction { none_eligible, mean, sum, batchmean };
+
+FastReduction fast_reduction(py::handle reduction) {
+  if (!PyUnicode_Check(reduction.ptr())) return FastReduction::none_eligible;
+  if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "mean") == 0) return FastReduction::mean;
+  if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "sum") == 0) return FastReduction::sum;
+  if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "batchmean") == 0) return FastReduction::batchmean;
+  return FastReduction::none_eligible;
+}
+
+bool c_contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
+
+template <class T>
+double regression_fast_typed(RegressionKind kind, const py::array& pred, const py::array& target) {
+  const int64_t size = pred.size();
+  MatrixView<T> p{static_cast<const T*>(pred.data()), 1, size, size, 1};
+  MatrixView<T> t{static_cast<const T*>(target.data()), 1, size, size, 1};
+  const RegressionFn<T> fn = active_set<T>().regression;
+  const int threads = num_threads();
+  if (size < kReleaseGilAbove) return fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads);
+  // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
+  py::gil_scoped_release release;
+  return fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads);
+}
+
+py::object regression_fast(int kind, py::handle pred_h, py::handle target_h, py::handle reduction_h) {
+  const FastReduction reduction = fast_reduction(reduction_h);
+  if (reduction == FastReduction::none_eligible || !py::isinstance<py::array>(pred_h) ||
+      !py::isinstance<py::array>(target_h) || (kind != 0 && kind != 1)) {
+    return py::none();
+  }
+  const auto pred = py::reinterpret_borrow<py::array>(pred_h);
+  const auto target = py::reinterpret_borrow<py::array>(target_h);
+  if (pred.ndim() < 1 || pred.ndim() != target.ndim() || !c_contiguous(pred) || !c_contiguous(target)) {
+    return py::none();
+  }
+  for (py::ssize_t d = 0; d < pred.ndim(); ++d) {
+    if (pred.shape(d) != target.shape(d)) return py::none();
+  }
+  const RegressionKind k = static_cast<RegressionKind>(kind);
+  double total;
+  if (has_dtype<float>(pred) && has_dtype<float>(target)) {
+    total = regression_fast_typed<float>(k, pred, target);
+  } else if (has_dtype<double>(pred) && has_dtype<double>(target)) {
+    total = regression_fast_typed<double>(k, pred, target);
+  } else {
+    return py::none();
+  }
+  // IEEE division: an empty input gives 0 / 0 = nan, as the general path does.
+  switch (reduction) {
+    case FastReduction::sum: return py::float_(total);
+    case FastReduction::mean: return py::float_(total / static_cast<double>(pred.size()));
+    default: return py::float_(total / static_cast<double>(pred.shape(0)));
+  }
+}
+
+py::object cross_entropy_fast(py::handle logits_h, py::handle target_h, py::handle reduction_h) {
+  const FastReduction reduction = fast_reduction(reduction_h);
+  if (reduction == FastReduction::none_eligible || !py::isinstance<py::array>(logits_h) ||
+      !py::isinstance<py::array>(target_h)) {
+    return py::none();
+  }
+  const auto logits = py::reinterpret_borrow<py::array>(logits_h);
+  const auto target = py::reinterpret_borrow<py::array>(target_h);
+  if (logits.ndim() != 2 || logits.shape(1) < 1 || !c_contiguous(logits) || target.ndim() != 1 ||
+      target.shape(0) != logits.shape(0) || !has_dtype<int64_t>(target) ||
+      target.strides(0) % static_cast<py::ssize_t>(sizeof(int64_t)) != 0) {
+    return py::none();
+  }
+  py::tuple sums;
+  if (has_dtype<float>(logits)) {
+    sums = cross_entropy_typed<float>(logits, target, py::none(), py::none(), -100, 0.0, py::none(), py::none(), 1.0,
+                                      false);
+  } else if (has_dtype<double>(logits)) {
+    sums = cross_entropy_typed<double>(logits, target, py::none(), py::none(), -100, 0.0, py::none(), py::none(), 1.0,
+                                       false);
+  } else {
+    return py::none();
+  }
+  const double loss = sums[0].cast<double>();
+  switch (reduction) {
+    case FastReduction::sum: return py::float_(loss);
+    case FastReduction::mean: return py::float_(loss / sums[1].cast<double>());
+    default: return py::float_(loss / static_cast<double>(logits.shape(0)));
+  }
+}
+
+// Test hooks: the active ISA's vector exp (float32 or float64) and float64 log, elementwise.
+py::array vector_math(const py::array& in, bool log) {
+  if (in.ndim() != 1 || !c_contiguous(in)) throw py::value_error("x: expected a contiguous 1-D array");
+  if (has_dtype<float>(in) && !log) {
+    py::array_t<float> out(in.shape(0));
+    active_set<float>().exp(static_cast<const float*>(in.data()), out.mutable_data(), in.shape(0));
+    return out;
+  }
+  if (has_dtype<double>(in)) {
+    py::array_t<double> out(in.shape(0));
+    const auto fn = log ? active_set<double>().log : active_set<double>().exp;
+    fn(static_cast<const double*>(in.data()), out.mutable_data(), in.shape(0));
+    return out;
+  }
+  throw py::type_error("x: expected float32 (exp) or float64");
+}
+
 std::string compiler() {
 #if defined(__clang__)
   return std::string("clang ") + __clang_version__;
@@ -325,6 +438,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("info_nce_backward", &info_nce_backward, py::arg("query"), py::arg("positive"), py::arg("mode"),
         py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_max"),
         py::arg("row_log_sum"), py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"), py::arg("d_negatives"));
+
+  m.def("regression_fast", &regression_fast, py::arg("kind"), py::arg("pred"), py::arg("target"),
+        py::arg("reduction"));
+  m.def("cross_entropy_fast", &cross_entropy_fast, py::arg("logits"), py::arg("target"), py::arg("reduction"));
+
+  m.def("vector_exp", [](const py::array& x) { return vector_math(x, false); }, py::arg("x"));
+  m.def("vector_log", [](const py::array& x) { return vector_math(x, true); }, py::arg("x"));
 
   m.def("compiled_isas", &compiled_isas);
   m.def("available_isas", &available_isas);

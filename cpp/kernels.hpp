@@ -102,8 +102,15 @@ template <class T>
 using InfoNceBackwardFn = void (*)(const InfoNceArgs<T>& args, const InfoNceGradArgs<T>& grad,
                                    int num_threads);
 
+// The ISA's vector exp / log applied elementwise (out may alias in): exposed so tests can sweep
+// their stated range against float64. log is the float64 one for both types.
+template <class T>
+using ElementwiseFn = void (*)(const T* in, T* out, int64_t count);
+
 template <class T>
 struct KernelSet {
+  ElementwiseFn<T> exp;
+  ElementwiseFn<double> log;
   RegressionFn<T> regression;
   CrossEntropyFn<T> cross_entropy;
   InfoNceFn<T> info_nce;

@@ -1,5 +1,5 @@
-// The deterministic blocked reduction every loss shares. Included by cpp/kernels/<isa>.cpp inside
-// that ISA's namespace (no includes here: the including file brings <cstdlib>, <new>, OpenMP).
+// The deterministic blocked reduction every loss shares. Included by cpp/kernels/isa_begin.inl
+// inside an ISA's namespace, after kernels/buffer.inl (no includes here).
 //
 // Work is cut into blocks whose bounds depend only on the problem size, never on the thread count.
 // Each block is summed on its own, then the per-block partials are added pairwise in a fixed order,
@@ -35,25 +35,17 @@ void deterministic_sum(int64_t num_blocks, int64_t work, int num_threads, BlockS
     block_sum(int64_t{0}, result);
     return;
   }
-  // malloc rather than a std container: standard-library templates instantiated here would be
-  // compiled with this ISA's flags and could be the copy the linker keeps for every ISA.
-  double* partials = static_cast<double*>(std::malloc(sizeof(double) * Width * num_blocks));
-  if (partials == nullptr) throw std::bad_alloc();
+  Buffer<double> partials(Width * num_blocks);
+  Buffer<double> column(num_blocks);
+  if (!partials.ok() || !column.ok()) throw std::bad_alloc();
   const int threads = threads_for(work, num_blocks, num_threads);
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
-  for (int64_t b = 0; b < num_blocks; ++b) block_sum(b, partials + Width * b);
+  for (int64_t b = 0; b < num_blocks; ++b) block_sum(b, partials.get() + Width * b);
   // Transpose component k into a contiguous run so pairwise_sum can read it.
-  double* column = static_cast<double*>(std::malloc(sizeof(double) * num_blocks));
-  if (column == nullptr) {
-    std::free(partials);
-    throw std::bad_alloc();
-  }
   for (int k = 0; k < Width; ++k) {
     for (int64_t b = 0; b < num_blocks; ++b) column[b] = partials[Width * b + k];
-    result[k] = pairwise_sum(column, num_blocks);
+    result[k] = pairwise_sum(column.get(), num_blocks);
   }
-  std::free(column);
-  std::free(partials);
 }

@@ -8,15 +8,6 @@
 // Logits per reduction block (whole rows; at least one row per block).
 constexpr int64_t kCrossEntropyBlock = 1 << 14;
 
-template <class T>
-inline T exp_of(T x) {
-  if constexpr (sizeof(T) == sizeof(float)) {
-    return ::expf(x);
-  } else {
-    return ::exp(x);
-  }
-}
-
 // A row's log-sum-exp kept in two parts: -log softmax_c = log_sum - (x_c - max).
 struct RowLogSumExp {
   double max;
@@ -25,39 +16,79 @@ struct RowLogSumExp {
   double neg_log_softmax(double x) const { return log_sum - (x - max); }
 };
 
-// The log-sum-exp of one row. When `exps` is not null it receives exp(x_c - max), which the
-// gradient turns into softmax probabilities without a second exp.
 template <class T>
-RowLogSumExp row_log_sum_exp(const T* x, int64_t cols, int64_t stride, T* exps, double* sum_out) {
-  T row_max = x[0];
-  for (int64_t j = 1; j < cols; ++j) {
-    const T v = x[j * stride];
-    row_max = v > row_max ? v : row_max;
-  }
-  double sum0 = 0.0, sum1 = 0.0;
-  int64_t j = 0;
-  if (exps == nullptr) {
-    for (; j + 2 <= cols; j += 2) {
-      sum0 += exp_of<T>(x[j * stride] - row_max);
-      sum1 += exp_of<T>(x[(j + 1) * stride] - row_max);
-    }
-    if (j < cols) sum0 += exp_of<T>(x[j * stride] - row_max);
+inline T scalar_exp(T x) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    return ::expf(x);
   } else {
-    for (; j < cols; ++j) {
-      exps[j] = exp_of<T>(x[j * stride] - row_max);
-      sum0 += exps[j];
-    }
+    return ::exp(x);
   }
-  const double sum = sum0 + sum1;
-  if (sum_out != nullptr) *sum_out = sum;
-  return RowLogSumExp{static_cast<double>(row_max), ::log(sum)};
 }
 
-// Loss of row `i` and its contribution to the "mean" denominator; with a gradient buffer, also
-// grad_scale * d loss / d logits of this row.
+// A row's max and sum of exp(x - max); the log of the sum is taken later, a vector of rows at a
+// time.
+struct RowSums {
+  double max;
+  double sum;
+};
+
+// The max and exp-sum of one row. When `exps` is not null it receives exp(x_c - max), which the
+// gradient turns into softmax probabilities without a second exp. With unit stride the row is
+// read twice while it sits in L1: a vector max, then vector exps summed in float64.
 template <class T>
-void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scale, double* loss,
-                       double* denominator) {
+RowSums row_exp_sum(const T* x, int64_t cols, int64_t stride, T* exps) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t L = S::kLanes;
+  const T neg_inf = -static_cast<T>(__builtin_huge_val());
+  T row_max;
+  typename S::DoubleSum sum0, sum1;
+  double strided_sum = 0.0;
+  if (stride == 1) {
+    // The running max is the second operand: a NaN lane is dropped here and poisons the sum below.
+    V max_vec = S::set1(neg_inf);
+    int64_t j = 0;
+    for (; j + L <= cols; j += L) max_vec = S::max(S::load(x + j), max_vec);
+    if (j < cols) max_vec = S::max(S::load_partial(x + j, cols - j, neg_inf), max_vec);
+    row_max = S::reduce_max(max_vec);
+    const V shift = S::set1(row_max);
+    j = 0;
+    for (; j + 2 * L <= cols; j += 2 * L) {
+      const V e0 = S::exp(S::sub(S::load(x + j), shift));
+      const V e1 = S::exp(S::sub(S::load(x + j + L), shift));
+      S::accumulate(sum0, e0);
+      S::accumulate(sum1, e1);
+      if (exps != nullptr) {
+        S::store(exps + j, e0);
+        S::store(exps + j + L, e1);
+      }
+    }
+    for (; j < cols; j += L) {
+      const int64_t n = cols - j < L ? cols - j : L;
+      const V e = S::exp(S::sub(S::load_partial(x + j, n, neg_inf), shift));  // exp(-inf) = 0
+      S::accumulate(sum0, e);
+      if (exps != nullptr) S::store_partial(exps + j, e, n);
+    }
+  } else {
+    row_max = x[0];
+    for (int64_t j = 1; j < cols; ++j) {
+      const T v = x[j * stride];
+      row_max = v > row_max ? v : row_max;
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+      const T e = scalar_exp(x[j * stride] - row_max);
+      strided_sum += e;
+      if (exps != nullptr) exps[j] = e;
+    }
+  }
+  return RowSums{static_cast<double>(row_max), S::total(sum0) + S::total(sum1) + strided_sum};
+}
+
+// Loss of row `i` and its contribution to the "mean" denominator from the row's log-sum-exp; with a
+// gradient buffer (already holding exp(x - max)), also grad_scale * d loss / d logits of this row.
+template <class T>
+void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scale, const RowLogSumExp& lse,
+                       double exp_sum, double* loss, double* denominator) {
   const MatrixView<T>& logits = a.logits;
   const int64_t cols = logits.cols;
   const int64_t cs = logits.col_stride;
@@ -66,11 +97,9 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
   const double smoothing = a.label_smoothing;
   const double uniform = smoothing / static_cast<double>(cols);
   T* g = a.grad != nullptr ? a.grad + i * cols : nullptr;
-  double exp_sum = 1.0;
 
   if (a.target_prob.data != nullptr) {
     // Soft targets: sum_c w_c * q_c * (lse - x_c) with q = (1 - eps) p + eps / C.
-    const RowLogSumExp lse = row_log_sum_exp(x, cols, cs, g, &exp_sum);
     const T* p = a.target_prob.data + i * a.target_prob.row_stride;
     const int64_t ps = a.target_prob.col_stride;
     double total = 0.0, target_mass = 0.0;
@@ -103,12 +132,15 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
     *denominator = 0.0;
     return;
   }
-  const RowLogSumExp lse = row_log_sum_exp(x, cols, cs, g, &exp_sum);
   const double label_weight = w != nullptr ? w[label] : 1.0;
   double total = label_weight * lse.neg_log_softmax(static_cast<double>(x[label * cs]));
   double weight_total = static_cast<double>(cols);
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t L = S::kLanes;
   if (smoothing != 0.0) {
     // eps / C * sum_c w_c (lse - x_c), the uniform part of the smoothed target.
+    // Term by term in float64: sum_c x_c - C max would cancel catastrophically at huge logits.
     double smooth = 0.0;
     weight_total = 0.0;
     for (int64_t c = 0; c < cols; ++c) {
@@ -122,15 +154,38 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
     // d/dx_c = (1 - eps) w_t (softmax_c - [c == t]) + eps / C (softmax_c sum_c' w_c' - w_c)
     const double inv_sum = 1.0 / exp_sum;
     const double softmax_coef = (1.0 - smoothing) * label_weight + uniform * weight_total;
-    for (int64_t c = 0; c < cols; ++c) {
-      const double w_c = w != nullptr ? w[c] : 1.0;
-      double d = softmax_coef * (static_cast<double>(g[c]) * inv_sum) - uniform * w_c;
-      if (c == label) d -= (1.0 - smoothing) * label_weight;
-      g[c] = static_cast<T>(grad_scale * d);
+    // The label's entry is formed in float64 from its exp: softmax_t - 1 cancels.
+    const double label_exp = static_cast<double>(g[label]);
+    if (w == nullptr) {
+      const V scale = S::set1(static_cast<T>(grad_scale * softmax_coef * inv_sum));
+      const V offset = S::set1(static_cast<T>(grad_scale * uniform));
+      int64_t c = 0;
+      for (; c + L <= cols; c += L) S::store(g + c, S::sub(S::mul(scale, S::load(g + c)), offset));
+      if (c < cols) {
+        S::store_partial(g + c, S::sub(S::mul(scale, S::load_partial(g + c, cols - c, T(0))), offset), cols - c);
+      }
+    } else {
+      for (int64_t c = 0; c < cols; ++c) {
+        g[c] = static_cast<T>(grad_scale * (softmax_coef * (static_cast<double>(g[c]) * inv_sum) - uniform * w[c]));
+      }
     }
+    g[label] = static_cast<T>(grad_scale * (softmax_coef * (label_exp * inv_sum) - uniform * (w != nullptr ? w[label] : 1.0) -
+                                            (1.0 - smoothing) * label_weight));
   }
   *loss = total;
   *denominator = label_weight;
+}
+
+// Rows whose logs are taken together, with vector log.
+constexpr int64_t kLogGroup = 16;
+
+inline void vector_log(const double* in, double* out, int64_t count) {
+  using S = Simd<double>;
+  constexpr int64_t L = S::kLanes;
+  for (int64_t k = 0; k < count; k += L) {
+    const int64_t n = count - k < L ? count - k : L;
+    S::store_partial(out + k, S::log(S::load_partial(in + k, n, 1.0)), n);
+  }
 }
 
 template <class T>
@@ -158,12 +213,28 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
         const int64_t r0 = b * rows_per_block;
         const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
         double loss_sum = 0.0, denominator_sum = 0.0;
-        for (int64_t r = r0; r < r1; ++r) {
-          double loss, denominator;
-          cross_entropy_row(a, r, grad_scale, &loss, &denominator);
-          if (a.out != nullptr) a.out[r] = static_cast<T>(loss);
-          loss_sum += loss;
-          denominator_sum += denominator;
+        for (int64_t g0 = r0; g0 < r1; g0 += kLogGroup) {
+          const int64_t count = r1 - g0 < kLogGroup ? r1 - g0 : kLogGroup;
+          double row_max[kLogGroup], exp_sum[kLogGroup], log_sum[kLogGroup];
+          for (int64_t k = 0; k < count; ++k) {
+            const int64_t r = g0 + k;
+            const bool ignored = a.target_prob.data == nullptr &&
+                                 a.target_index[r * a.target_index_stride] == a.ignore_index;
+            const RowSums sums = ignored ? RowSums{0.0, 1.0}
+                                         : row_exp_sum(a.logits.data + r * a.logits.row_stride, cols,
+                                                       a.logits.col_stride, a.grad != nullptr ? a.grad + r * cols : nullptr);
+            row_max[k] = sums.max;
+            exp_sum[k] = sums.sum;
+          }
+          vector_log(exp_sum, log_sum, count);
+          for (int64_t k = 0; k < count; ++k) {
+            double loss, denominator;
+            cross_entropy_row(a, g0 + k, grad_scale, RowLogSumExp{row_max[k], log_sum[k]}, exp_sum[k], &loss,
+                              &denominator);
+            if (a.out != nullptr) a.out[g0 + k] = static_cast<T>(loss);
+            loss_sum += loss;
+            denominator_sum += denominator;
+          }
         }
         block[0] = loss_sum;
         block[1] = denominator_sum;

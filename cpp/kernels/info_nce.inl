@@ -1,57 +1,83 @@
-// InfoNCE, one direction. For every query row the log-sum-exp over its keys' logits is
-// accumulated tile by tile (online log-sum-exp: a running max and a running sum rescaled when the
-// max grows), so the N x (M+1) logits never exist; extra memory is one fixed tile per thread.
-// The backward pass streams the keys again, recomputing each tile's logits from the saved
-// log-sum-exp (FlashAttention's trick). Included inside an ISA namespace.
+// InfoNCE, one direction. The q . k products are a matrix product, computed by a register-blocked
+// micro-kernel over packed key panels (the BLIS approach); the online log-sum-exp (a running max
+// and a running sum, rescaled when the max grows) is folded in while each tile of logits is in
+// L1, so the N x (M+1) logits never exist. The backward pass streams the keys again and
+// recomputes each tile's logits from the saved log-sum-exp (FlashAttention's trick).
+//
+// Threads split the work along queries (blocks of kQueryBlock) and keys (chunks whose size
+// depends only on M); every chunk's partial state is merged in chunk order, so results have the
+// same bits for any thread count. Included inside an ISA namespace.
 
-constexpr int64_t kQueryTile = 8;
-constexpr int64_t kKeyTile = 128;
-
-template <class T>
-double dot_row(const T* a, const T* b, int64_t n) {
-  double acc0 = 0.0, acc1 = 0.0, acc2 = 0.0, acc3 = 0.0;
-  int64_t k = 0;
-  for (; k + 4 <= n; k += 4) {
-    acc0 += static_cast<double>(a[k]) * static_cast<double>(b[k]);
-    acc1 += static_cast<double>(a[k + 1]) * static_cast<double>(b[k + 1]);
-    acc2 += static_cast<double>(a[k + 2]) * static_cast<double>(b[k + 2]);
-    acc3 += static_cast<double>(a[k + 3]) * static_cast<double>(b[k + 3]);
-  }
-  for (; k < n; ++k) acc0 += static_cast<double>(a[k]) * static_cast<double>(b[k]);
-  return (acc0 + acc1) + (acc2 + acc3);
-}
-
+constexpr int64_t kKeyTile = 256;      // keys packed at a time: kKeyTile x D stays in L2
+constexpr int64_t kQueryBlock = 48;    // queries per work item (a multiple of every micro-kernel)
+constexpr int64_t kChunkKeys = 1024;   // keys per chunk, at least
+constexpr int64_t kMaxChunks = 16;     // so chunk partials stay O(16 N)
 constexpr double kNormFloor = 1e-12;
+
+inline int64_t min_i64(int64_t x, int64_t y) { return x < y ? x : y; }
+inline int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
+
+// sum_k a[k] b[k] in T lanes, reduced in float64.
+template <class T>
+double dot(const T* a, const T* b, int64_t n) {
+  using S = Simd<T>;
+  constexpr int64_t L = S::kLanes;
+  typename S::V acc0 = S::zero(), acc1 = S::zero();
+  int64_t k = 0;
+  for (; k + 2 * L <= n; k += 2 * L) {
+    acc0 = S::fmadd(S::load(a + k), S::load(b + k), acc0);
+    acc1 = S::fmadd(S::load(a + k + L), S::load(b + k + L), acc1);
+  }
+  for (; k < n; k += L) {
+    const int64_t m = min_i64(L, n - k);
+    acc0 = S::fmadd(S::load_partial(a + k, m, T(0)), S::load_partial(b + k, m, T(0)), acc0);
+  }
+  return static_cast<double>(S::reduce_add(S::add(acc0, acc1)));
+}
 
 // 1 / max(||x||, 1e-12): the factor F.normalize applies.
 template <class T>
 double inverse_norm(const T* x, int64_t n) {
-  const double norm = ::sqrt(dot_row(x, x, n));
+  const double norm = ::sqrt(dot(x, x, n));
   return 1.0 / (norm > kNormFloor ? norm : kNormFloor);
 }
 
-// Running log-sum-exp state of one query.
-struct OnlineLogSumExp {
-  double max = -HUGE_VAL;
-  double sum = 0.0;
-
-  // Folds in `count` logits. NaN logits never win the max but poison the sum, as they should.
-  void add(const double* logits, int64_t count) {
-    double tile_max = max;
-    for (int64_t j = 0; j < count; ++j) tile_max = logits[j] > tile_max ? logits[j] : tile_max;
-    double tile_sum = 0.0;
-    for (int64_t j = 0; j < count; ++j) tile_sum += ::exp(logits[j] - tile_max);
-    // sum == 0 means nothing was added yet (max is -inf; -inf - -inf would be NaN).
-    sum = (sum == 0.0 ? 0.0 : sum * ::exp(max - tile_max)) + tile_sum;
-    max = tile_max;
+// C[r][0 .. NR) (+)= sum_k a_rows[r][k * a_stride] * b[k * ldb + 0 .. NR) for r < kMicroRows,
+// NR = kMicroVecs * kLanes: kMicroRows x kMicroVecs vector accumulators live in registers, each
+// step loads kMicroVecs vectors of b and broadcasts one a per row.
+template <class T>
+void micro_kernel(int64_t depth, const T* const* a_rows, int64_t a_stride, const T* b, int64_t ldb, T* c,
+                  int64_t ldc, bool accumulate) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t MR = S::kMicroRows;
+  constexpr int64_t NV = S::kMicroVecs;
+  constexpr int64_t L = S::kLanes;
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int64_t r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < NV; ++v) acc[r][v] = accumulate ? S::load(c + r * ldc + v * L) : S::zero();
   }
+  for (int64_t k = 0; k < depth; ++k) {
+    V bv[NV];
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < NV; ++v) bv[v] = S::load(b + k * ldb + v * L);
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < MR; ++r) {
+      const V a = S::set1(a_rows[r][k * a_stride]);
+#pragma GCC unroll 4
+      for (int64_t v = 0; v < NV; ++v) acc[r][v] = S::fmadd(a, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int64_t r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < NV; ++v) S::store(c + r * ldc + v * L, acc[r][v]);
+  }
+}
 
-  // -log softmax of a logit x: (max - x) + log(sum), never lse - x, whose log(sum) would round
-  // away beside logits of magnitude ~1e16 and beyond.
-  double neg_log_softmax(double x) const { return (max - x) + ::log(sum); }
-};
-
-// Where one direction's keys live; keys of query i, key j at base + i * query_stride + j * stride.
+// Where one direction's keys live; key j of query i at base + i * query_stride + j * stride.
 template <class T>
 struct KeyStream {
   const T* base;
@@ -73,90 +99,274 @@ KeyStream<T> key_stream(const InfoNceArgs<T>& a) {
   return keys;
 }
 
-// Per-query factors of one query tile: query_scale = inv_temperature (times 1/||q|| with
-// normalize), the positive logit and, with normalize, the inverse norms.
+// Per-query factors shared by the forward and backward passes, O(N).
 template <class T>
-struct QueryTile {
-  int64_t first = 0;
-  int64_t rows = 0;
-  double query_inv_norm[kQueryTile];
-  double query_scale[kQueryTile];
-  double positive_inv_norm[kQueryTile];
-  double positive_logit[kQueryTile];
+struct QueryFactors {
+  Buffer<double> query_inv_norm;     // 1 / ||q|| (1 without normalize)
+  Buffer<double> query_scale;        // query_inv_norm / temperature
+  Buffer<double> positive_inv_norm;  // 1 / ||k+|| (1 without normalize)
+  Buffer<double> positive_logit;     // q . k+ scaled (explicit negatives only)
+
+  QueryFactors(const InfoNceArgs<T>& a)
+      : query_inv_norm(a.query.rows), query_scale(a.query.rows), positive_inv_norm(a.query.rows),
+        positive_logit(a.query.rows) {
+    if (!query_inv_norm.ok() || !query_scale.ok() || !positive_inv_norm.ok() || !positive_logit.ok()) {
+      throw std::bad_alloc();
+    }
+    const int64_t dim = a.query.cols;
+    for (int64_t i = 0; i < a.query.rows; ++i) {
+      const T* q = a.query.data + i * a.query.row_stride;
+      const T* p = a.positive.data + i * a.positive.row_stride;
+      query_inv_norm[i] = a.normalize ? inverse_norm(q, dim) : 1.0;
+      query_scale[i] = query_inv_norm[i] * a.inv_temperature;
+      positive_inv_norm[i] = a.normalize ? inverse_norm(p, dim) : 1.0;
+      positive_logit[i] = dot(q, p, dim) * (positive_inv_norm[i] * query_scale[i]);
+    }
+  }
 };
 
+// How the keys are cut: chunks depend only on the number of keys, never on threads.
+struct KeyChunks {
+  int64_t count;
+  int64_t size;
+
+  explicit KeyChunks(int64_t num_keys) {
+    const int64_t wanted = num_keys <= 0 ? 1 : min_i64(kMaxChunks, ceil_div(num_keys, kChunkKeys));
+    size = ceil_div(ceil_div(num_keys > 0 ? num_keys : 1, wanted), kKeyTile) * kKeyTile;
+    count = num_keys <= 0 ? 1 : ceil_div(num_keys, size);
+  }
+};
+
+// Scratch for one work item: a packed key tile, the keys' inverse norms, a tile of logits.
 template <class T>
-void load_query_tile(const InfoNceArgs<T>& a, int64_t first, int64_t rows, QueryTile<T>* tile) {
-  const int64_t dim = a.query.cols;
-  tile->first = first;
-  tile->rows = rows;
+struct TileScratch {
+  static constexpr int64_t kNR = Simd<T>::kMicroVecs * Simd<T>::kLanes;
+  static constexpr int64_t kMR = Simd<T>::kMicroRows;
+  int64_t dim;
+  Buffer<T> packed;            // kKeyTile / NR panels of dim x NR
+  Buffer<double> key_inv_norm; // kKeyTile
+  Buffer<T> key_scale;         // kKeyTile: key_inv_norm in T, for the vector loops
+  Buffer<T> logits;            // kQueryBlock x kKeyTile
+
+  explicit TileScratch(int64_t d)
+      : dim(d), packed(kKeyTile * (d > 0 ? d : 1)), key_inv_norm(kKeyTile), key_scale(kKeyTile),
+        logits(kQueryBlock * kKeyTile) {}
+  bool ok() const { return packed.ok() && key_inv_norm.ok() && key_scale.ok() && logits.ok(); }
+};
+
+// Packs keys [j0, j0 + cols) of a shared stream into panels: panel p holds dim rows of NR keys.
+// Keys past `cols` are zero, so their logits are computed but never read.
+template <class T>
+void pack_keys(const InfoNceArgs<T>& a, const KeyStream<T>& keys, int64_t j0, int64_t cols, TileScratch<T>* s) {
+  constexpr int64_t NR = TileScratch<T>::kNR;
+  const int64_t dim = s->dim;
+  const int64_t panels = ceil_div(cols, NR);
+  for (int64_t p = 0; p < panels; ++p) {
+    T* panel = s->packed.get() + p * dim * NR;
+    for (int64_t n = 0; n < NR; ++n) {
+      const int64_t j = p * NR + n;
+      if (j < cols) {
+        const T* key = keys.base + (j0 + j) * keys.stride;
+        for (int64_t k = 0; k < dim; ++k) panel[k * NR + n] = key[k];
+      } else {
+        for (int64_t k = 0; k < dim; ++k) panel[k * NR + n] = T(0);
+      }
+    }
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    s->key_inv_norm[j] = a.normalize ? inverse_norm(keys.base + (j0 + j) * keys.stride, dim) : 1.0;
+    s->key_scale[j] = static_cast<T>(s->key_inv_norm[j]);
+  }
+  for (int64_t j = cols; j < kKeyTile; ++j) s->key_scale[j] = T(0);
+}
+
+// Logits of queries [i0, i0 + rows) (rows <= kQueryBlock) against the packed tile of `cols` keys,
+// into s->logits (row stride kKeyTile): dot products by the micro-kernel, then the scales.
+template <class T>
+void logit_tile(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int64_t i0, int64_t rows, int64_t cols,
+                TileScratch<T>* s) {
+  constexpr int64_t NR = TileScratch<T>::kNR;
+  constexpr int64_t MR = TileScratch<T>::kMR;
+  const int64_t dim = s->dim;
+  const int64_t panels = ceil_div(cols, NR);
+  for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+    const T* a_rows[MR];
+    for (int64_t r = 0; r < MR; ++r) {
+      // Rows past the block repeat its last query; their results are never read.
+      a_rows[r] = a.query.data + (i0 + min_i64(r0 + r, rows - 1)) * a.query.row_stride;
+    }
+    T out_rows[MR * NR];
+    for (int64_t p = 0; p < panels; ++p) {
+      micro_kernel<T>(dim, a_rows, 1, s->packed.get() + p * dim * NR, NR, out_rows, NR, false);
+      for (int64_t r = 0; r < MR && r0 + r < rows; ++r) {
+        T* dst = s->logits.get() + (r0 + r) * kKeyTile + p * NR;
+        for (int64_t n = 0; n < NR; ++n) dst[n] = out_rows[r * NR + n];
+      }
+    }
+  }
+  using S = Simd<T>;
+  constexpr int64_t L = S::kLanes;
   for (int64_t r = 0; r < rows; ++r) {
-    const T* q = a.query.data + (first + r) * a.query.row_stride;
-    const T* p = a.positive.data + (first + r) * a.positive.row_stride;
-    tile->query_inv_norm[r] = a.normalize ? inverse_norm(q, dim) : 1.0;
-    tile->query_scale[r] = a.normalize ? tile->query_inv_norm[r] * a.inv_temperature : a.inv_temperature;
-    tile->positive_inv_norm[r] = a.normalize ? inverse_norm(p, dim) : 1.0;
-    tile->positive_logit[r] = dot_row(q, p, dim) * (tile->positive_inv_norm[r] * tile->query_scale[r]);
+    T* row = s->logits.get() + r * kKeyTile;
+    const typename S::V q_scale = S::set1(static_cast<T>(f.query_scale[i0 + r]));
+    // The tile is padded to whole panels, so whole vectors stay inside it.
+    for (int64_t j = 0; j < cols; j += L) {
+      typename S::V v = S::mul(S::load(row + j), q_scale);
+      if (a.normalize) v = S::mul(v, S::load(s->key_scale.get() + j));
+      S::store(row + j, v);
+    }
   }
 }
 
-// Logits of query row r of the tile against keys [j0, j0 + cols). The forward and backward
-// passes share this, so the backward pass sees bit-identical logits.
+// Running log-sum-exp of one query: logsumexp = max + log(sum).
+struct OnlineLogSumExp {
+  double max = -__builtin_huge_val();
+  double sum = 0.0;
+
+  void merge(double other_max, double other_sum) {
+    if (other_sum == 0.0) return;  // nothing added on that side
+    if (sum == 0.0) {
+      max = other_max;
+      sum = other_sum;
+      return;
+    }
+    // NaN maxima fall through to the sum and poison it, as IEEE says they should.
+    const double new_max = other_max > max ? other_max : max;
+    sum = sum * ::exp(max - new_max) + other_sum * ::exp(other_max - new_max);
+    max = new_max;
+  }
+
+  // Folds in `count` logits with vector exps.
+  template <class T>
+  void add(const T* logits, int64_t count) {
+    using S = Simd<T>;
+    constexpr int64_t L = S::kLanes;
+    const T neg_inf = -static_cast<T>(__builtin_huge_val());
+    typename S::V max_vec = S::set1(neg_inf);
+    int64_t j = 0;
+    for (; j + L <= count; j += L) max_vec = S::max(S::load(logits + j), max_vec);
+    if (j < count) max_vec = S::max(S::load_partial(logits + j, count - j, neg_inf), max_vec);
+    const T tile_max = S::reduce_max(max_vec);
+    const typename S::V shift = S::set1(tile_max);
+    typename S::DoubleSum tile_sum;
+    for (j = 0; j + L <= count; j += L) S::accumulate(tile_sum, S::exp(S::sub(S::load(logits + j), shift)));
+    if (j < count) {
+      S::accumulate(tile_sum, S::exp(S::sub(S::load_partial(logits + j, count - j, neg_inf), shift)));
+    }
+    merge(static_cast<double>(tile_max), S::total(tile_sum));
+  }
+
+  // -log softmax of a logit x: (max - x) + log(sum), never lse - x, whose log(sum) would round
+  // away beside logits of magnitude ~1e16 and beyond.
+  double neg_log_softmax(double x) const { return (max - x) + ::log(sum); }
+};
+
+// Paired negatives: query i against its own M keys, one dot product each (no reuse to block for).
 template <class T>
-void logits_row(const InfoNceArgs<T>& a, const KeyStream<T>& keys, const QueryTile<T>& tile, int64_t r,
-                int64_t j0, int64_t cols, double* key_inv_norm, bool key_norms_ready, double* out) {
+double paired_logit(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int64_t i, int64_t j, double* key_inv) {
   const int64_t dim = a.query.cols;
-  const T* q = a.query.data + (tile.first + r) * a.query.row_stride;
-  const T* key_base = keys.base + (tile.first + r) * keys.query_stride + j0 * keys.stride;
-  // Key norms are recomputed per tile instead of stored: O(tile) memory for any queue length.
-  if (a.normalize && !key_norms_ready) {
-    for (int64_t c = 0; c < cols; ++c) key_inv_norm[c] = inverse_norm(key_base + c * keys.stride, dim);
-  }
-  for (int64_t c = 0; c < cols; ++c) {
-    const double scale = a.normalize ? key_inv_norm[c] * tile.query_scale[r] : tile.query_scale[r];
-    out[c] = dot_row(q, key_base + c * keys.stride, dim) * scale;
-  }
+  const T* key = a.negatives + i * a.negatives_stride0 + j * a.negatives_stride1;
+  *key_inv = a.normalize ? inverse_norm(key, dim) : 1.0;
+  const T* q = a.query.data + i * a.query.row_stride;
+  return static_cast<double>(static_cast<T>(dot(q, key, dim) * (f.query_scale[i] * *key_inv)));
 }
 
-inline int64_t min_i64(int64_t x, int64_t y) { return x < y ? x : y; }
+template <class T>
+void info_nce_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int num_threads) {
+  const int64_t n = a.query.rows;
+  const int64_t m = a.num_negatives;
+  const int threads = threads_for(n * (m + 1) * (a.query.cols + 1), n, num_threads);
+  bool failed = false;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (threads > 1)
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    Buffer<T> logits(kKeyTile);
+    if (!logits.ok()) {
+      failed = true;  // reported after the loop: no exception may leave an OpenMP region
+      continue;
+    }
+    OnlineLogSumExp state;
+    state.merge(f.positive_logit[i], 1.0);
+    for (int64_t j0 = 0; j0 < m; j0 += kKeyTile) {
+      const int64_t cols = min_i64(kKeyTile, m - j0);
+      double key_inv;
+      for (int64_t c = 0; c < cols; ++c) logits[c] = static_cast<T>(paired_logit(a, f, i, j0 + c, &key_inv));
+      state.add(logits.get(), cols);
+    }
+    a.row_loss[i] = state.neg_log_softmax(f.positive_logit[i]);
+    if (a.row_max != nullptr) {
+      a.row_max[i] = state.max;
+      a.row_log_sum[i] = ::log(state.sum);
+    }
+  }
+  if (failed) throw std::bad_alloc();
+}
 
 template <class T>
 void info_nce(const InfoNceArgs<T>& a, int num_threads) {
   const int64_t n = a.query.rows;
-  const int64_t dim = a.query.cols;
+  if (n == 0) return;
+  const QueryFactors<T> f(a);
+  if (a.mode == NegativeMode::paired) {
+    info_nce_paired(a, f, num_threads);
+    return;
+  }
   const KeyStream<T> keys = key_stream(a);
-  // Paired negatives differ per query, so a query tile shares nothing: use tiles of one query.
-  const int64_t query_tile = a.mode == NegativeMode::paired ? 1 : kQueryTile;
-  const int64_t num_tiles = (n + query_tile - 1) / query_tile;
-  const int threads = threads_for(n * (keys.count + 1) * (dim > 0 ? dim : 1), num_tiles, num_threads);
-
+  const KeyChunks chunks(keys.count);
+  const int64_t query_blocks = ceil_div(n, kQueryBlock);
+  const int64_t items = query_blocks * chunks.count;
+  // Per (chunk, query) partial log-sum-exps, merged in chunk order below.
+  Buffer<double> part_max(chunks.count * n), part_sum(chunks.count * n);
+  // In-batch, the positive logit of query i is the streamed logit of key i, kept from its tile so
+  // the loss subtracts exactly what the sum saw.
+  Buffer<double> diagonal(keys.in_batch ? n : 0);
+  if (!part_max.ok() || !part_sum.ok() || !diagonal.ok()) throw std::bad_alloc();
+  const int threads = threads_for(n * (keys.count + 1) * (a.query.cols + 1), items, num_threads);
+  bool failed = false;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
 #endif
-  for (int64_t t = 0; t < num_tiles; ++t) {
-    double logits[kKeyTile];
-    double key_inv_norm[kKeyTile];
-    QueryTile<T> tile;
-    OnlineLogSumExp state[kQueryTile];
-    load_query_tile(a, t * query_tile, min_i64(query_tile, n - t * query_tile), &tile);
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t chunk = item / query_blocks;
+    const int64_t i0 = (item % query_blocks) * kQueryBlock;
+    const int64_t rows = min_i64(kQueryBlock, n - i0);
+    const int64_t c0 = chunk * chunks.size;
+    const int64_t c1 = min_i64(keys.count, c0 + chunks.size);
+    TileScratch<T> s(a.query.cols);
+    if (!s.ok()) {
+      failed = true;
+      continue;
+    }
+    OnlineLogSumExp state[kQueryBlock];
+    for (int64_t j0 = c0; j0 < c1; j0 += kKeyTile) {
+      const int64_t cols = min_i64(kKeyTile, c1 - j0);
+      pack_keys(a, keys, j0, cols, &s);
+      logit_tile(a, f, i0, rows, cols, &s);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* row = s.logits.get() + r * kKeyTile;
+        state[r].add(row, cols);
+        if (keys.in_batch && i0 + r >= j0 && i0 + r < j0 + cols) diagonal[i0 + r] = row[i0 + r - j0];
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      part_max[chunk * n + i0 + r] = state[r].max;
+      part_sum[chunk * n + i0 + r] = state[r].sum;
+    }
+  }
+  if (failed) throw std::bad_alloc();
+
+  for (int64_t i = 0; i < n; ++i) {
+    OnlineLogSumExp state;
     // With explicit negatives the positive is class 0 of the (M+1)-way softmax; in-batch it is
-    // one of the streamed keys already.
-    for (int64_t r = 0; r < tile.rows; ++r) {
-      if (!keys.in_batch) state[r].add(&tile.positive_logit[r], 1);
-    }
-    for (int64_t j0 = 0; j0 < keys.count; j0 += kKeyTile) {
-      const int64_t cols = min_i64(kKeyTile, keys.count - j0);
-      for (int64_t r = 0; r < tile.rows; ++r) {
-        logits_row(a, keys, tile, r, j0, cols, key_inv_norm, r > 0 && keys.query_stride == 0, logits);
-        state[r].add(logits, cols);
-      }
-    }
-    for (int64_t r = 0; r < tile.rows; ++r) {
-      a.row_loss[tile.first + r] = state[r].neg_log_softmax(tile.positive_logit[r]);
-      if (a.row_max != nullptr) {
-        a.row_max[tile.first + r] = state[r].max;
-        a.row_log_sum[tile.first + r] = ::log(state[r].sum);
-      }
+    // one of the streamed keys (key i) already.
+    if (!keys.in_batch) state.merge(f.positive_logit[i], 1.0);
+    for (int64_t c = 0; c < chunks.count; ++c) state.merge(part_max[c * n + i], part_sum[c * n + i]);
+    const double positive = keys.in_batch ? diagonal[i] : f.positive_logit[i];
+    a.row_loss[i] = state.neg_log_softmax(positive);
+    if (a.row_max != nullptr) {
+      a.row_max[i] = state.max;
+      a.row_log_sum[i] = ::log(state.sum);
     }
   }
 }
@@ -164,19 +374,19 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
 // out += inv_norm * (g - x_hat (x_hat . g)) with x_hat = x * inv_norm: the chain rule through
 // x / max(||x||, 1e-12) (the projection vanishes where the floor is active). Without normalize,
 // out += g.
-template <class T>
-void add_row_gradient(const T* x, const double* g, int64_t dim, bool normalize, double inv_norm, T* out) {
+template <class T, class G>
+void add_row_gradient(const T* x, const G* g, int64_t dim, bool normalize, double inv_norm, T* out) {
   if (!normalize) {
-    for (int64_t k = 0; k < dim; ++k) out[k] = static_cast<T>(static_cast<double>(out[k]) + g[k]);
+    for (int64_t k = 0; k < dim; ++k) out[k] = static_cast<T>(static_cast<double>(out[k]) + static_cast<double>(g[k]));
     return;
   }
   double projection = 0.0;
   if (inv_norm < 1.0 / kNormFloor) {
-    for (int64_t k = 0; k < dim; ++k) projection += static_cast<double>(x[k]) * inv_norm * g[k];
+    for (int64_t k = 0; k < dim; ++k) projection += static_cast<double>(x[k]) * inv_norm * static_cast<double>(g[k]);
   }
   for (int64_t k = 0; k < dim; ++k) {
     const double x_hat = static_cast<double>(x[k]) * inv_norm;
-    out[k] = static_cast<T>(static_cast<double>(out[k]) + inv_norm * (g[k] - x_hat * projection));
+    out[k] = static_cast<T>(static_cast<double>(out[k]) + inv_norm * (static_cast<double>(g[k]) - x_hat * projection));
   }
 }
 
@@ -186,119 +396,182 @@ void axpy_row(double coef, const T* x, int64_t dim, double* acc) {
   for (int64_t k = 0; k < dim; ++k) acc[k] += coef * static_cast<double>(x[k]);
 }
 
+// C[rows x dim] += A[rows x depth] B[depth x dim], A read as a(r, k) = a_rows[r][k * a_stride],
+// B as b[k * ldb + col], C with row stride ldc: the micro-kernel over full tiles, a plain loop
+// over the ragged edges (rows past a multiple of MR, columns past a multiple of NR) so nothing
+// outside the operands is read or written.
+template <class T>
+void gemm_accumulate(int64_t rows, int64_t depth, const T* const* a_rows, int64_t a_stride, const T* b, int64_t ldb,
+                     T* c, int64_t ldc, int64_t dim) {
+  constexpr int64_t MR = Simd<T>::kMicroRows;
+  constexpr int64_t NR = Simd<T>::kMicroVecs * Simd<T>::kLanes;
+  const int64_t full_rows = rows / MR * MR;
+  const int64_t full_cols = dim / NR * NR;
+  for (int64_t r0 = 0; r0 < full_rows; r0 += MR) {
+    for (int64_t d0 = 0; d0 < full_cols; d0 += NR) {
+      micro_kernel<T>(depth, a_rows + r0, a_stride, b + d0, ldb, c + r0 * ldc + d0, ldc, true);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t d_begin = r < full_rows ? full_cols : 0;
+    for (int64_t d = d_begin; d < dim; ++d) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < depth; ++k) {
+        acc += static_cast<double>(a_rows[r][k * a_stride]) * static_cast<double>(b[k * ldb + d]);
+      }
+      c[r * ldc + d] = static_cast<T>(static_cast<double>(c[r * ldc + d]) + acc);
+    }
+  }
+}
+
+template <class T>
+void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, const InfoNceGradArgs<T>& g,
+                              int num_threads) {
+  const int64_t n = a.query.rows;
+  const int64_t m = a.num_negatives;
+  const int64_t dim = a.query.cols;
+  const int threads = threads_for(n * (m + 1) * (dim + 1), n, num_threads);
+  bool failed = false;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (threads > 1)
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    Buffer<double> d_query_hat(dim), d_key_hat(dim);
+    if (!d_query_hat.ok() || !d_key_hat.ok()) {
+      failed = true;  // reported after the loop: no exception may leave an OpenMP region
+      continue;
+    }
+    const T* q = a.query.data + i * a.query.row_stride;
+    const T* p = a.positive.data + i * a.positive.row_stride;
+    const double scale = g.row_grad[i] * a.inv_temperature;
+    for (int64_t k = 0; k < dim; ++k) d_query_hat[k] = 0.0;
+    for (int64_t j = 0; j < m; ++j) {
+      double key_inv;
+      const double logit = paired_logit(a, f, i, j, &key_inv);
+      const double coef = ::exp((logit - g.row_max[i]) - g.row_log_sum[i]) * scale;
+      const T* key = a.negatives + i * a.negatives_stride0 + j * a.negatives_stride1;
+      axpy_row(coef * key_inv, key, dim, d_query_hat.get());
+      for (int64_t k = 0; k < dim; ++k) d_key_hat[k] = coef * f.query_inv_norm[i] * static_cast<double>(q[k]);
+      add_row_gradient(key, d_key_hat.get(), dim, a.normalize, key_inv, g.d_negatives + (i * m + j) * dim);
+    }
+    const double coef_pos = (::exp((f.positive_logit[i] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * scale;
+    axpy_row(coef_pos * f.positive_inv_norm[i], p, dim, d_query_hat.get());
+    for (int64_t k = 0; k < dim; ++k) d_key_hat[k] = coef_pos * f.query_inv_norm[i] * static_cast<double>(q[k]);
+    add_row_gradient(p, d_key_hat.get(), dim, a.normalize, f.positive_inv_norm[i], g.d_positive + i * dim);
+    add_row_gradient(q, d_query_hat.get(), dim, a.normalize, f.query_inv_norm[i], g.d_query + i * dim);
+  }
+  if (failed) throw std::bad_alloc();
+}
+
+// The shared-keys backward in one streaming pass per key chunk. For a tile of logits, with
+// coef_ij = row_grad_i (softmax_ij - [j is i's positive]) / T:
+//   d q_hat_i += sum_j coef_ij k_hat_j   (into this chunk's partial, merged in chunk order)
+//   d k_hat_j += sum_i coef_ij q_hat_i   (this chunk owns its keys: written once, in query order)
+// Both are matrix products over the tile, run by the same micro-kernel as the forward pass.
 template <class T>
 void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int num_threads) {
   const int64_t n = a.query.rows;
   const int64_t dim = a.query.cols;
   if (n == 0) return;
+  const QueryFactors<T> f(a);
+  if (a.mode == NegativeMode::paired) {
+    info_nce_backward_paired(a, f, g, num_threads);
+    return;
+  }
   const KeyStream<T> keys = key_stream(a);
-  const bool paired = a.mode == NegativeMode::paired;
-  const int64_t query_tile = paired ? 1 : kQueryTile;
-  const int64_t num_tiles = (n + query_tile - 1) / query_tile;
-  const int64_t work = n * (keys.count + 1) * (dim > 0 ? dim : 1);
-  const double inv_t = a.inv_temperature;
-  // Keys streamed after the positive, as rows of a d_keys output (in-batch: the positives).
   T* d_keys = keys.in_batch ? g.d_positive : g.d_negatives;
-
-  // Pass 1, over query tiles: d_query, d_positive (explicit negatives) and paired d_negatives.
-  // coef_ij = row_grad_i * (softmax_ij - [j is the positive]); d logit / d q_hat = k_hat / T.
-  const int threads1 = threads_for(work, num_tiles, num_threads);
+  const KeyChunks chunks(keys.count);
+  Buffer<T> d_query_part(chunks.count * n * dim);
+  if (!d_query_part.ok()) throw std::bad_alloc();
+  const int threads = threads_for(n * (keys.count + 1) * (dim + 1), chunks.count, num_threads);
   bool failed = false;
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads1) if (threads1 > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
 #endif
-  for (int64_t t = 0; t < num_tiles; ++t) {
-    double* acc = static_cast<double*>(std::malloc(sizeof(double) * (kQueryTile + 1) * (dim > 0 ? dim : 1)));
-    if (acc == nullptr) {
-      failed = true;  // reported after the loop: no exception may leave an OpenMP region
-      continue;
-    }
-    double* grad_row = acc + kQueryTile * dim;
-    double logits[kKeyTile];
-    double key_inv_norm[kKeyTile];
-    QueryTile<T> tile;
-    load_query_tile(a, t * query_tile, min_i64(query_tile, n - t * query_tile), &tile);
-    for (int64_t k = 0; k < kQueryTile * dim; ++k) acc[k] = 0.0;
-
-    for (int64_t r = 0; r < tile.rows; ++r) {
-      const int64_t i = tile.first + r;
-      if (keys.in_batch) continue;
-      const double coef = g.row_grad[i] * (::exp((tile.positive_logit[r] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * inv_t;
-      const T* q = a.query.data + i * a.query.row_stride;
-      const T* p = a.positive.data + i * a.positive.row_stride;
-      axpy_row(coef * tile.positive_inv_norm[r], p, dim, acc + r * dim);
-      for (int64_t k = 0; k < dim; ++k) grad_row[k] = coef * tile.query_inv_norm[r] * static_cast<double>(q[k]);
-      add_row_gradient(p, grad_row, dim, a.normalize, tile.positive_inv_norm[r], g.d_positive + i * dim);
-    }
-    for (int64_t j0 = 0; j0 < keys.count; j0 += kKeyTile) {
-      const int64_t cols = min_i64(kKeyTile, keys.count - j0);
-      for (int64_t r = 0; r < tile.rows; ++r) {
-        const int64_t i = tile.first + r;
-        logits_row(a, keys, tile, r, j0, cols, key_inv_norm, r > 0 && keys.query_stride == 0, logits);
-        const T* q = a.query.data + i * a.query.row_stride;
-        const T* key_base = keys.base + i * keys.query_stride + j0 * keys.stride;
-        for (int64_t c = 0; c < cols; ++c) {
-          double coef = ::exp((logits[c] - g.row_max[i]) - g.row_log_sum[i]);
-          if (keys.in_batch && j0 + c == i) coef -= 1.0;
-          coef *= g.row_grad[i] * inv_t;
-          const double key_norm = a.normalize ? key_inv_norm[c] : 1.0;
-          axpy_row(coef * key_norm, key_base + c * keys.stride, dim, acc + r * dim);
-          if (paired) {
-            for (int64_t k = 0; k < dim; ++k) grad_row[k] = coef * tile.query_inv_norm[r] * static_cast<double>(q[k]);
-            add_row_gradient(key_base + c * keys.stride, grad_row, dim, a.normalize, key_norm,
-                             g.d_negatives + (i * keys.count + j0 + c) * dim);
-          }
-        }
-      }
-    }
-    for (int64_t r = 0; r < tile.rows; ++r) {
-      const int64_t i = tile.first + r;
-      add_row_gradient(a.query.data + i * a.query.row_stride, acc + r * dim, dim, a.normalize,
-                       tile.query_inv_norm[r], g.d_query + i * dim);
-    }
-    std::free(acc);
-  }
-  if (failed) throw std::bad_alloc();
-  if (paired) return;
-
-  // Pass 2, over key tiles: the shared keys' gradient, sum_i coef_ij * q_hat_i / T. Each thread
-  // owns whole key tiles and visits queries in order, so the sums do not depend on threads.
-  const int64_t num_key_tiles = (keys.count + kKeyTile - 1) / kKeyTile;
-  const int threads2 = threads_for(work, num_key_tiles, num_threads);
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads2) if (threads2 > 1)
-#endif
-  for (int64_t kt = 0; kt < num_key_tiles; ++kt) {
-    const int64_t j0 = kt * kKeyTile;
-    const int64_t cols = min_i64(kKeyTile, keys.count - j0);
-    double* acc = static_cast<double*>(std::malloc(sizeof(double) * kKeyTile * (dim > 0 ? dim : 1)));
-    if (acc == nullptr) {
+  for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
+    T* d_query_hat = d_query_part.get() + chunk * n * dim;
+    for (int64_t k = 0; k < n * dim; ++k) d_query_hat[k] = T(0);
+    const int64_t c0 = chunk * chunks.size;
+    const int64_t c1 = min_i64(keys.count, c0 + chunks.size);
+    if (c0 >= c1) continue;
+    TileScratch<T> s(dim);
+    Buffer<T> coef_query(kQueryBlock * kKeyTile), coef_key(kQueryBlock * kKeyTile), d_key_hat(kKeyTile * dim);
+    if (!s.ok() || !coef_query.ok() || !coef_key.ok() || !d_key_hat.ok()) {
       failed = true;
       continue;
     }
-    for (int64_t k = 0; k < cols * dim; ++k) acc[k] = 0.0;
-    double logits[kKeyTile];
-    double key_inv_norm[kKeyTile];
-    QueryTile<T> tile;
-    for (int64_t i0 = 0; i0 < n; i0 += kQueryTile) {
-      load_query_tile(a, i0, min_i64(kQueryTile, n - i0), &tile);
-      for (int64_t r = 0; r < tile.rows; ++r) {
-        const int64_t i = i0 + r;
-        logits_row(a, keys, tile, r, j0, cols, key_inv_norm, i > 0, logits);
-        const T* q = a.query.data + i * a.query.row_stride;
-        for (int64_t c = 0; c < cols; ++c) {
-          double coef = ::exp((logits[c] - g.row_max[i]) - g.row_log_sum[i]);
-          if (keys.in_batch && j0 + c == i) coef -= 1.0;
-          axpy_row(coef * g.row_grad[i] * inv_t * tile.query_inv_norm[r], q, dim, acc + c * dim);
+    for (int64_t j0 = c0; j0 < c1; j0 += kKeyTile) {
+      const int64_t cols = min_i64(kKeyTile, c1 - j0);
+      pack_keys(a, keys, j0, cols, &s);
+      for (int64_t k = 0; k < cols * dim; ++k) d_key_hat[k] = T(0);
+      for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
+        const int64_t rows = min_i64(kQueryBlock, n - i0);
+        logit_tile(a, f, i0, rows, cols, &s);
+        using S = Simd<T>;
+        constexpr int64_t L = S::kLanes;
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = i0 + r;
+          const T* logits = s.logits.get() + r * kKeyTile;
+          T* cq = coef_query.get() + r * kKeyTile;
+          T* ck = coef_key.get() + r * kKeyTile;
+          const double scale = g.row_grad[i] * a.inv_temperature;
+          const typename S::V shift = S::set1(static_cast<T>(g.row_max[i]));
+          const typename S::V log_sum = S::set1(static_cast<T>(g.row_log_sum[i]));
+          const typename S::V scale_v = S::set1(static_cast<T>(scale));
+          const typename S::V key_side = S::set1(static_cast<T>(scale * f.query_inv_norm[i]));
+          // softmax_ij = exp((l_ij - max_i) - log_sum_i); the padded tile keeps vectors in bounds.
+          for (int64_t j = 0; j < cols; j += L) {
+            const typename S::V p = S::exp(S::sub(S::sub(S::load(logits + j), shift), log_sum));
+            typename S::V query_coef = S::mul(p, scale_v);
+            if (a.normalize) query_coef = S::mul(query_coef, S::load(s.key_scale.get() + j));
+            S::store(cq + j, query_coef);
+            S::store(ck + j, S::mul(p, key_side));
+          }
+          if (keys.in_batch && i >= j0 && i < j0 + cols) {
+            // The positive's entry, softmax - 1, is formed in float64: it cancels.
+            const int64_t j = i - j0;
+            const double coef =
+                (::exp((static_cast<double>(logits[j]) - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * scale;
+            cq[j] = static_cast<T>(coef * s.key_inv_norm[j]);
+            ck[j] = static_cast<T>(coef * f.query_inv_norm[i]);
+          }
         }
+        // d q_hat[i0 .. i0 + rows) += coef_query (rows x cols) . keys (cols x dim)
+        const T* cq_rows[kQueryBlock];
+        for (int64_t r = 0; r < rows; ++r) cq_rows[r] = coef_query.get() + r * kKeyTile;
+        gemm_accumulate<T>(rows, cols, cq_rows, 1, keys.base + j0 * keys.stride, keys.stride,
+                           d_query_hat + i0 * dim, dim, dim);
+        // d k_hat[j0 .. j0 + cols) += coef_key^T (cols x rows) . queries (rows x dim)
+        const T* ck_rows[kKeyTile];
+        for (int64_t j = 0; j < cols; ++j) ck_rows[j] = coef_key.get() + j;
+        gemm_accumulate<T>(cols, rows, ck_rows, kKeyTile, a.query.data + i0 * a.query.row_stride, a.query.row_stride,
+                           d_key_hat.get(), dim, dim);
+      }
+      for (int64_t j = 0; j < cols; ++j) {
+        add_row_gradient(keys.base + (j0 + j) * keys.stride, d_key_hat.get() + j * dim, dim, a.normalize,
+                         s.key_inv_norm[j], d_keys + (j0 + j) * dim);
       }
     }
-    for (int64_t c = 0; c < cols; ++c) {
-      const T* key = keys.base + (j0 + c) * keys.stride;
-      const double key_norm = a.normalize ? key_inv_norm[c] : 1.0;
-      add_row_gradient(key, acc + c * dim, dim, a.normalize, key_norm, d_keys + (j0 + c) * dim);
-    }
-    std::free(acc);
   }
   if (failed) throw std::bad_alloc();
+
+  Buffer<double> d_query_row(dim), d_positive_row(dim);
+  if (!d_query_row.ok() || !d_positive_row.ok()) throw std::bad_alloc();
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < dim; ++k) d_query_row[k] = 0.0;
+    for (int64_t c = 0; c < chunks.count; ++c) {
+      const T* part = d_query_part.get() + (c * n + i) * dim;
+      for (int64_t k = 0; k < dim; ++k) d_query_row[k] += static_cast<double>(part[k]);
+    }
+    const T* q = a.query.data + i * a.query.row_stride;
+    if (!keys.in_batch) {
+      const T* p = a.positive.data + i * a.positive.row_stride;
+      const double coef_pos = (::exp((f.positive_logit[i] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) *
+                              g.row_grad[i] * a.inv_temperature;
+      axpy_row(coef_pos * f.positive_inv_norm[i], p, dim, d_query_row.get());
+      for (int64_t k = 0; k < dim; ++k) d_positive_row[k] = coef_pos * f.query_inv_norm[i] * static_cast<double>(q[k]);
+      add_row_gradient(p, d_positive_row.get(), dim, a.normalize, f.positive_inv_norm[i], g.d_positive + i * dim);
+    }
+    add_row_gradient(q, d_query_row.get(), dim, a.normalize, f.query_inv_norm[i], g.d_query + i * dim);
+  }
 }

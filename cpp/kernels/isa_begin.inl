@@ -1,6 +1,7 @@
 // Opens the namespace of one ISA's kernels and pulls in every kernel family. A file
-// cpp/kernels/<isa>.cpp defines FASTLOSS_ISA_NAMESPACE and FASTLOSS_ISA_NAME, includes this, and
-// exports <isa>_table(). Each ISA compiles the same templates in its own namespace, so the
+// cpp/kernels/<isa>.cpp defines FASTLOSS_ISA_NAMESPACE, FASTLOSS_ISA_NAME and FASTLOSS_SIMD (the
+// simd/<isa>.inl with that ISA's Simd<float> and Simd<double>), includes this, and exports
+// <isa>_table(). Each ISA compiles the same templates in its own namespace, so the
 // linker never merges code built for a wide ISA with code that must run on any CPU.
 #include <cmath>
 #include <cstdint>
@@ -12,6 +13,8 @@
 namespace fastloss {
 namespace FASTLOSS_ISA_NAMESPACE {
 
+#include FASTLOSS_SIMD
+#include "kernels/buffer.inl"
 #include "reduce.inl"
 #include "kernels/regression.inl"
 #include "kernels/cross_entropy.inl"

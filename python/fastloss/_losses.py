@@ -90,6 +90,10 @@ def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
         With ``return_grad``: ``(loss, grad)``, ``grad`` shaped like ``pred`` and in its floating
         dtype (float64 for integer ``pred``).
     """
+    if sample_weight is None and return_grad is False:
+        result = _core.regression_fast(_SQUARED, pred, target, reduction)
+        if result is not None:
+            return result
     return _regression(_SQUARED, pred, target, reduction, sample_weight, return_grad)
 
 
@@ -100,6 +104,10 @@ def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
     Same arguments, reductions and dtypes as :func:`mse` (``"mean"`` matches
     ``torch.nn.functional.l1_loss``). The gradient at ``pred == target`` is 0, like ``sign``.
     """
+    if sample_weight is None and return_grad is False:
+        result = _core.regression_fast(_ABSOLUTE, pred, target, reduction)
+        if result is not None:
+            return result
     return _regression(_ABSOLUTE, pred, target, reduction, sample_weight, return_grad)
 
 
@@ -139,6 +147,12 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
         losses (a 0-d array for ``(C,)`` logits) in the computation dtype. With ``return_grad``:
         ``(loss, grad)``, ``grad`` shaped like ``logits``.
     """
+    if (weight is None and return_grad is False and type(ignore_index) is int and ignore_index == -100
+            and type(label_smoothing) is float and label_smoothing == 0.0):
+        # The common call: C-contiguous logits, int64 labels, a plain reduction, no options.
+        result = _core.cross_entropy_fast(logits, target, reduction)
+        if result is not None:
+            return result
     reduction = check_reduction(reduction)
     return_grad = check_flag(return_grad, "return_grad")
     ignore_index = check_int(ignore_index, "ignore_index")

@@ -1,0 +1,12 @@
+// AVX-512 path (F/DQ/BW/VL, x86-64); selected only when cpuid and xgetbv say the CPU and OS
+// support it.
+#include <immintrin.h>
+
+#define FASTLOSS_ISA_NAMESPACE avx512
+#define FASTLOSS_ISA_NAME "avx512"
+#define FASTLOSS_SIMD "simd/avx512.inl"
+#include "kernels/isa_begin.inl"
+
+namespace fastloss {
+KernelTable avx512_table() { return avx512::make_table(); }
+}  // namespace fastloss

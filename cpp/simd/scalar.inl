@@ -1,0 +1,55 @@
+// The portable "vector" of one lane: the same kernel templates that the SIMD paths run, as plain
+// scalar code (the scalar object is built without auto-vectorisation). exp and log come from
+// libm.
+// Included inside the scalar ISA namespace.
+
+template <class T>
+struct Simd {
+  using V = T;
+  using M = bool;
+  static constexpr int64_t kLanes = 1;
+  // Micro-kernel shape for the InfoNCE dot products: rows x (vecs * lanes) accumulators.
+  static constexpr int64_t kMicroRows = 4;
+  static constexpr int64_t kMicroVecs = 4;
+
+  static V zero() { return T(0); }
+  static V set1(T x) { return x; }
+  static V load(const T* p) { return *p; }
+  static V load_partial(const T* p, int64_t n, T fill) { return n > 0 ? *p : fill; }
+  static void store(T* p, V v) { *p = v; }
+  static void store_partial(T* p, V v, int64_t n) {
+    if (n > 0) *p = v;
+  }
+  static V add(V a, V b) { return a + b; }
+  static V sub(V a, V b) { return a - b; }
+  static V mul(V a, V b) { return a * b; }
+  static V fmadd(V a, V b, V c) { return a * b + c; }
+  static V max(V a, V b) { return a > b ? a : b; }  // NaN in `a` is dropped, as maxps does
+  static V abs(V a) { return a < T(0) ? -a : a; }
+  // sign(a) with sign(0) = 0 and NaN kept.
+  static V sign(V a) { return a > T(0) ? T(1) : (a < T(0) ? T(-1) : a * T(0)); }
+  static T reduce_max(V a) { return a; }
+  static T reduce_add(V a) { return a; }
+  static V exp(V x) {
+    if constexpr (sizeof(T) == sizeof(float)) {
+      return ::expf(x);
+    } else {
+      return ::exp(x);
+    }
+  }
+
+  static V log(V x) {
+    if constexpr (sizeof(T) == sizeof(float)) {
+      return ::logf(x);
+    } else {
+      return ::log(x);
+    }
+  }
+
+  // A float64 accumulator for sums of T lanes.
+  struct DoubleSum {
+    double value = 0.0;
+  };
+  static void accumulate(DoubleSum& acc, V v) { acc.value += static_cast<double>(v); }
+  static double total(const DoubleSum& acc) { return acc.value; }
+};

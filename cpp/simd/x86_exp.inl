@@ -1,0 +1,96 @@
+// Vectorised exp (float, double) and log (double) for the x86 SIMD paths, written once over a
+// Simd<T> primitive set (round, select, comparisons, pow2 that builds 2^n from an
+// integral-valued vector by bit shifts, split_exponent that takes it apart again). Included
+// inside an ISA namespace after that ISA's Simd<float> and Simd<double>.
+//
+// Method: n = round(x / ln2); r = x - n ln2 with ln2 split hi/lo (Cody-Waite), so r lies in
+// [-ln2/2, ln2/2] exactly; exp(r) by a polynomial; times 2^n built in the exponent bits.
+//
+// 2^n is applied as 2^n1 * 2^n2 with n1 + n2 = n, so results reach into the denormals and
+// underflow to 0 gradually, as libm's do.
+// float:  Cephes' degree-7 form 1 + r + r^2 P(r). Max error 2 ulp where exp(x) is a normal float,
+//         x in [-87.3, 88.72] (tests/test_vecmath.py sweeps it against long double); denormal
+//         results are within 1 denormal step. x > 88.7228 gives +inf, x < -104 gives 0,
+//         NaN gives NaN.
+// double: Taylor to degree 13 (truncation < 5e-18 relative on the reduced range). Max error
+//         2 ulp for x in [-708.3, 709.78]; x > 709.78 gives +inf, x < -746 gives 0, NaN -> NaN.
+
+template <class T>
+struct ExpConstants;
+
+template <>
+struct ExpConstants<float> {
+  static constexpr float kLog2e = 1.44269504088896341f;
+  static constexpr float kLn2Hi = 0.693359375f;
+  static constexpr float kLn2Lo = -2.12194440e-4f;
+  static constexpr float kOverflow = 88.7228394f;
+  static constexpr float kUnderflow = -104.0f;
+  static constexpr int kDegree = 5;
+  static constexpr float kPoly[6] = {1.9875691500E-4f, 1.3981999507E-3f, 8.3334519073E-3f,
+                                     4.1665795894E-2f, 1.6666665459E-1f, 5.0000001201E-1f};
+};
+
+template <>
+struct ExpConstants<double> {
+  static constexpr double kLog2e = 1.4426950408889634074;
+  static constexpr double kLn2Hi = 6.93145751953125E-1;
+  static constexpr double kLn2Lo = 1.42860682030941723212E-6;
+  static constexpr double kOverflow = 709.782712893384;
+  static constexpr double kUnderflow = -746.0;
+  static constexpr int kDegree = 11;
+  // 1/13!, 1/12!, ..., 1/2!: exp(r) = 1 + r + r^2 (1/2! + r/3! + ...).
+  static constexpr double kPoly[12] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0,
+                                       1.0 / 3628800.0,    1.0 / 362880.0,    1.0 / 40320.0,
+                                       1.0 / 5040.0,       1.0 / 720.0,       1.0 / 120.0,
+                                       1.0 / 24.0,         1.0 / 6.0,         1.0 / 2.0};
+};
+
+template <class T>
+typename Simd<T>::V exp_poly(typename Simd<T>::V x) {
+  using S = Simd<T>;
+  using C = ExpConstants<T>;
+  using V = typename S::V;
+  const V clamped = S::min(S::max(x, S::set1(C::kUnderflow)), S::set1(C::kOverflow));
+  const V n = S::round(S::mul(clamped, S::set1(C::kLog2e)));
+  V r = S::fnmadd(n, S::set1(C::kLn2Hi), clamped);
+  r = S::fnmadd(n, S::set1(C::kLn2Lo), r);
+  V poly = S::set1(C::kPoly[0]);
+  for (int k = 1; k <= C::kDegree; ++k) poly = S::fmadd(poly, r, S::set1(C::kPoly[k]));
+  const V r2 = S::mul(r, r);
+  const V exp_r = S::add(S::fmadd(poly, r2, r), S::set1(T(1)));
+  // Each half of n keeps its biased exponent in range over the whole clamped domain.
+  const V n1 = S::round(S::mul(n, S::set1(T(0.5))));
+  const V scaled = S::mul(S::mul(exp_r, S::pow2(n1)), S::pow2(S::sub(n, n1)));
+  const V inf = S::set1(__builtin_huge_val());
+  V result = S::select(S::gt(x, S::set1(C::kOverflow)), inf, scaled);
+  return S::select(S::is_nan(x), x, result);
+}
+
+// log for double: x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(m) = 2 atanh(s), s = (m-1)/(m+1),
+// |s| <= 0.1716, by its odd series to s^23 (truncation < 1e-18 relative); e ln2 is added with
+// ln2 split hi/lo. Max error 2 ulp for normal positive x (tests/test_vecmath.py sweeps it); 0 gives
+// -inf, +inf gives +inf, negative x and NaN give NaN. Denormal inputs are outside the stated
+// range (the losses take logs only of sums >= 1).
+inline Simd<double>::V log_poly(Simd<double>::V x) {
+  using S = Simd<double>;
+  using V = S::V;
+  V mantissa;
+  V exponent = S::split_exponent(x, &mantissa);  // x = mantissa 2^exponent, mantissa in [1, 2)
+  const S::M upper = S::gt(mantissa, S::set1(1.4142135623730951));
+  mantissa = S::select(upper, S::mul(mantissa, S::set1(0.5)), mantissa);
+  exponent = S::select(upper, S::add(exponent, S::set1(1.0)), exponent);
+  const V s = S::div(S::sub(mantissa, S::set1(1.0)), S::add(mantissa, S::set1(1.0)));
+  const V z = S::mul(s, s);
+  V poly = S::set1(1.0 / 23.0);
+  for (int k = 21; k >= 3; k -= 2) poly = S::fmadd(poly, z, S::set1(1.0 / k));
+  // 2s + 2s z (1/3 + z/5 + ...): the leading term carries only the division's rounding.
+  const V two_s = S::add(s, s);
+  const V log_mantissa = S::fmadd(S::mul(two_s, z), poly, two_s);
+  const V result = S::fmadd(exponent, S::set1(6.93147180369123816490e-01),
+                            S::fmadd(exponent, S::set1(1.90821492927058770002e-10), log_mantissa));
+  const V inf = S::set1(__builtin_huge_val());
+  V out = S::select(S::eq(x, S::zero()), S::sub(S::zero(), inf), result);
+  out = S::select(S::lt(x, S::zero()), S::set1(__builtin_nan("")), out);
+  out = S::select(S::eq(x, inf), inf, out);
+  return S::select(S::is_nan(x), x, out);
+}
