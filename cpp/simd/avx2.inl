@@ -43,7 +43,7 @@ struct Simd<float> {
     const V negative = _mm256_and_ps(_mm256_cmp_ps(a, zero(), _CMP_LT_OQ), one);
     return select(is_nan(a), a, _mm256_sub_ps(positive, negative));
   }
-  // 2^n for integral-valued n in [-126, 127].
+  // 2^n for integral-valued n in [-126, 127] (normal results only).
   static V pow2(V n) {
     const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
@@ -115,7 +115,7 @@ struct Simd<double> {
     const V negative = _mm256_and_pd(_mm256_cmp_pd(a, zero(), _CMP_LT_OQ), one);
     return select(is_nan(a), a, _mm256_sub_pd(positive, negative));
   }
-  // 2^n for integral-valued n in [-1022, 1023]: adding 2^52 + 2^51 puts n in the low mantissa
+  // 2^n for integral-valued n in [-1022, 1023] (normal results only): adding 2^52 + 2^51 puts n in the low mantissa
   // bits (AVX2 has no double -> int64 conversion).
   static V pow2(V n) {
     const __m256d magic = _mm256_set1_pd(6755399441055744.0);
