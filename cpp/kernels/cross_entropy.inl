@@ -45,27 +45,53 @@ RowSums row_exp_sum(const T* x, int64_t cols, int64_t stride, T* exps) {
   typename S::DoubleSum sum0, sum1;
   double strided_sum = 0.0;
   if (stride == 1) {
-    // The running max is the second operand: a NaN lane is dropped here and poisons the sum below.
+    // The running max is the second operand, so a NaN lane is dropped from it; x * 0 summed
+    // alongside is NaN for any NaN or inf logit, and such rows take the exp that handles them.
     V max_vec = S::set1(neg_inf);
+    V probe = S::zero();
     int64_t j = 0;
-    for (; j + L <= cols; j += L) max_vec = S::max(S::load(x + j), max_vec);
-    if (j < cols) max_vec = S::max(S::load_partial(x + j, cols - j, neg_inf), max_vec);
+    for (; j + L <= cols; j += L) {
+      const V v = S::load(x + j);
+      max_vec = S::max(v, max_vec);
+      probe = S::fmadd(v, S::zero(), probe);
+    }
+    if (j < cols) {
+      const V v = S::load_partial(x + j, cols - j, T(0));
+      max_vec = S::max(S::load_partial(x + j, cols - j, neg_inf), max_vec);
+      probe = S::fmadd(v, S::zero(), probe);
+    }
     row_max = S::reduce_max(max_vec);
     const V shift = S::set1(row_max);
+    const bool finite = S::reduce_add(probe) == T(0);
+    auto exp_shifted = [&](V v) { return finite ? S::exp_nonpositive(S::sub(v, shift)) : S::exp(S::sub(v, shift)); };
+    // Runs of at most kRun vectors are summed in T lanes (each lane adds <= kRun values in
+    // [0, 1]: relative error <= kRun ulp, ~sqrt(kRun) typical), then folded into float64.
+    constexpr int kRun = 16;
+    V run0 = S::zero(), run1 = S::zero();
+    int run = 0;
     j = 0;
     for (; j + 2 * L <= cols; j += 2 * L) {
-      const V e0 = S::exp(S::sub(S::load(x + j), shift));
-      const V e1 = S::exp(S::sub(S::load(x + j + L), shift));
-      S::accumulate(sum0, e0);
-      S::accumulate(sum1, e1);
+      const V e0 = exp_shifted(S::load(x + j));
+      const V e1 = exp_shifted(S::load(x + j + L));
+      run0 = S::add(run0, e0);
+      run1 = S::add(run1, e1);
       if (exps != nullptr) {
         S::store(exps + j, e0);
         S::store(exps + j + L, e1);
       }
+      if (++run == kRun) {
+        S::accumulate(sum0, run0);
+        S::accumulate(sum1, run1);
+        run0 = run1 = S::zero();
+        run = 0;
+      }
     }
+    S::accumulate(sum0, run0);
+    S::accumulate(sum1, run1);
     for (; j < cols; j += L) {
       const int64_t n = cols - j < L ? cols - j : L;
-      const V e = S::exp(S::sub(S::load_partial(x + j, n, neg_inf), shift));  // exp(-inf) = 0
+      // The -inf fill gives exp 0 (or exp's floor, < 1.7e-38) in the unused lanes.
+      const V e = exp_shifted(S::load_partial(x + j, n, neg_inf));
       S::accumulate(sum0, e);
       if (exps != nullptr) S::store_partial(exps + j, e, n);
     }

@@ -48,6 +48,8 @@ struct Simd<float> {
     const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
   }
+  // v * 2^n for integral-valued n in [-126, 127].
+  static V scale2(V v, V n) { return _mm256_mul_ps(v, pow2(n)); }
   static float reduce_max(V a) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -61,6 +63,7 @@ struct Simd<float> {
     return _mm_cvtss_f32(s);
   }
   static V exp(V x);
+  static V exp_nonpositive(V x);
 
   struct DoubleSum {
     __m256d lo = _mm256_setzero_pd();
@@ -122,6 +125,8 @@ struct Simd<double> {
     const __m256i bits = _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(n, magic)), _mm256_castpd_si256(magic));
     return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(bits, _mm256_set1_epi64x(1023)), 52));
   }
+  // v * 2^n for integral-valued n in [-1022, 1023].
+  static V scale2(V v, V n) { return _mm256_mul_pd(v, pow2(n)); }
   static double reduce_max(V a) {
     __m128d m = _mm_max_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
@@ -146,6 +151,7 @@ struct Simd<double> {
   }
   static V log(V x);
   static V exp(V x);
+  static V exp_nonpositive(V x);
 
   struct DoubleSum {
     __m256d sum = _mm256_setzero_pd();
@@ -157,5 +163,7 @@ struct Simd<double> {
 #include "simd/x86_exp.inl"
 
 inline Simd<float>::V Simd<float>::exp(V x) { return exp_poly<float>(x); }
+inline Simd<float>::V Simd<float>::exp_nonpositive(V x) { return exp_nonpositive_poly<float>(x); }
 inline Simd<double>::V Simd<double>::exp(V x) { return exp_poly<double>(x); }
+inline Simd<double>::V Simd<double>::exp_nonpositive(V x) { return exp_nonpositive_poly<double>(x); }
 inline Simd<double>::V Simd<double>::log(V x) { return log_poly(x); }

@@ -45,9 +45,12 @@ struct Simd<float> {
     const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23));
   }
+  // v * 2^n in one instruction.
+  static V scale2(V v, V n) { return _mm512_scalef_ps(v, n); }
   static float reduce_max(V a) { return _mm512_reduce_max_ps(a); }
   static float reduce_add(V a) { return _mm512_reduce_add_ps(a); }
   static V exp(V x);
+  static V exp_nonpositive(V x);
 
   struct DoubleSum {
     __m512d lo = _mm512_setzero_pd();
@@ -100,6 +103,8 @@ struct Simd<double> {
     const __m512i biased = _mm512_add_epi64(_mm512_cvtpd_epi64(n), _mm512_set1_epi64(1023));
     return _mm512_castsi512_pd(_mm512_slli_epi64(biased, 52));
   }
+  // v * 2^n in one instruction.
+  static V scale2(V v, V n) { return _mm512_scalef_pd(v, n); }
   static double reduce_max(V a) { return _mm512_reduce_max_pd(a); }
   static double reduce_add(V a) { return _mm512_reduce_add_pd(a); }
   static V div(V a, V b) { return _mm512_div_pd(a, b); }
@@ -112,6 +117,7 @@ struct Simd<double> {
   }
   static V log(V x);
   static V exp(V x);
+  static V exp_nonpositive(V x);
 
   struct DoubleSum {
     __m512d sum = _mm512_setzero_pd();
@@ -123,5 +129,7 @@ struct Simd<double> {
 #include "simd/x86_exp.inl"
 
 inline Simd<float>::V Simd<float>::exp(V x) { return exp_poly<float>(x); }
+inline Simd<float>::V Simd<float>::exp_nonpositive(V x) { return exp_nonpositive_poly<float>(x); }
 inline Simd<double>::V Simd<double>::exp(V x) { return exp_poly<double>(x); }
+inline Simd<double>::V Simd<double>::exp_nonpositive(V x) { return exp_nonpositive_poly<double>(x); }
 inline Simd<double>::V Simd<double>::log(V x) { return log_poly(x); }

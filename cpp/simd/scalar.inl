@@ -38,6 +38,7 @@ struct Simd {
     }
   }
 
+  static V exp_nonpositive(V x) { return exp(x); }
   static V log(V x) {
     if constexpr (sizeof(T) == sizeof(float)) {
       return ::logf(x);
