@@ -9,7 +9,7 @@
 // same bits for any thread count. Included inside an ISA namespace.
 
 constexpr int64_t kKeyTile = 256;      // keys packed at a time: kKeyTile x D stays in L2
-constexpr int64_t kQueryBlock = 48;    // queries per work item (a multiple of every micro-kernel)
+constexpr int64_t kQueryBlock = 96;    // queries per work item (a multiple of every micro-kernel's rows)
 constexpr int64_t kChunkKeys = 1024;   // keys per chunk, at least
 constexpr int64_t kMaxChunks = 16;     // so chunk partials stay O(16 N)
 constexpr double kNormFloor = 1e-12;
@@ -397,29 +397,42 @@ void axpy_row(double coef, const T* x, int64_t dim, double* acc) {
 }
 
 // C[rows x dim] += A[rows x depth] B[depth x dim], A read as a(r, k) = a_rows[r][k * a_stride],
-// B as b[k * ldb + col], C with row stride ldc: the micro-kernel over full tiles, a plain loop
-// over the ragged edges (rows past a multiple of MR, columns past a multiple of NR) so nothing
-// outside the operands is read or written.
+// B as b[k * ldb + col], C with row stride ldc. The micro-kernel covers every NR-wide column
+// strip; a last partial group of rows runs it on a scratch tile (its missing rows repeat the last
+// one) and only the real rows are added back. Columns past a multiple of NR take a plain loop,
+// so nothing outside the operands is read or written.
 template <class T>
 void gemm_accumulate(int64_t rows, int64_t depth, const T* const* a_rows, int64_t a_stride, const T* b, int64_t ldb,
                      T* c, int64_t ldc, int64_t dim) {
   constexpr int64_t MR = Simd<T>::kMicroRows;
   constexpr int64_t NR = Simd<T>::kMicroVecs * Simd<T>::kLanes;
-  const int64_t full_rows = rows / MR * MR;
   const int64_t full_cols = dim / NR * NR;
-  for (int64_t r0 = 0; r0 < full_rows; r0 += MR) {
-    for (int64_t d0 = 0; d0 < full_cols; d0 += NR) {
-      micro_kernel<T>(depth, a_rows + r0, a_stride, b + d0, ldb, c + r0 * ldc + d0, ldc, true);
-    }
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t d_begin = r < full_rows ? full_cols : 0;
-    for (int64_t d = d_begin; d < dim; ++d) {
-      double acc = 0.0;
-      for (int64_t k = 0; k < depth; ++k) {
-        acc += static_cast<double>(a_rows[r][k * a_stride]) * static_cast<double>(b[k * ldb + d]);
+  for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+    const int64_t count = min_i64(MR, rows - r0);
+    if (count == MR) {
+      for (int64_t d0 = 0; d0 < full_cols; d0 += NR) {
+        micro_kernel<T>(depth, a_rows + r0, a_stride, b + d0, ldb, c + r0 * ldc + d0, ldc, true);
       }
-      c[r * ldc + d] = static_cast<T>(static_cast<double>(c[r * ldc + d]) + acc);
+    } else if (full_cols > 0) {
+      const T* padded_rows[MR];
+      for (int64_t r = 0; r < MR; ++r) padded_rows[r] = a_rows[r0 + min_i64(r, count - 1)];
+      T tile[MR * NR];
+      for (int64_t d0 = 0; d0 < full_cols; d0 += NR) {
+        micro_kernel<T>(depth, padded_rows, a_stride, b + d0, ldb, tile, NR, false);
+        for (int64_t r = 0; r < count; ++r) {
+          T* dst = c + (r0 + r) * ldc + d0;
+          for (int64_t n = 0; n < NR; ++n) dst[n] += tile[r * NR + n];
+        }
+      }
+    }
+    for (int64_t r = r0; r < r0 + count; ++r) {
+      for (int64_t d = full_cols; d < dim; ++d) {
+        double acc = 0.0;
+        for (int64_t k = 0; k < depth; ++k) {
+          acc += static_cast<double>(a_rows[r][k * a_stride]) * static_cast<double>(b[k * ldb + d]);
+        }
+        c[r * ldc + d] = static_cast<T>(static_cast<double>(c[r * ldc + d]) + acc);
+      }
     }
   }
 }
