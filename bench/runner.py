@@ -24,6 +24,7 @@ from . import report
 from . import workloads as wl
 from .peers import PEER_NAMES, FastlossPeer, all_peers
 from .timing import BlasThreads, cpu_count, default_threads, measure
+from fastloss.cli import _positive_int
 
 __all__ = ["add_arguments", "run", "main", "DEFAULT_CHART"]
 
@@ -64,16 +65,6 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
                     help="skip the NumPy float32 matmul reference rate")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return ap
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
 
 
 # --- machine information ---------------------------------------------------------------------
