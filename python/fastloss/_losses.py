@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -22,9 +22,14 @@ from ._validation import (
 )
 
 Reduction = Literal["none", "sum", "mean", "batchmean"]
+# The reductions that return a Python float ("none" returns an ndarray).
+ScalarReduction = Literal["sum", "mean", "batchmean"]
 LossResult = Union[float, np.ndarray]
+# info_nce's gradient: (d_query, d_positive_key, d_negative_keys); the last is None without negatives.
+InfoNceGrads = tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]
 # With return_grad=True: (loss, grad); for info_nce, (loss, (d_query, d_positive_key, d_negative_keys)).
-LossAndGrad = Union[LossResult, tuple]
+LossAndGrad = Union[LossResult, tuple[LossResult, np.ndarray]]
+InfoNceLossAndGrad = Union[LossResult, tuple[LossResult, InfoNceGrads]]
 
 _SQUARED, _ABSOLUTE = 0, 1
 _IN_BATCH, _UNPAIRED, _PAIRED = 0, 1, 2
@@ -69,6 +74,21 @@ def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, s
     return loss
 
 
+@overload
+def mse(pred: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
+        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[False] = ...) -> float: ...
+@overload
+def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
+        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def mse(pred: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
+        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[True]) -> tuple[float, np.ndarray]: ...
+@overload
+def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
+        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = ...,
+        sample_weight: Optional[ArrayLike] = ..., return_grad: bool = ...) -> LossAndGrad: ...
 def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
         sample_weight: Optional[ArrayLike] = None, return_grad: bool = False) -> LossAndGrad:
     """Mean squared error: element loss ``(pred - target) ** 2``.
@@ -97,6 +117,21 @@ def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
     return _regression(_SQUARED, pred, target, reduction, sample_weight, return_grad)
 
 
+@overload
+def mae(pred: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
+        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[False] = ...) -> float: ...
+@overload
+def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
+        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def mae(pred: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
+        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[True]) -> tuple[float, np.ndarray]: ...
+@overload
+def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
+        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = ...,
+        sample_weight: Optional[ArrayLike] = ..., return_grad: bool = ...) -> LossAndGrad: ...
 def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
         sample_weight: Optional[ArrayLike] = None, return_grad: bool = False) -> LossAndGrad:
     """Mean absolute error: element loss ``|pred - target|``.
@@ -120,6 +155,26 @@ def _class_indices(target: np.ndarray, expected_shape: tuple[int, ...]) -> np.nd
     return to_kernel_layout(target.reshape(-1), np.dtype(np.int64))
 
 
+@overload
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
+                  weight: Optional[ArrayLike] = ..., ignore_index: int = ...,
+                  label_smoothing: float = ..., return_grad: Literal[False] = ...) -> float: ...
+@overload
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
+                  weight: Optional[ArrayLike] = ..., ignore_index: int = ...,
+                  label_smoothing: float = ..., return_grad: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
+                  weight: Optional[ArrayLike] = ..., ignore_index: int = ...,
+                  label_smoothing: float = ..., return_grad: Literal[True]) -> tuple[float, np.ndarray]: ...
+@overload
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
+                  weight: Optional[ArrayLike] = ..., ignore_index: int = ...,
+                  label_smoothing: float = ..., return_grad: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction = ...,
+                  weight: Optional[ArrayLike] = ..., ignore_index: int = ...,
+                  label_smoothing: float = ..., return_grad: bool = ...) -> LossAndGrad: ...
 def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
                   weight: Optional[ArrayLike] = None, ignore_index: int = -100,
                   label_smoothing: float = 0.0, return_grad: bool = False) -> LossAndGrad:
@@ -226,10 +281,35 @@ def _matrix(value: ArrayLike, name: str) -> np.ndarray:
     return array
 
 
+@overload
+def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = ..., *,
+             temperature: float = ..., reduction: ScalarReduction = ...,
+             negative_mode: Literal["unpaired", "paired"] = ..., normalize: bool = ...,
+             symmetric: bool = ..., return_grad: Literal[False] = ...) -> float: ...
+@overload
+def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = ..., *,
+             temperature: float = ..., reduction: Literal["none"],
+             negative_mode: Literal["unpaired", "paired"] = ..., normalize: bool = ...,
+             symmetric: bool = ..., return_grad: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = ..., *,
+             temperature: float = ..., reduction: ScalarReduction = ...,
+             negative_mode: Literal["unpaired", "paired"] = ..., normalize: bool = ...,
+             symmetric: bool = ..., return_grad: Literal[True]) -> tuple[float, InfoNceGrads]: ...
+@overload
+def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = ..., *,
+             temperature: float = ..., reduction: Literal["none"],
+             negative_mode: Literal["unpaired", "paired"] = ..., normalize: bool = ...,
+             symmetric: bool = ..., return_grad: Literal[True]) -> tuple[np.ndarray, InfoNceGrads]: ...
+@overload
+def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = ..., *,
+             temperature: float = ..., reduction: Reduction = ...,
+             negative_mode: Literal["unpaired", "paired"] = ..., normalize: bool = ...,
+             symmetric: bool = ..., return_grad: bool = ...) -> InfoNceLossAndGrad: ...
 def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = None, *,
              temperature: float = 0.07, reduction: Reduction = "mean",
              negative_mode: Literal["unpaired", "paired"] = "unpaired", normalize: bool = False,
-             symmetric: bool = False, return_grad: bool = False) -> LossAndGrad:
+             symmetric: bool = False, return_grad: bool = False) -> InfoNceLossAndGrad:
     """InfoNCE: a (K+1)-way cross-entropy whose true class is the positive key.
 
     Row ``i``'s logits are ``[q_i . k+_i, q_i . k_1, ..., q_i . k_M] / temperature`` with the true
@@ -270,7 +350,7 @@ def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[
     return loss, problem.backward(np.full(problem.rows, scale))
 
 
-def _stats_rows(stats: Optional[np.ndarray]) -> tuple:
+def _stats_rows(stats: Optional[np.ndarray]) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     return (None, None) if stats is None else (stats[0], stats[1])
 
 
@@ -345,7 +425,7 @@ class InfoNceProblem:
             row_loss = 0.5 * (row_loss + key_loss)
         return row_loss
 
-    def backward(self, row_grad: np.ndarray) -> tuple:
+    def backward(self, row_grad: np.ndarray) -> InfoNceGrads:
         """Gradients of sum_i row_grad[i] * loss_i: (d_query, d_positive_key, d_negative_keys)."""
         if self._row_stats is None:
             raise RuntimeError("InfoNceProblem.backward needs forward(keep_for_backward=True) first")

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
+ReductionName = Literal["none", "sum", "mean", "batchmean"]
 
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
 
 
-def check_reduction(reduction: Any) -> str:
+def check_reduction(reduction: Any) -> ReductionName:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}")
-    return reduction
+    return cast(ReductionName, reduction)
 
 
 def check_flag(value: Any, name: str) -> bool:

@@ -1,0 +1,102 @@
+"""Type stubs for ``fastloss._core``, the compiled kernels (cpp/bindings.cpp's PYBIND11_MODULE).
+
+Private: users call the ``fastloss`` functions, which validate and convert every argument before
+they reach these. Array parameters are NumPy arrays (pybind11's ``py::array`` accepts nothing
+else); buffers that the kernels write (``out``, ``grad``, ``row_*``, ``d_*``) must be writeable,
+C-contiguous and of the dtype the kernel computes in. tests/test_packaging.py checks that every
+name the module defines has a stub here.
+"""
+
+from typing import Any, TypeAlias
+
+import numpy as np
+from numpy.typing import NDArray
+
+_Array: TypeAlias = NDArray[Any]
+_Float64Array: TypeAlias = NDArray[np.float64]
+
+def regression(
+    kind: int,
+    pred: _Array,
+    target: _Array,
+    sample_weight: _Float64Array | None,
+    out: _Array | None,
+    grad: _Array | None = None,
+    grad_scale: float = 1.0,
+) -> float:
+    """MSE (``kind=0``) or MAE (``kind=1``) over 2-D ``pred``/``target``; returns the weighted sum
+    of the element losses, writes them to ``out`` and the scaled gradient to ``grad`` when given."""
+
+def cross_entropy(
+    logits: _Array,
+    target_index: NDArray[np.int64] | None,
+    target_prob: _Array | None,
+    weight: _Float64Array | None,
+    ignore_index: int,
+    label_smoothing: float,
+    out: _Array | None,
+    grad: _Array | None = None,
+    grad_scale: float = 1.0,
+    grad_divide_by_denominator: bool = False,
+) -> tuple[float, float]:
+    """Returns ``(loss sum, PyTorch's "mean" denominator)``; exactly one of ``target_index`` and
+    ``target_prob`` is given."""
+
+def info_nce(
+    query: _Array,
+    positive: _Array,
+    mode: int,
+    negatives: _Array | None,
+    inv_temperature: float,
+    normalize: bool,
+    row_loss: _Float64Array,
+    row_max: _Float64Array | None = None,
+    row_log_sum: _Float64Array | None = None,
+) -> None:
+    """Writes the per-row losses to ``row_loss`` (and the log-sum-exp parts for backward).
+    ``mode``: 0 in-batch (``negatives`` None), 1 unpaired ``(M, D)``, 2 paired ``(N, M, D)``."""
+
+def info_nce_backward(
+    query: _Array,
+    positive: _Array,
+    mode: int,
+    negatives: _Array | None,
+    inv_temperature: float,
+    normalize: bool,
+    row_max: _Float64Array | None,
+    row_log_sum: _Float64Array | None,
+    row_grad: _Float64Array,
+    d_query: _Array,
+    d_positive: _Array,
+    d_negatives: _Array | None,
+) -> None:
+    """Accumulates the gradients of ``sum_i row_grad[i] * loss_i`` into the ``d_*`` buffers.
+    ``row_max`` and ``row_log_sum`` (from ``info_nce``) are required: None raises ValueError."""
+
+def regression_fast(kind: int, pred: object, target: object, reduction: object) -> float | None:
+    """The reduced loss for a plain call (C-contiguous native float arrays of one shape), else None."""
+
+def cross_entropy_fast(logits: object, target: object, reduction: object) -> float | None:
+    """The reduced loss for a plain call ((N, C) C-contiguous logits, int64 labels), else None."""
+
+def vector_exp(x: _Array) -> _Array:
+    """Test hook: the active path's vector exp of a contiguous 1-D float32 or float64 array."""
+
+def vector_log(x: _Array) -> NDArray[np.float64]:
+    """Test hook: the active path's vector log of a contiguous 1-D float64 array."""
+
+def compiled_isas() -> list[str]:
+    """Paths compiled into this build, best last."""
+
+def available_isas() -> list[str]:
+    """Compiled paths this CPU and OS can run, best last."""
+
+def active_isa() -> str: ...
+def set_active_isa(name: str) -> None: ...
+def get_num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...
+def default_num_threads() -> int: ...
+
+openmp: bool
+compiler: str
+build_version: str
