@@ -83,6 +83,10 @@ const std::vector<IsaEntry>& isa_entries() {
 #if defined(FASTLOSS_HAVE_AVX512)
       {"avx512", &avx512_table, &cpu_has_avx512},
 #endif
+#if defined(FASTLOSS_HAVE_NEON)
+      // Baseline on AArch64; last, so it is the default there.
+      {"neon", &neon_table, &always},
+#endif
   };
   return entries;
 }

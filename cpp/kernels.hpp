@@ -131,5 +131,8 @@ KernelTable avx2_table();
 #if defined(FASTLOSS_HAVE_AVX512)
 KernelTable avx512_table();
 #endif
+#if defined(FASTLOSS_HAVE_NEON)
+KernelTable neon_table();
+#endif
 
 }  // namespace fastloss

@@ -1,5 +1,5 @@
 """The vector exp and log of every ISA path, swept over their stated ranges against long double
-(cpp/simd/x86_exp.inl states the bounds; the scalar path uses libm)."""
+(cpp/simd/vecmath.inl states the bounds; the scalar path uses libm)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from fastloss import _core
 
-# The bounds stated in cpp/simd/x86_exp.inl, plus half an ulp for rounding the reference.
+# The bounds stated in cpp/simd/vecmath.inl, plus half an ulp for rounding the reference.
 EXP_MAX_ULP = 2.5
 LOG_MAX_ULP = 2.5
 

@@ -160,7 +160,7 @@ struct Simd<double> {
   static double total(const DoubleSum& acc) { return reduce_add(acc.sum); }
 };
 
-#include "simd/x86_exp.inl"
+#include "simd/vecmath.inl"
 
 inline Simd<float>::V Simd<float>::exp(V x) { return exp_poly<float>(x); }
 inline Simd<float>::V Simd<float>::exp_nonpositive(V x) { return exp_nonpositive_poly<float>(x); }

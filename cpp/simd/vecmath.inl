@@ -1,7 +1,7 @@
-// Vectorised exp (float, double) and log (double) for the x86 SIMD paths, written once over a
-// Simd<T> primitive set (round, select, comparisons, pow2 that builds 2^n from an
-// integral-valued vector by bit shifts, split_exponent that takes it apart again). Included
-// inside an ISA namespace after that ISA's Simd<float> and Simd<double>.
+// Vectorised exp (float, double) and log (double) for the SIMD paths (AVX2, AVX-512, NEON),
+// written once over a Simd<T> primitive set (round, select, comparisons, pow2 that builds 2^n
+// from an integral-valued vector by bit shifts, split_exponent that takes it apart again).
+// Included inside an ISA namespace after that ISA's Simd<float> and Simd<double>.
 //
 // Method: n = round(x / ln2); r = x - n ln2 with ln2 split hi/lo (Cody-Waite), so r lies in
 // [-ln2/2, ln2/2] exactly; exp(r) by a polynomial; times 2^n built in the exponent bits.
