@@ -40,7 +40,7 @@ RowSums row_exp_sum(const T* x, int64_t cols, int64_t stride, T* exps) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int64_t L = S::kLanes;
-  const T neg_inf = -static_cast<T>(__builtin_huge_val());
+  const T neg_inf = -static_cast<T>(HUGE_VAL);
   T row_max;
   typename S::DoubleSum sum0, sum1;
   double strided_sum = 0.0;

@@ -220,7 +220,7 @@ void logit_tile(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int64_t i0, i
 
 // Running log-sum-exp of one query: logsumexp = max + log(sum).
 struct OnlineLogSumExp {
-  double max = -__builtin_huge_val();
+  double max = -HUGE_VAL;
   double sum = 0.0;
 
   void merge(double other_max, double other_sum) {
@@ -241,7 +241,7 @@ struct OnlineLogSumExp {
   void add(const T* logits, int64_t count) {
     using S = Simd<T>;
     constexpr int64_t L = S::kLanes;
-    const T neg_inf = -static_cast<T>(__builtin_huge_val());
+    const T neg_inf = -static_cast<T>(HUGE_VAL);
     typename S::V max_vec = S::set1(neg_inf);
     int64_t j = 0;
     for (; j + L <= count; j += L) max_vec = S::max(S::load(logits + j), max_vec);
@@ -283,7 +283,11 @@ void info_nce_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int num_
   for (int64_t i = 0; i < n; ++i) {
     Buffer<T> logits(kKeyTile);
     if (!logits.ok()) {
-      failed = true;  // reported after the loop: no exception may leave an OpenMP region
+      // Reported after the loop: no exception may leave an OpenMP region.
+#if defined(_OPENMP)
+#pragma omp atomic write
+#endif
+      failed = true;
       continue;
     }
     OnlineLogSumExp state;
@@ -335,6 +339,9 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
     const int64_t c1 = min_i64(keys.count, c0 + chunks.size);
     TileScratch<T> s(a.query.cols);
     if (!s.ok()) {
+#if defined(_OPENMP)
+#pragma omp atomic write
+#endif
       failed = true;
       continue;
     }
@@ -451,7 +458,11 @@ void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f,
   for (int64_t i = 0; i < n; ++i) {
     Buffer<double> d_query_hat(dim), d_key_hat(dim);
     if (!d_query_hat.ok() || !d_key_hat.ok()) {
-      failed = true;  // reported after the loop: no exception may leave an OpenMP region
+      // Reported after the loop: no exception may leave an OpenMP region.
+#if defined(_OPENMP)
+#pragma omp atomic write
+#endif
+      failed = true;
       continue;
     }
     const T* q = a.query.data + i * a.query.row_stride;
@@ -510,6 +521,9 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
     TileScratch<T> s(dim);
     Buffer<T> coef_query(kQueryBlock * kKeyTile), coef_key(kQueryBlock * kKeyTile), d_key_hat(kKeyTile * dim);
     if (!s.ok() || !coef_query.ok() || !coef_key.ok() || !d_key_hat.ok()) {
+#if defined(_OPENMP)
+#pragma omp atomic write
+#endif
       failed = true;
       continue;
     }

@@ -65,7 +65,7 @@ typename Simd<T>::V exp_poly(typename Simd<T>::V x) {
   // that last factor of 2 is applied separately. Every product here is a normal number.
   const V n_low = S::min(n, S::set1(C::kMaxExponent));
   const V scaled = S::mul(S::scale2(exp_r, n_low), S::add(S::set1(T(1)), S::sub(n, n_low)));
-  const V inf = S::set1(__builtin_huge_val());
+  const V inf = S::set1(HUGE_VAL);
   V result = S::select(S::gt(x, S::set1(C::kOverflow)), inf, scaled);
   result = S::select(S::gt(S::set1(C::kUnderflow), x), S::zero(), result);
   return S::select(S::is_nan(x), x, result);
@@ -112,9 +112,9 @@ inline Simd<double>::V log_poly(Simd<double>::V x) {
   const V log_mantissa = S::fmadd(S::mul(two_s, z), poly, two_s);
   const V result = S::fmadd(exponent, S::set1(6.93147180369123816490e-01),
                             S::fmadd(exponent, S::set1(1.90821492927058770002e-10), log_mantissa));
-  const V inf = S::set1(__builtin_huge_val());
+  const V inf = S::set1(HUGE_VAL);
   V out = S::select(S::eq(x, S::zero()), S::sub(S::zero(), inf), result);
-  out = S::select(S::lt(x, S::zero()), S::set1(__builtin_nan("")), out);
+  out = S::select(S::lt(x, S::zero()), S::set1(static_cast<double>(NAN)), out);
   out = S::select(S::eq(x, inf), inf, out);
   return S::select(S::is_nan(x), x, out);
 }
