@@ -81,16 +81,7 @@ def _regression(kind: str, pred, target, reduction="mean", sample_weight=None):
             e = e * w.reshape((n,) + (1,) * (e.ndim - 1))
             mean_den = exact_sum(w) * per_row
             batch_den = exact_sum(w)
-    if reduction == "none":
-        return e
-    total = exact_sum(e)
-    if reduction == "sum":
-        return total
-    if reduction == "mean":
-        return _divide(total, mean_den)
-    if reduction == "batchmean":
-        return _divide(total, batch_den)
-    raise ValueError(f"unknown reduction {reduction!r}")
+    return _reduce_rows(e, reduction, mean_den, batch_den)
 
 
 def mse_ref(pred, target, reduction="mean", sample_weight=None):
