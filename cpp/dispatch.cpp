@@ -21,9 +21,10 @@
 namespace fastloss {
 namespace {
 
+// One compiled path: its table (constant data) and the check that this CPU can run it. Nothing
+// here calls into a path's code until supported() has said yes.
 struct IsaEntry {
-  const char* name;
-  KernelTable (*make)();
+  const KernelTable* table;
   bool (*supported)();
 };
 
@@ -74,41 +75,27 @@ unsigned long long xcr0() {
 
 bool always() { return true; }
 
-const std::vector<IsaEntry>& isa_entries() {
-  static const std::vector<IsaEntry> entries = {
-      {"scalar", &scalar_table, &always},
+constexpr IsaEntry kIsaEntries[] = {
+    {&scalar_table, &always},
 #if defined(FASTLOSS_HAVE_AVX2)
-      {"avx2", &avx2_table, &cpu_has_avx2_fma},
+    {&avx2_table, &cpu_has_avx2_fma},
 #endif
 #if defined(FASTLOSS_HAVE_AVX512)
-      {"avx512", &avx512_table, &cpu_has_avx512},
+    {&avx512_table, &cpu_has_avx512},
 #endif
 #if defined(FASTLOSS_HAVE_NEON)
-      // Baseline on AArch64; last, so it is the default there.
-      {"neon", &neon_table, &always},
+    // Baseline on AArch64; last, so it is the default there.
+    {&neon_table, &always},
 #endif
-  };
-  return entries;
-}
+};
 
-// The tables are built once; the active one is swapped atomically so concurrent calls never see
-// a half-written table.
-std::vector<KernelTable>& tables() {
-  static std::vector<KernelTable> built = [] {
-    std::vector<KernelTable> out;
-    for (const IsaEntry& e : isa_entries()) out.push_back(e.make());
-    return out;
-  }();
-  return built;
-}
-
+// The active table is swapped atomically so concurrent calls never see a half-written pointer.
 std::atomic<const KernelTable*> g_active{nullptr};
 std::atomic<int> g_num_threads{0};
 
 const KernelTable* find_table(const std::string& name) {
-  const std::vector<IsaEntry>& entries = isa_entries();
-  for (size_t i = 0; i < entries.size(); ++i) {
-    if (name == entries[i].name) return &tables()[i];
+  for (const IsaEntry& e : kIsaEntries) {
+    if (name == e.table->name) return e.table;
   }
   return nullptr;
 }
@@ -130,14 +117,14 @@ bool is_available(const std::string& name) {
 
 std::vector<std::string> compiled_isas() {
   std::vector<std::string> out;
-  for (const IsaEntry& e : isa_entries()) out.push_back(e.name);
+  for (const IsaEntry& e : kIsaEntries) out.push_back(e.table->name);
   return out;
 }
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
-  for (const IsaEntry& e : isa_entries()) {
-    if (e.supported()) out.push_back(e.name);
+  for (const IsaEntry& e : kIsaEntries) {
+    if (e.supported()) out.push_back(e.table->name);
   }
   return out;
 }

@@ -123,16 +123,14 @@ struct KernelTable {
   KernelSet<double> f64;
 };
 
-// One table per ISA compiled into this build; each is defined in cpp/kernels/<isa>.cpp.
-KernelTable scalar_table();
-#if defined(FASTLOSS_HAVE_AVX2)
-KernelTable avx2_table();
-#endif
-#if defined(FASTLOSS_HAVE_AVX512)
-KernelTable avx512_table();
-#endif
-#if defined(FASTLOSS_HAVE_NEON)
-KernelTable neon_table();
-#endif
+// One table per ISA compiled into this build; each is defined in cpp/kernels/<isa>.cpp as constant
+// data (constant-initialised, so no code compiled with that ISA's flags runs to build it: the
+// loader fills in the function addresses, and dispatch reads them only after the CPU check).
+// Declared whatever this build holds (the FASTLOSS_HAVE_* defines reach dispatch.cpp only), so
+// that each definition has external linkage.
+extern const KernelTable scalar_table;
+extern const KernelTable avx2_table;
+extern const KernelTable avx512_table;
+extern const KernelTable neon_table;
 
 }  // namespace fastloss

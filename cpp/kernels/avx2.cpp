@@ -8,5 +8,5 @@
 #include "kernels/isa_begin.inl"
 
 namespace fastloss {
-KernelTable avx2_table() { return avx2::make_table(); }
+constexpr KernelTable avx2_table = avx2::make_table();
 }  // namespace fastloss

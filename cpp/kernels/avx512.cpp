@@ -8,5 +8,5 @@
 #include "kernels/isa_begin.inl"
 
 namespace fastloss {
-KernelTable avx512_table() { return avx512::make_table(); }
+constexpr KernelTable avx512_table = avx512::make_table();
 }  // namespace fastloss

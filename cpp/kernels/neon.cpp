@@ -8,5 +8,5 @@
 #include "kernels/isa_begin.inl"
 
 namespace fastloss {
-KernelTable neon_table() { return neon::make_table(); }
+constexpr KernelTable neon_table = neon::make_table();
 }  // namespace fastloss

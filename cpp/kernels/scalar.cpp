@@ -7,5 +7,5 @@
 #include "kernels/isa_begin.inl"
 
 namespace fastloss {
-KernelTable scalar_table() { return scalar::make_table(); }
+constexpr KernelTable scalar_table = scalar::make_table();
 }  // namespace fastloss
