@@ -293,7 +293,10 @@ def test_score_missing_file_subprocess(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["shape", "label", "not_npy", "npz_key", "none_out_txt",
-                                  "weight_for_mse", "object"])
+                                  "weight_for_mse", "object", "directory", "npz_no_arrays",
+                                  "sample_weight_for_ce", "probability_shape", "target_dtype",
+                                  "sample_weight_shape", "fastloss_error", "out_unwritable",
+                                  "zero_dim"])
 def test_score_errors(capsys, tmp_path, case):
     np.save(tmp_path / "a.npy", np.zeros((4, 3)))
     np.save(tmp_path / "b.npy", np.zeros((4, 2)))
@@ -301,8 +304,25 @@ def test_score_errors(capsys, tmp_path, case):
     np.savez(tmp_path / "z.npz", x=np.zeros((4, 3)))
     (tmp_path / "text.npy").write_text("not an array\n")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "empty.npz", "w") as zf:
+        zf.writestr("notes.txt", "no arrays here")
+    np.save(tmp_path / "probs.npy", np.full((4, 2), 0.5))
+    np.save(tmp_path / "strings.npy", np.array(["a", "b", "c", "d"]))
+    np.save(tmp_path / "negative_w.npy", np.array([1.0, -1.0, 1.0, 1.0]))
+    np.save(tmp_path / "scalar.npy", np.float64(1.0))
     a, b = tmp_path / "a.npy", tmp_path / "b.npy"
     args, message = {
+        "directory": (("mse", tmp_path, a), "is a directory"),
+        "npz_no_arrays": (("mse", tmp_path / "empty.npz", a), "holds no arrays"),
+        "sample_weight_for_ce": (("cross_entropy", a, tmp_path / "labels.npy", "--sample-weight", a),
+                                 "--sample-weight applies to mse and mae"),
+        "probability_shape": (("cross_entropy", a, tmp_path / "probs.npy"), "must have the shape of the logits"),
+        "target_dtype": (("cross_entropy", a, tmp_path / "strings.npy"), "integer class indices or floating"),
+        "sample_weight_shape": (("mse", a, a, "--sample-weight", b), "--sample-weight must have shape (4,)"),
+        "fastloss_error": (("mse", a, a, "--sample-weight", tmp_path / "negative_w.npy"), "sample_weight"),
+        "out_unwritable": (("mse", a, a, "--out", tmp_path / "no" / "such" / "dir.txt"), "cannot write"),
+        "zero_dim": (("mse", tmp_path / "scalar.npy", tmp_path / "scalar.npy"), "at least 1 dimension"),
         "shape": (("mse", a, b), "same shape"),
         "label": (("cross_entropy", a, tmp_path / "labels.npy", "--chunk-rows", 2),
                   "TARGET value 9 at row 3"),
@@ -317,6 +337,37 @@ def test_score_errors(capsys, tmp_path, case):
     assert code == 1
     assert err.startswith("fastloss score: error: ") and message in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_score_too_many_values_to_print(capsys, tmp_path, monkeypatch):
+    import fastloss.cli
+
+    monkeypatch.setattr(fastloss.cli, "_MAX_PRINTED", 11)
+    np.save(tmp_path / "a.npy", np.zeros((4, 3)))
+    code, out, err = score(capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy", "--reduction", "none")
+    assert code == 1 and out == ""
+    assert err == "fastloss score: error: reduction 'none' gives 12 values: write them with --out FILE.npy\n"
+
+
+def test_score_out_of_memory(capsys, tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(fastloss, "mse", no_memory)
+    np.save(tmp_path / "a.npy", np.zeros((4, 3)))
+    code, out, err = score(capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy")
+    assert code == 1 and out == ""
+    assert err == "fastloss score: error: out of memory; try a smaller --chunk-mb\n"
+
+
+@pytest.mark.parametrize("args", [("--threads", "1e3"), ("--chunk-mb", "0"), ("--chunk-mb", "nan"),
+                                  ("--chunk-rows", "0"), ("--ignore-index", "1.5"), ("--nope",)])
+def test_score_usage_errors_exit_2(capsys, tmp_path, args):
+    np.save(tmp_path / "a.npy", np.zeros((4, 3)))
+    code, out, err = score(capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy", *args)
+    assert code == 2 and out == ""
+    last = err.splitlines()[-1]  # after argparse's usage line
+    assert last.startswith(("fastloss score: error: ", "fastloss: error: ")) and args[0] in last, err
 
 
 def test_score_fastloss_argument_error(capsys, tmp_path):

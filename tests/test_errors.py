@@ -15,6 +15,7 @@ Choices made where SPEC.md is silent (and written down here):
 from __future__ import annotations
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -131,7 +132,8 @@ def test_sample_weight_bad_dtype(func):
     np.ones((4, 3)).astype(object),
     np.full((4, 3), "x"),
     np.full((4, 3), b"x"),
-], ids=["complex64", "complex128", "object-none", "object-float", "str", "bytes"])
+    np.full((4, 3), np.datetime64("2020-01-01")),
+], ids=["complex64", "complex128", "object-none", "object-float", "str", "bytes", "datetime"])
 def test_regression_bad_dtypes(func, which, bad):
     pred, target = good_regression()
     args = {"pred": pred, "target": target}
@@ -541,6 +543,93 @@ def test_temperature_extremes_accepted(temperature):
     q[:, 0] = 1.0
     k[:, 1] = 1.0
     assert fastloss.info_nce(q, k, temperature=temperature) == pytest.approx(math.log(3), rel=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# the rest of README's "Errors" table
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda ragged: fastloss.mse(ragged, [1.0, 2.0]), "pred"),
+    (lambda ragged: fastloss.mae([1.0, 2.0], ragged), "target"),
+    (lambda ragged: fastloss.mse([1.0, 2.0], [1.0, 2.0], sample_weight=ragged), "sample_weight"),
+    (lambda ragged: fastloss.cross_entropy(ragged, [0, 1]), "logits"),
+    (lambda ragged: fastloss.cross_entropy(np.zeros((2, 2)), ragged), "target"),
+    (lambda ragged: fastloss.cross_entropy(np.zeros((2, 2)), [0, 1], weight=ragged), "weight"),
+    (lambda ragged: fastloss.info_nce(ragged, np.zeros((2, 2))), "query"),
+    (lambda ragged: fastloss.info_nce(np.zeros((2, 2)), np.zeros((2, 2)), ragged), "negative_keys"),
+], ids=["pred", "target", "sample_weight", "logits", "ce-target", "weight", "query", "negative_keys"])
+def test_unconvertible_arrays(call, name):
+    with raises(ValueError, rf"^{name}"):
+        call([[1.0, 2.0], [3.0]])
+
+
+def test_ce_no_classes():
+    with raises(ValueError, r"logits", r"C >= 1"):
+        fastloss.cross_entropy(np.zeros((3, 0)), np.zeros(3, dtype=np.int64))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_ce_weight_not_finite(bad):
+    logits, target = good_ce()
+    weight = np.ones(5)
+    weight[3] = bad
+    with raises(ValueError, r"weight", r"finite"):
+        fastloss.cross_entropy(logits, target, weight=weight)
+
+
+@pytest.mark.parametrize("call", [
+    lambda big: fastloss.mse(np.broadcast_to(np.float32(0), big), np.broadcast_to(np.float32(1), big),
+                             reduction="none"),
+    lambda big: fastloss.mae(np.broadcast_to(np.float64(0), big), np.broadcast_to(np.float64(1), big),
+                             return_grad=True),
+    lambda big: fastloss.cross_entropy(np.broadcast_to(np.float32(0), big + (4,)),
+                                       np.broadcast_to(np.int64(0), big), reduction="none"),
+    lambda big: fastloss.info_nce(np.broadcast_to(np.float32(1), big + (4,)),
+                                  np.broadcast_to(np.float32(1), big + (4,))),
+], ids=["mse-none", "mae-grad", "ce-none", "info_nce"])
+def test_allocation_failure_is_memory_error(call):
+    # 2**56 rows: no address space holds the output, whatever the overcommit policy.
+    with pytest.raises(MemoryError):
+        call((2**56,))
+
+
+@pytest.mark.parametrize("isa", ["no-such-isa", "neon", "avx512", "avx2"])
+def test_forced_isa_that_cannot_run_is_import_error(isa):
+    if isa in _core.available_isas():
+        pytest.skip(f"{isa} runs on this machine")
+    code = ("try:\n    import fastloss\nexcept ImportError as e:\n    print('ImportError', e)\n"
+            "else:\n    print('imported')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "FASTLOSS_ISA": isa})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"ImportError FASTLOSS_ISA={isa} "), proc.stdout
+
+
+def test_torch_front_end_errors():
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    with raises(TypeError, r"input", r"torch.Tensor"):
+        ft.mse_loss(np.ones(3), torch.ones(3))
+    with raises(TypeError, r"weight"):
+        ft.cross_entropy(torch.ones(2, 3), torch.tensor([0, 1]), weight=torch.ones(3, dtype=torch.int64))
+    with raises(TypeError, r"input and target", r"dtype"):
+        ft.l1_loss(torch.ones(3), torch.ones(3, dtype=torch.float64))
+    probabilities = torch.full((2, 3), 1 / 3, requires_grad=True)
+    with raises(NotImplementedError, r"probability targets"):
+        ft.cross_entropy(torch.ones(2, 3), probabilities)
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError,
+                   reason="fastloss.torch.cross_entropy reads target.is_floating_point() before checking "
+                          "that target is a tensor (torch.py is not this change's file)")
+def test_torch_cross_entropy_target_not_a_tensor():
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    with raises(TypeError, r"target", r"torch.Tensor"):
+        ft.cross_entropy(torch.ones(2, 3), [0, 1])
 
 
 def test_process_survives_all_errors():

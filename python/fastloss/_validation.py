@@ -78,7 +78,7 @@ def check_real(value: Any, name: str, low: float, high: float, *, expected: str 
     try:
         number = float(value)
     except OverflowError:
-        number = math.inf if value > 0 else -math.inf
+        number = -math.inf if value < 0 else math.inf
     if not low <= number <= high:
         raise ValueError(f"{name} must be {expected or _interval(low, high)}; got {describe(value)}")
     return number
