@@ -6,16 +6,19 @@
 
 ``fastloss score LOSS PRED TARGET``
     A loss of two arrays stored in ``.npy`` / ``.npz`` files of any size. ``.npy`` files are
-    memory-mapped (``np.load(mmap_mode="r")``); an ``.npz`` member (``file.npz`` for the
-    archive's first member, i.e. ``np.load(file).files[0]``; ``file.npz:key`` for a named one)
-    is memory-mapped when stored uncompressed (``np.savez``) and decompressed as a stream when
-    compressed (``np.savez_compressed``). Rows are processed in chunks and the pages of rows
+    memory-mapped read-only once their header and size are checked (pickles are never loaded);
+    an ``.npz`` member (``file.npz`` for the archive's first member, i.e.
+    ``np.load(file).files[0]``; ``file.npz:key`` for a named one) is memory-mapped when stored
+    uncompressed (``np.savez``) and decompressed as a stream when compressed
+    (``np.savez_compressed``). Rows are processed in chunks and the pages of rows
     already consumed are released, so memory use stays at about ``--chunk-mb`` whatever the file
     size. Reductions combine the chunks' sums exactly as the single call would: ``mean`` is the
     total sum over the total element count (for ``cross_entropy``, over the count or the class
     weight of the non-ignored rows, as PyTorch forms it), ``batchmean`` the total over the rows.
     ``--reduction none`` streams the per-element (per-row for ``cross_entropy``) losses into an
-    ``.npy`` file written through ``np.lib.format.open_memmap``.
+    ``.npy`` file written through ``np.lib.format.open_memmap``. Every ``--out`` file is written
+    under a temporary name and renamed once complete; a result that cannot be printed (stdout
+    closed, a broken pipe) is an error, exit code 1.
 
 ``fastloss --version``
     Prints the version.
