@@ -293,7 +293,10 @@ def test_score_missing_file_subprocess(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["shape", "label", "not_npy", "npz_key", "none_out_txt",
-                                  "weight_for_mse", "object"])
+                                  "weight_for_mse", "object", "directory", "npz_no_arrays",
+                                  "sample_weight_for_ce", "probability_shape", "target_dtype",
+                                  "sample_weight_shape", "fastloss_error", "out_unwritable",
+                                  "zero_dim"])
 def test_score_errors(capsys, tmp_path, case):
     np.save(tmp_path / "a.npy", np.zeros((4, 3)))
     np.save(tmp_path / "b.npy", np.zeros((4, 2)))
@@ -301,12 +304,29 @@ def test_score_errors(capsys, tmp_path, case):
     np.savez(tmp_path / "z.npz", x=np.zeros((4, 3)))
     (tmp_path / "text.npy").write_text("not an array\n")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "empty.npz", "w") as zf:
+        zf.writestr("notes.txt", "no arrays here")
+    np.save(tmp_path / "probs.npy", np.full((4, 2), 0.5))
+    np.save(tmp_path / "strings.npy", np.array(["a", "b", "c", "d"]))
+    np.save(tmp_path / "negative_w.npy", np.array([1.0, -1.0, 1.0, 1.0]))
+    np.save(tmp_path / "scalar.npy", np.float64(1.0))
     a, b = tmp_path / "a.npy", tmp_path / "b.npy"
     args, message = {
+        "directory": (("mse", tmp_path, a), "is a directory"),
+        "npz_no_arrays": (("mse", tmp_path / "empty.npz", a), "holds no arrays"),
+        "sample_weight_for_ce": (("cross_entropy", a, tmp_path / "labels.npy", "--sample-weight", a),
+                                 "--sample-weight applies to mse and mae"),
+        "probability_shape": (("cross_entropy", a, tmp_path / "probs.npy"), "must have the shape of the logits"),
+        "target_dtype": (("cross_entropy", a, tmp_path / "strings.npy"), "integer class indices or floating"),
+        "sample_weight_shape": (("mse", a, a, "--sample-weight", b), "--sample-weight must have shape (4,)"),
+        "fastloss_error": (("mse", a, a, "--sample-weight", tmp_path / "negative_w.npy"), "sample_weight"),
+        "out_unwritable": (("mse", a, a, "--out", tmp_path / "no" / "such" / "dir.txt"), "cannot write"),
+        "zero_dim": (("mse", tmp_path / "scalar.npy", tmp_path / "scalar.npy"), "at least 1 dimension"),
         "shape": (("mse", a, b), "same shape"),
         "label": (("cross_entropy", a, tmp_path / "labels.npy", "--chunk-rows", 2),
                   "TARGET value 9 at row 3"),
-        "not_npy": (("mse", tmp_path / "text.npy", a), "not a .npy/.npz file"),
+        "not_npy": (("mse", tmp_path / "text.npy", a), "not a valid .npy file"),
         "npz_key": (("mse", f"{tmp_path / 'z.npz'}:y", a), "no array named 'y'"),
         "none_out_txt": (("mse", a, a, "--reduction", "none", "--out", tmp_path / "o.txt"),
                          "ending in .npy"),
@@ -319,13 +339,44 @@ def test_score_errors(capsys, tmp_path, case):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_score_too_many_values_to_print(capsys, tmp_path, monkeypatch):
+    import fastloss.cli
+
+    monkeypatch.setattr(fastloss.cli, "_MAX_PRINTED", 11)
+    np.save(tmp_path / "a.npy", np.zeros((4, 3)))
+    code, out, err = score(capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy", "--reduction", "none")
+    assert code == 1 and out == ""
+    assert err == "fastloss score: error: reduction 'none' gives 12 values: write them with --out FILE.npy\n"
+
+
+def test_score_out_of_memory(capsys, tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(fastloss, "mse", no_memory)
+    np.save(tmp_path / "a.npy", np.zeros((4, 3)))
+    code, out, err = score(capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy")
+    assert code == 1 and out == ""
+    assert err == "fastloss score: error: out of memory; try a smaller --chunk-mb\n"
+
+
+@pytest.mark.parametrize("args", [("--threads", "1e3"), ("--chunk-mb", "0"), ("--chunk-mb", "nan"),
+                                  ("--chunk-rows", "0"), ("--ignore-index", "1.5"), ("--nope",)])
+def test_score_usage_errors_exit_2(capsys, tmp_path, args):
+    np.save(tmp_path / "a.npy", np.zeros((4, 3)))
+    code, out, err = score(capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy", *args)
+    assert code == 2 and out == ""
+    last = err.splitlines()[-1]  # after argparse's usage line
+    assert last.startswith(("fastloss score: error: ", "fastloss: error: ")) and args[0] in last, err
+
+
 def test_score_fastloss_argument_error(capsys, tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((4, 3)))
     np.save(tmp_path / "labels.npy", np.array([0, 1, 2, 1]))
     code, out, err = score(capsys, "cross_entropy", tmp_path / "a.npy", tmp_path / "labels.npy",
                            "--label-smoothing", 1.5)
     assert code == 1
-    assert "label_smoothing" in err and "Traceback" not in err
+    assert "--label-smoothing" in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux only")
@@ -334,3 +385,240 @@ def test_memory_module_runs():
     res = memory.peak_extra_memory("mse_small", "fastloss", quick=True)
     assert "error" not in res, res
     assert res["extra_bytes"] is not None and res["extra_bytes"] >= 0
+
+
+# --- score: scalar options get fastloss's checks, named as options ------------------------------
+
+@pytest.mark.parametrize("loss, option, value", [
+    ("mse", "--threads", 100_000), ("mse", "--threads", 2**31), ("mse", "--threads", 0),
+    ("mse", "--threads", 10**30),
+    ("cross_entropy", "--ignore-index", 2**63), ("cross_entropy", "--ignore-index", -(2**63) - 1),
+    ("cross_entropy", "--ignore-index", 10**400),
+    ("cross_entropy", "--label-smoothing", "1e400"), ("cross_entropy", "--label-smoothing", "nan"),
+    ("cross_entropy", "--label-smoothing", "inf"), ("cross_entropy", "--label-smoothing", "1.5"),
+], ids=lambda v: str(v)[:12])
+def test_score_absurd_scalar_options(capsys, tmp_path, loss, option, value):
+    np.save(tmp_path / "a.npy", np.zeros((4, 3)))
+    np.save(tmp_path / "labels.npy", np.array([0, 1, 2, 1]))
+    target = tmp_path / ("labels.npy" if loss == "cross_entropy" else "a.npy")
+    threads = fastloss.get_num_threads()
+    code, out, err = score(capsys, loss, tmp_path / "a.npy", target, option, value)
+    assert code == 1 and out == ""
+    assert err.startswith(f"fastloss score: error: {option} must be "), err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 200, err
+    assert fastloss.get_num_threads() == threads
+
+
+def test_score_threads_bound_subprocess(tmp_path):
+    # libgomp used to print "Thread creation failed" and the process died (SIGSEGV).
+    np.save(tmp_path / "a.npy", np.zeros((4, 3)))
+    proc = run_cli("score", "mse", tmp_path / "a.npy", tmp_path / "a.npy", "--threads", 100_000)
+    assert proc.returncode == 1, proc.stderr
+    bound = max(1024, fastloss._core.default_num_threads())
+    assert proc.stderr == (f"fastloss score: error: --threads must be in [1, {bound}] (at most max(1024, "
+                           "the machine's cores) threads); got 100000\n")
+
+
+def test_score_ignore_index_2_63_subprocess(tmp_path):
+    # 61 lines of pybind11's signature before.
+    np.save(tmp_path / "a.npy", np.zeros((4, 3)))
+    np.save(tmp_path / "labels.npy", np.array([0, 1, 2, 1]))
+    proc = run_cli("score", "cross_entropy", tmp_path / "a.npy", tmp_path / "labels.npy",
+                   "--ignore-index", 2**63)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "--ignore-index" in proc.stderr, proc.stderr
+
+
+# --- score: damaged files are one line ----------------------------------------------------------
+
+def _damaged(tmp_path, saver, damage):
+    """A (300, 4) float64 archive written by `saver`, damaged as named; returns its path."""
+    path = tmp_path / "x.npz"
+    saver(path, x=np.random.default_rng(0).standard_normal((300, 4)))
+    data = bytearray(path.read_bytes())
+    if damage.startswith("cut"):
+        data = data[: int(len(data) * float(damage[3:]))]
+    elif damage == "last-byte":
+        data = data[:-1]
+    elif damage == "flip-data":  # inside the member's data (compressed: its deflate stream)
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "zero-header":  # the member's .npy header dict
+        data[100:160] = bytes(60)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("saver", [np.savez, np.savez_compressed])
+@pytest.mark.parametrize("damage", ["cut0.02", "cut0.1", "cut0.5", "cut0.97", "last-byte", "flip-data",
+                                    "zero-header"])
+def test_score_damaged_npz(capsys, tmp_path, saver, damage):
+    path = _damaged(tmp_path, saver, damage)
+    code, out, err = score(capsys, "mse", path, path, "--chunk-rows", 7)
+    if saver is np.savez and damage == "flip-data":
+        # A stored member is memory-mapped, its CRC unchecked (as np.load's mmap_mode does): the
+        # flipped byte is just a different number.
+        assert code == 0, err
+        return
+    assert code == 1 and out == "", (code, out)
+    assert err.startswith("fastloss score: error: ") and "x.npz" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_score_truncated_npz_subprocess(tmp_path):
+    path = _damaged(tmp_path, np.savez_compressed, "cut0.5")
+    proc = run_cli("score", "mse", path, path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("fastloss score: error: PRED: ") and "not a valid .npz file" in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("magic", "not a valid .npy file"), ("truncated", "truncated"), ("empty", "not a valid .npy file"),
+    ("header", "not a valid .npy file"),
+])
+def test_score_damaged_npy(capsys, tmp_path, damage, message):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((100, 4)))
+    data = bytearray(path.read_bytes())
+    if damage == "magic":
+        data[0] ^= 0x01  # np.load then takes it for a pickle
+    elif damage == "truncated":
+        data = data[:-8]
+    elif damage == "empty":
+        data = bytearray()
+    elif damage == "header":
+        data[20:40] = b"(" * 20
+    path.write_bytes(bytes(data))
+    code, out, err = score(capsys, "mse", path, path)
+    assert code == 1 and out == ""
+    assert err.startswith(f"fastloss score: error: PRED ({path})") and message in err, err
+    assert "pickle" not in err and len(err.strip().splitlines()) == 1, err
+
+
+# --- score: --out appears only when complete ----------------------------------------------------
+
+def _leftovers(directory):
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_score_failed_none_out_leaves_no_file(capsys, tmp_path, existing):
+    logits = np.zeros((10, 3))
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 7])  # the last chunk fails
+    np.save(tmp_path / "logits.npy", logits)
+    np.save(tmp_path / "labels.npy", labels)
+    out_path = tmp_path / "out.npy"
+    if existing:
+        np.save(out_path, np.arange(3.0))
+    code, out, err = score(capsys, "cross_entropy", tmp_path / "logits.npy", tmp_path / "labels.npy",
+                           "--reduction", "none", "--out", out_path, "--chunk-rows", 3)
+    assert code == 1 and "TARGET value 7 at row 9" in err
+    if existing:
+        np.testing.assert_array_equal(np.load(out_path), np.arange(3.0))
+    else:
+        assert not out_path.exists()
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("reduction, name", [("none", "out.npy"), ("mean", "out.npy"), ("sum", "out.txt")])
+def test_score_interrupted_out_leaves_no_file(capsys, tmp_path, monkeypatch, reduction, name):
+    np.save(tmp_path / "a.npy", np.ones((10, 3)))
+    calls = []
+    real_mse = fastloss.mse
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_mse(*args, **kwargs)
+
+    monkeypatch.setattr(fastloss, "mse", interrupted)
+    code = main(["score", "mse", str(tmp_path / "a.npy"), str(tmp_path / "a.npy"), "--reduction", reduction,
+                 "--out", str(tmp_path / name), "--chunk-rows", "3"])
+    assert code == 130 and len(calls) == 2
+    assert "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / name).exists() and _leftovers(tmp_path) == []
+
+
+def test_score_out_mode_follows_umask(capsys, tmp_path):
+    np.save(tmp_path / "a.npy", np.ones((4, 3)))
+    old = os.umask(0o027)
+    try:
+        code, out, err = score(capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy", "--reduction", "none",
+                               "--out", tmp_path / "o.npy")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (tmp_path / "o.npy").stat().st_mode & 0o777 == 0o640
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), np.zeros((4, 3)))
+    assert err == f"wrote {tmp_path / 'o.npy'} (4x3, float64)\n"
+
+
+def test_score_out_over_its_own_input_subprocess(tmp_path):
+    # The output used to be opened (truncated) over the input still being read: SIGBUS, or
+    # losses of zeros where the shapes happened to match.
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((20000, 10))
+    labels = rng.integers(0, 10, 20000)
+    np.save(tmp_path / "logits.npy", logits)
+    np.save(tmp_path / "labels.npy", labels)
+    proc = run_cli("score", "cross_entropy", tmp_path / "logits.npy", tmp_path / "labels.npy",
+                   "--reduction", "none", "--out", tmp_path / "logits.npy", "--chunk-rows", 100)
+    assert proc.returncode == 0, proc.stderr
+    expected = cross_entropy_rows_ref(logits, labels)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-12, atol=0)
+
+
+def cross_entropy_rows_ref(logits, labels):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return -log_softmax[np.arange(len(labels)), labels]
+
+
+# --- score: a result that cannot be printed is an error -----------------------------------------
+
+def _score_command(tmp_path, *extra):
+    np.save(tmp_path / "p.npy", np.full((5, 2), 3.0))
+    np.save(tmp_path / "t.npy", np.ones((5, 2)))
+    return [sys.executable, "-m", "fastloss", "score", "mse", str(tmp_path / "p.npy"), str(tmp_path / "t.npy"),
+            *extra]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_score_stdout_closed(tmp_path, reduction):
+    command = _score_command(tmp_path, "--reduction", reduction)
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *command], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == ("fastloss score: error: standard output is closed, so the result cannot be "
+                           "printed; write it with --out FILE\n")
+
+
+def test_score_stdout_closed_with_out_is_fine(tmp_path):
+    command = _score_command(tmp_path, "--out", str(tmp_path / "r.txt"))
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *command], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert float((tmp_path / "r.txt").read_text()) == 4.0
+
+
+def test_score_stdout_broken_pipe(tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe fails with EPIPE
+    try:
+        proc = subprocess.run(_score_command(tmp_path), stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1
+    assert proc.stderr == ("fastloss score: error: cannot write the result to standard output (Broken pipe); "
+                           "write it with --out FILE\n")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_score_stdout_full(tmp_path):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(_score_command(tmp_path), stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=300)
+    assert proc.returncode == 1
+    assert "No space left on device" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

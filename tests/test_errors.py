@@ -3,19 +3,31 @@
 Choices made where SPEC.md is silent (and written down here):
 - a bool `target` for cross_entropy is a TypeError (neither class indices nor probabilities);
 - a floating `target` of shape (N,) for (N, C) logits is rejected (TypeError or ValueError);
-- an integer `target` of the logits' shape (N, C) is rejected (TypeError or ValueError).
+- an integer `target` of the logits' shape (N, C) is rejected (TypeError or ValueError);
+- scalar parameters: a bool is never a number (TypeError), as it is not for `set_num_threads`;
+  NumPy scalars count as the Python number they hold; `ignore_index` is an int64 (what the
+  kernels and PyTorch take); `temperature` is at least the smallest normal float (below it
+  1/temperature overflows and 0 * inf would turn a zero logit into nan); `set_num_threads` takes
+  at most max(1024, cores) threads (the OpenMP runtime kills the process when it cannot create
+  the threads asked for).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 from contextlib import contextmanager
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
 import fastloss
+from fastloss import _core
+from reference import cross_entropy_ref
 
 REGRESSION = [fastloss.mse, fastloss.mae]
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
@@ -120,7 +132,8 @@ def test_sample_weight_bad_dtype(func):
     np.ones((4, 3)).astype(object),
     np.full((4, 3), "x"),
     np.full((4, 3), b"x"),
-], ids=["complex64", "complex128", "object-none", "object-float", "str", "bytes"])
+    np.full((4, 3), np.datetime64("2020-01-01")),
+], ids=["complex64", "complex128", "object-none", "object-float", "str", "bytes", "datetime"])
 def test_regression_bad_dtypes(func, which, bad):
     pred, target = good_regression()
     args = {"pred": pred, "target": target}
@@ -414,6 +427,209 @@ def test_errors_leave_the_thread_count_alone(restore_threads):
         with pytest.raises((TypeError, ValueError)):
             fastloss.set_num_threads(bad)
     assert fastloss.get_num_threads() == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# absurd Python and NumPy scalars for every scalar parameter: ValueError / TypeError naming the
+# argument in one short line, never OverflowError or pybind11's signature dump
+
+INT64_MAX = 2**63 - 1
+HUGE_INTS = [2**63, -(2**63) - 1, 2**64, 10**400, -(10**400), 10**5000]  # 10**5000: no repr
+BOOLS = [True, False, np.bool_(True)]
+NOT_NUMBERS = ["0.1", b"1", None, 1j, [1], object()]
+
+
+def one_short_line(info):
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 200, message
+
+
+def scalar_call(param):
+    """A call of the public function that owns `param`, with `param` set to the given value."""
+    logits, target = good_ce()
+    q, k, neg, _ = good_nce()
+    pred, tgt = good_regression()
+    return {
+        "ignore_index": lambda v: fastloss.cross_entropy(logits, target, ignore_index=v),
+        "label_smoothing": lambda v: fastloss.cross_entropy(logits, target, label_smoothing=v),
+        "temperature": lambda v: fastloss.info_nce(q, k, neg, temperature=v),
+        "n": fastloss.set_num_threads,
+        "reduction": lambda v: fastloss.mse(pred, tgt, reduction=v),
+        "negative_mode": lambda v: fastloss.info_nce(q, k, negative_mode=v),
+        "return_grad": lambda v: fastloss.mae(pred, tgt, return_grad=v),
+        "normalize": lambda v: fastloss.info_nce(q, k, normalize=v),
+        "symmetric": lambda v: fastloss.info_nce(q, k, symmetric=v),
+    }[param]
+
+
+BAD_SCALARS = (
+    [("ignore_index", v, ValueError) for v in HUGE_INTS + [np.uint64(2**64 - 1)]]
+    + [("ignore_index", v, TypeError) for v in BOOLS + NOT_NUMBERS + [1.5, 2.0, np.float64(1), math.nan]]
+    + [("label_smoothing", v, ValueError) for v in HUGE_INTS + [
+        Fraction(10**400), Fraction(-(10**400)), np.longdouble("1e4000"), math.nan, np.float32("nan"),
+        math.inf, -math.inf, np.float16("inf"), 2, -1, np.int64(2), 1 + 1e-16 * 3]]
+    + [("label_smoothing", v, TypeError) for v in BOOLS + NOT_NUMBERS]
+    + [("temperature", v, ValueError) for v in [v for v in HUGE_INTS if v < 0 or v > sys.float_info.max] + [
+        Fraction(10**400), np.longdouble("1e4000"), 0, 0.0, -0.0, -1, math.nan, math.inf, -math.inf,
+        np.float64("nan"), np.float32("inf"), 5e-324, 1e-310, sys.float_info.min / 2, np.uint64(0)]]
+    + [("temperature", v, TypeError) for v in BOOLS + NOT_NUMBERS]
+    + [("n", v, ValueError) for v in HUGE_INTS + [0, -1, 100_000, 2**31, np.int64(2**40), np.uint64(2**64 - 1)]]
+    + [("n", v, TypeError) for v in BOOLS + NOT_NUMBERS + [2.0, np.float64(2), math.inf]]
+    + [("reduction", v, ValueError) for v in ["x" * 10_000, b"sum", 10**5000, None]]
+    + [("negative_mode", v, ValueError) for v in ["x" * 10_000, b"paired", 10**5000, None]]
+    + [(flag, v, TypeError) for flag in ("return_grad", "normalize", "symmetric")
+       for v in [1, 0, np.int64(1), 10**5000, "True", None, 1.0]]
+)
+
+
+@pytest.mark.parametrize("param, value, exc", BAD_SCALARS,
+                         ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(BAD_SCALARS)])
+def test_absurd_scalars(param, value, exc, restore_threads):
+    threads = fastloss.get_num_threads()
+    with raises(exc, rf"(?<![\w-]){param}(?![\w-])") as info:
+        scalar_call(param)(value)
+    one_short_line(info)
+    assert fastloss.get_num_threads() == threads
+
+
+def test_set_num_threads_bound_is_named(restore_threads):
+    bound = max(1024, _core.default_num_threads())
+    with raises(ValueError, r"\bn\b", rf"\[1, {bound}\]"):
+        fastloss.set_num_threads(bound + 1)
+    fastloss.set_num_threads(bound)
+    assert fastloss.get_num_threads() == bound
+
+
+def test_set_num_threads_refused_then_large_call_survives():
+    # Before the bound, libgomp printed "Thread creation failed" and the next large call died in
+    # GOMP_parallel; the most threads accepted must also be creatable.
+    code = (
+        "import numpy as np, fastloss\n"
+        "try:\n    fastloss.set_num_threads(100_000)\nexcept ValueError as e:\n    print('refused', e)\n"
+        "x = np.arange(2_000_000, dtype=np.float64)\n"
+        "print(fastloss.mse(x, np.zeros_like(x), reduction='sum'))\n"
+        "fastloss.set_num_threads(1024)\n"
+        "print(fastloss.mse(x, np.zeros_like(x), reduction='sum'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("refused n must be in [1, ")
+    n = 2_000_000  # sum of k**2 for k < n
+    assert float(lines[1]) == float(lines[2]) == pytest.approx((n - 1) * n * (2 * n - 1) / 6, rel=1e-15)
+
+
+@pytest.mark.parametrize("value", [np.int64(-1), np.int8(-1), np.uint64(3), 3, INT64_MAX, -(2**63)])
+def test_ignore_index_accepts_every_int64(value):
+    logits, target = good_ce()  # labels 0..4, class 3 once
+    got = fastloss.cross_entropy(logits, target, ignore_index=value)
+    assert got == pytest.approx(cross_entropy_ref(logits, target, ignore_index=int(value)), rel=1e-12)
+
+
+@pytest.mark.parametrize("value", [np.float32(0.25), np.float16(0.25), Fraction(1, 4), np.int64(0), 0, 1,
+                                   np.uint8(1), np.longdouble(0.25)])
+def test_label_smoothing_accepts_real_numbers(value):
+    logits, target = good_ce()
+    got = fastloss.cross_entropy(logits, target, label_smoothing=value)
+    assert got == pytest.approx(cross_entropy_ref(logits, target, label_smoothing=float(value)), rel=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [sys.float_info.min, sys.float_info.max, np.float32(1e-38), 2**64, 10**300])
+def test_temperature_extremes_accepted(temperature):
+    # Every logit is 0 (orthogonal queries and keys), whatever the temperature: each of the N
+    # rows is a uniform N-way softmax, loss log(N). 1/temperature is finite, so no 0 * inf.
+    q = np.zeros((3, 6))
+    k = np.zeros((3, 6))
+    q[:, 0] = 1.0
+    k[:, 1] = 1.0
+    assert fastloss.info_nce(q, k, temperature=temperature) == pytest.approx(math.log(3), rel=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# the rest of README's "Errors" table
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda ragged: fastloss.mse(ragged, [1.0, 2.0]), "pred"),
+    (lambda ragged: fastloss.mae([1.0, 2.0], ragged), "target"),
+    (lambda ragged: fastloss.mse([1.0, 2.0], [1.0, 2.0], sample_weight=ragged), "sample_weight"),
+    (lambda ragged: fastloss.cross_entropy(ragged, [0, 1]), "logits"),
+    (lambda ragged: fastloss.cross_entropy(np.zeros((2, 2)), ragged), "target"),
+    (lambda ragged: fastloss.cross_entropy(np.zeros((2, 2)), [0, 1], weight=ragged), "weight"),
+    (lambda ragged: fastloss.info_nce(ragged, np.zeros((2, 2))), "query"),
+    (lambda ragged: fastloss.info_nce(np.zeros((2, 2)), np.zeros((2, 2)), ragged), "negative_keys"),
+], ids=["pred", "target", "sample_weight", "logits", "ce-target", "weight", "query", "negative_keys"])
+def test_unconvertible_arrays(call, name):
+    with raises(ValueError, rf"^{name}"):
+        call([[1.0, 2.0], [3.0]])
+
+
+def test_ce_no_classes():
+    with raises(ValueError, r"logits", r"C >= 1"):
+        fastloss.cross_entropy(np.zeros((3, 0)), np.zeros(3, dtype=np.int64))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_ce_weight_not_finite(bad):
+    logits, target = good_ce()
+    weight = np.ones(5)
+    weight[3] = bad
+    with raises(ValueError, r"weight", r"finite"):
+        fastloss.cross_entropy(logits, target, weight=weight)
+
+
+@pytest.mark.parametrize("call", [
+    lambda big: fastloss.mse(np.broadcast_to(np.float32(0), big), np.broadcast_to(np.float32(1), big),
+                             reduction="none"),
+    lambda big: fastloss.mae(np.broadcast_to(np.float64(0), big), np.broadcast_to(np.float64(1), big),
+                             return_grad=True),
+    lambda big: fastloss.cross_entropy(np.broadcast_to(np.float32(0), big + (4,)),
+                                       np.broadcast_to(np.int64(0), big), reduction="none"),
+    lambda big: fastloss.info_nce(np.broadcast_to(np.float32(1), big + (4,)),
+                                  np.broadcast_to(np.float32(1), big + (4,))),
+], ids=["mse-none", "mae-grad", "ce-none", "info_nce"])
+def test_allocation_failure_is_memory_error(call):
+    # 2**56 rows: no address space holds the output, whatever the overcommit policy.
+    with pytest.raises(MemoryError):
+        call((2**56,))
+
+
+@pytest.mark.parametrize("isa", ["no-such-isa", "neon", "avx512", "avx2"])
+def test_forced_isa_that_cannot_run_is_import_error(isa):
+    if isa in _core.available_isas():
+        pytest.skip(f"{isa} runs on this machine")
+    code = ("try:\n    import fastloss\nexcept ImportError as e:\n    print('ImportError', e)\n"
+            "else:\n    print('imported')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "FASTLOSS_ISA": isa})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"ImportError FASTLOSS_ISA={isa} "), proc.stdout
+
+
+def test_torch_front_end_errors():
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    with raises(TypeError, r"input", r"torch.Tensor"):
+        ft.mse_loss(np.ones(3), torch.ones(3))
+    with raises(TypeError, r"weight"):
+        ft.cross_entropy(torch.ones(2, 3), torch.tensor([0, 1]), weight=torch.ones(3, dtype=torch.int64))
+    with raises(TypeError, r"input and target", r"dtype"):
+        ft.l1_loss(torch.ones(3), torch.ones(3, dtype=torch.float64))
+    probabilities = torch.full((2, 3), 1 / 3, requires_grad=True)
+    with raises(NotImplementedError, r"probability targets"):
+        ft.cross_entropy(torch.ones(2, 3), probabilities)
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError,
+                   reason="fastloss.torch.cross_entropy reads target.is_floating_point() before checking "
+                          "that target is a tensor (torch.py is not this change's file)")
+def test_torch_cross_entropy_target_not_a_tensor():
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    with raises(TypeError, r"target", r"torch.Tensor"):
+        ft.cross_entropy(torch.ones(2, 3), [0, 1])
 
 
 def test_process_survives_all_errors():

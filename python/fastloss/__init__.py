@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _core
 from ._losses import cross_entropy, info_nce, mae, mse
-from ._validation import check_int
+from ._validation import check_threads
 from ._version import __version__
 
 __all__ = [
@@ -30,11 +30,9 @@ __all__ = [
 
 
 def set_num_threads(n: int) -> None:
-    """Sets how many threads the kernels use (default: the machine's cores). Results do not depend on it."""
-    n = check_int(n, "n")
-    if n < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
-    _core.set_num_threads(n)
+    """Sets how many threads the kernels use (default: the machine's cores), an int in
+    ``[1, max(1024, cores)]``. Results do not depend on it."""
+    _core.set_num_threads(check_threads(n, "n"))
 
 
 def get_num_threads() -> int:

@@ -11,10 +11,12 @@ from . import _core
 from ._validation import (
     as_input_dtype,
     as_real_array,
+    check_choice,
     check_flag,
     check_int,
-    check_real,
+    check_label_smoothing,
     check_reduction,
+    check_temperature,
     compute_dtype,
     divide,
     sample_weights,
@@ -33,6 +35,7 @@ InfoNceLossAndGrad = Union[LossResult, tuple[LossResult, InfoNceGrads]]
 
 _SQUARED, _ABSOLUTE = 0, 1
 _IN_BATCH, _UNPAIRED, _PAIRED = 0, 1, 2
+NEGATIVE_MODES = ("unpaired", "paired")
 
 
 def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, sample_weight: Any,
@@ -211,9 +214,7 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     reduction = check_reduction(reduction)
     return_grad = check_flag(return_grad, "return_grad")
     ignore_index = check_int(ignore_index, "ignore_index")
-    smoothing = check_real(label_smoothing, "label_smoothing")
-    if not 0.0 <= smoothing <= 1.0:  # also refuses nan
-        raise ValueError(f"label_smoothing must be in [0, 1]; got {label_smoothing!r}")
+    smoothing = check_label_smoothing(label_smoothing)
     logits_array = as_real_array(logits, "logits")
     if logits_array.ndim not in (1, 2):
         raise ValueError(f"logits must have shape (N, C) or (C,); got {logits_array.shape}")
@@ -361,11 +362,8 @@ class InfoNceProblem:
 
     def __init__(self, query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike], *,
                  temperature: Any, negative_mode: Any, normalize: Any, symmetric: Any) -> None:
-        if not isinstance(negative_mode, str) or negative_mode not in ("unpaired", "paired"):
-            raise ValueError(f"negative_mode must be 'unpaired' or 'paired'; got {negative_mode!r}")
-        tau = check_real(temperature, "temperature")
-        if not (np.isfinite(tau) and tau > 0.0):
-            raise ValueError(f"temperature must be finite and > 0; got {temperature!r}")
+        check_choice(negative_mode, "negative_mode", NEGATIVE_MODES)
+        tau = check_temperature(temperature)
         self.normalize = check_flag(normalize, "normalize")
         self.symmetric = check_flag(symmetric, "symmetric")
         self.inv_tau = 1.0 / tau

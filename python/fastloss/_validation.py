@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any, Literal, cast
 
 import numpy as np
+
+from . import _core
 
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
 ReductionName = Literal["none", "sum", "mean", "batchmean"]
@@ -18,11 +21,44 @@ ReductionName = Literal["none", "sum", "mean", "batchmean"]
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The most threads set_num_threads accepts: far more than any CPU's cores (so any sane
+# oversubscription fits), yet few enough that the OpenMP runtime can create them; libgomp ends
+# the process when it cannot ("Thread creation failed"). A machine with more cores than that
+# may use them all.
+MAX_THREADS = max(1024, _core.default_num_threads())
+# The smallest temperature whose reciprocal is finite (the kernels scale by 1/temperature; below
+# this, 0 * inf would turn a zero dot product into nan).
+MIN_TEMPERATURE = sys.float_info.min
+
+
+def describe(value: Any) -> str:
+    """``repr(value)`` short enough for a one-line message. A huge int is described by its size:
+    ``repr`` of an int over 4300 digits raises ValueError (so may a Fraction's), and a shorter
+    one is still noise."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        return f"{'a negative' if value < 0 else 'an'} int of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} too large to print"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _interval(low: float, high: float) -> str:
+    if (low, high) == (INT64_MIN, INT64_MAX):
+        return "an int64, in [-2**63, 2**63 - 1]"
+    return f"in [{low!r}, {high!r}]"
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {describe(value)}")
+    return str(value)
+
 
 def check_reduction(reduction: Any) -> ReductionName:
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}")
-    return cast(ReductionName, reduction)
+    return cast(ReductionName, check_choice(reduction, "reduction", REDUCTIONS))
 
 
 def check_flag(value: Any, name: str) -> bool:
@@ -31,16 +67,47 @@ def check_flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
-def check_real(value: Any, name: str) -> float:
+def check_real(value: Any, name: str, low: float, high: float, *, expected: str = "") -> float:
+    """A Python or NumPy real number (not a bool) in ``[low, high]`` (nan never is), as a float.
+
+    ``expected`` words the range in the message (default: ``in [low, high]``). A number too large
+    for a float (``10**400``, a huge Fraction) is out of range, not an OverflowError.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = -math.inf if value < 0 else math.inf
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be {expected or _interval(low, high)}; got {describe(value)}")
+    return number
 
 
-def check_int(value: Any, name: str) -> int:
+def check_int(value: Any, name: str, low: int = INT64_MIN, high: int = INT64_MAX, *, expected: str = "") -> int:
+    """A Python or NumPy integer (not a bool) in ``[low, high]``, as an int: by default the int64
+    range the kernels take. ``expected`` words the range in the message."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-    return int(value)
+    number = int(value)
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be {expected or _interval(low, high)}; got {describe(number)}")
+    return number
+
+
+def check_threads(value: Any, name: str) -> int:
+    """A thread count for set_num_threads (and the CLI's --threads)."""
+    return check_int(value, name, 1, MAX_THREADS,
+                     expected=f"in [1, {MAX_THREADS}] (at most max(1024, the machine's cores) threads)")
+
+
+def check_temperature(value: Any, name: str = "temperature") -> float:
+    return check_real(value, name, MIN_TEMPERATURE, sys.float_info.max,
+                      expected=f"finite and >= {MIN_TEMPERATURE!r} (so that 1/{name} is finite)")
+
+
+def check_label_smoothing(value: Any, name: str = "label_smoothing") -> float:
+    return check_real(value, name, 0.0, 1.0)
 
 
 def as_real_array(value: Any, name: str) -> np.ndarray:

@@ -6,16 +6,19 @@
 
 ``fastloss score LOSS PRED TARGET``
     A loss of two arrays stored in ``.npy`` / ``.npz`` files of any size. ``.npy`` files are
-    memory-mapped (``np.load(mmap_mode="r")``); an ``.npz`` member (``file.npz`` for the
-    archive's first member, i.e. ``np.load(file).files[0]``; ``file.npz:key`` for a named one)
-    is memory-mapped when stored uncompressed (``np.savez``) and decompressed as a stream when
-    compressed (``np.savez_compressed``). Rows are processed in chunks and the pages of rows
+    memory-mapped read-only once their header and size are checked (pickles are never loaded);
+    an ``.npz`` member (``file.npz`` for the archive's first member, i.e.
+    ``np.load(file).files[0]``; ``file.npz:key`` for a named one) is memory-mapped when stored
+    uncompressed (``np.savez``) and decompressed as a stream when compressed
+    (``np.savez_compressed``). Rows are processed in chunks and the pages of rows
     already consumed are released, so memory use stays at about ``--chunk-mb`` whatever the file
     size. Reductions combine the chunks' sums exactly as the single call would: ``mean`` is the
     total sum over the total element count (for ``cross_entropy``, over the count or the class
     weight of the non-ignored rows, as PyTorch forms it), ``batchmean`` the total over the rows.
     ``--reduction none`` streams the per-element (per-row for ``cross_entropy``) losses into an
-    ``.npy`` file written through ``np.lib.format.open_memmap``.
+    ``.npy`` file written through ``np.lib.format.open_memmap``. Every ``--out`` file is written
+    under a temporary name and renamed once complete; a result that cannot be printed (stdout
+    closed, a broken pipe) is an error, exit code 1.
 
 ``fastloss --version``
     Prints the version.
@@ -29,12 +32,15 @@ import mmap
 import os
 import struct
 import sys
+import tempfile
 import time
 import zipfile
+import zlib
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ._validation import check_int, check_label_smoothing, check_threads
 from ._version import __version__
 
 __all__ = ["main"]
@@ -124,7 +130,7 @@ class StreamSource(RowSource):
         return np.frombuffer(buf, dtype=self.dtype).reshape((n,) + self.shape[1:])
 
     def _read(self, nbytes: int) -> bytes:
-        data = self.fh.read(nbytes)
+        data = _read_member(self.fh, nbytes, f"{self.label}: {self.spec}")
         if len(data) != nbytes:
             raise CliError(f"{self.label}: {self.spec} is truncated")
         return data
@@ -155,6 +161,14 @@ def _drop_pages(array, start: int, stop: int) -> None:
         pass
 
 
+def _read_member(fh, nbytes: int, what: str) -> bytes:
+    """``fh.read(nbytes)`` from a compressed ``.npz`` member, a damaged archive as a CliError."""
+    try:
+        return fh.read(nbytes)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise CliError(f"{what} is corrupt ({exc})") from None
+
+
 def _read_npy_header(fh, what: str):
     fmt = np.lib.format
     try:
@@ -165,12 +179,34 @@ def _read_npy_header(fh, what: str):
             shape, fortran, dtype = fmt.read_array_header_2_0(fh)
         else:
             shape, fortran, dtype = fmt._read_array_header(fh, version)
-    except ValueError as exc:
-        raise CliError(f"{what} is not a valid .npy array ({exc})") from None
+    except (zipfile.BadZipFile, zlib.error) as exc:
+        raise CliError(f"{what} is corrupt ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged header raises ValueError, TypeError,
+        # SyntaxError or tokenize.TokenError from NumPy's parser: each means "not an .npy file"
+        raise CliError(f"{what} is not a valid .npy file ({exc})") from None
     if dtype.hasobject:
         raise CliError(f"{what} holds Python objects (dtype {dtype}); only numeric arrays are "
                        "read (pickles are never loaded)")
     return shape, fortran, dtype
+
+
+def _map_npy(label: str, spec: str, path: str, offset: int, what: str) -> MappedSource:
+    """The ``.npy`` array stored at ``offset`` in ``path`` (a ``.npy`` file, or an uncompressed
+    ``.npz`` member), memory-mapped read-only after its header and size are checked."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        shape, fortran, dtype = _read_npy_header(fh, what)
+        data_offset = fh.tell()
+    # Python ints: a corrupt header's shape may overflow int64.
+    nbytes = math.prod(shape) * dtype.itemsize
+    if data_offset + nbytes > os.path.getsize(path):
+        raise CliError(f"{what} is truncated: its header promises {nbytes} bytes of data ("
+                       f"{'x'.join(map(str, shape)) or 'scalar'} {dtype})")
+    if nbytes == 0:
+        return MappedSource(label, spec, np.empty(shape, dtype))
+    arr = np.memmap(path, dtype=dtype, mode="r", offset=data_offset, shape=shape,
+                    order="F" if fortran else "C")
+    return MappedSource(label, spec, arr)
 
 
 def _zip_data_offset(path: str, info: zipfile.ZipInfo) -> int:
@@ -179,8 +215,7 @@ def _zip_data_offset(path: str, info: zipfile.ZipInfo) -> int:
     with open(path, "rb") as fh:
         fh.seek(info.header_offset)
         header = fh.read(30)
-    sig, *_rest = struct.unpack("<4s26x", header)
-    if sig != b"PK\x03\x04":
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
         raise CliError(f"{path}: bad zip local header for {info.filename}")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
     return info.header_offset + 30 + name_len + extra_len
@@ -205,26 +240,23 @@ def _open_npz(label: str, spec: str, path: str, key: Optional[str]) -> RowSource
         info = zf.getinfo(name)
     what = f"{label} ({path}:{name[:-4]})"
     if info.compress_type == zipfile.ZIP_STORED:
-        offset = _zip_data_offset(path, info)
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            shape, fortran, dtype = _read_npy_header(fh, what)
-            data_offset = fh.tell()
-        if int(np.prod(shape, dtype=np.int64)) == 0:
-            return MappedSource(label, spec, np.empty(shape, dtype))
-        arr = np.memmap(path, dtype=dtype, mode="r", offset=data_offset, shape=shape,
-                        order="F" if fortran else "C")
-        return MappedSource(label, spec, arr)
+        return _map_npy(label, spec, path, _zip_data_offset(path, info), what)
     # Compressed: decompress while reading, in row order.
     zf = zipfile.ZipFile(path)
-    fh = zf.open(name)
+    try:
+        fh = zf.open(name)
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+        raise CliError(f"{what} cannot be read ({exc})") from None
     shape, fortran, dtype = _read_npy_header(fh, what)
     if fortran and len(shape) > 1:
         # Rows of a Fortran-order array are not contiguous in the stream: read it whole.
         print(f"{PROG} score: note: {what} is a compressed Fortran-order array; reading it "
               "into memory whole", file=sys.stderr)
-        data = fh.read()
+        nbytes = math.prod(shape) * dtype.itemsize
+        data = _read_member(fh, nbytes, what)
         fh.close()
+        if len(data) != nbytes:
+            raise CliError(f"{what} is truncated")
         arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F")
         return MappedSource(label, spec, arr)
     return StreamSource(label, spec, fh, shape, dtype)
@@ -241,17 +273,15 @@ def open_array(label: str, spec: str) -> RowSource:
         raise CliError(f"{label}: no such file: {path!r}")
     if os.path.isdir(path):
         raise CliError(f"{label}: {path!r} is a directory, not a .npy/.npz file")
-    if zipfile.is_zipfile(path):
+    with open(path, "rb") as fh:
+        start = fh.read(4)
+    # A zip archive starts with a local file header; a truncated one has lost the central
+    # directory that zipfile.is_zipfile looks for, and _open_npz says so.
+    if start == b"PK\x03\x04" or zipfile.is_zipfile(path):
         return _open_npz(label, spec, path, key)
     if key is not None:
         raise CliError(f"{label}: {path} is not an .npz archive, so it has no array {key!r}")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, EOFError) as exc:
-        raise CliError(f"{label}: {path} is not a .npy/.npz file ({exc})") from None
-    if not isinstance(arr, np.ndarray):  # pragma: no cover - np.load returns arrays here
-        raise CliError(f"{label}: {path} does not hold an array")
-    return MappedSource(label, spec, arr)
+    return _map_npy(label, spec, path, 0, f"{label} ({path})")
 
 
 def _load_small(label: str, spec: str) -> np.ndarray:
@@ -318,8 +348,13 @@ def _chunk_rows(args, row_bytes: int) -> int:
 def _score(args) -> int:
     import fastloss
 
-    if args.threads:
-        fastloss.set_num_threads(args.threads)
+    # fastloss's own checks, naming the options: a bad value is refused before any file is read.
+    if args.threads is not None:
+        fastloss.set_num_threads(check_threads(args.threads, "--threads"))
+    if args.ignore_index is not None:
+        check_int(args.ignore_index, "--ignore-index")
+    if args.label_smoothing is not None:
+        check_label_smoothing(args.label_smoothing, "--label-smoothing")
     if args.reduction == "none" and args.out and not args.out.lower().endswith(".npy"):
         raise CliError(f"--out {args.out!r}: reduction 'none' writes an .npy file; "
                        "give a name ending in .npy")
@@ -331,22 +366,63 @@ def _score(args) -> int:
     elif args.sample_weight is not None:
         raise CliError("--sample-weight applies to mse and mae; cross_entropy takes --weight")
 
+    args.output = OutputFile(args.out) if args.out else None
     sources: List[RowSource] = []
-    out_map = None
     try:
-        pred = open_array("PRED", args.pred)
-        sources.append(pred)
-        target = open_array("TARGET", args.target)
-        sources.append(target)
-        if args.loss in ("mse", "mae"):
-            value, out_map = _score_regression(fastloss, args, pred, target)
-        else:
-            value, out_map = _score_cross_entropy(fastloss, args, pred, target)
-    finally:
-        for s in sources:
-            s.close()
-    _emit(args, value, out_map)
+        try:
+            pred = open_array("PRED", args.pred)
+            sources.append(pred)
+            target = open_array("TARGET", args.target)
+            sources.append(target)
+            if args.loss in ("mse", "mae"):
+                value, out_map = _score_regression(fastloss, args, pred, target)
+            else:
+                value, out_map = _score_cross_entropy(fastloss, args, pred, target)
+        finally:
+            for s in sources:
+                s.close()
+        wrote = _emit(args, value, out_map)
+        if args.output is not None:
+            del value, out_map  # the output map's last references: unmapped before the rename
+            args.output.commit()
+            print(f"wrote {args.out}{wrote}", file=sys.stderr)
+    except BaseException:
+        if args.output is not None:
+            args.output.discard()
+        raise
     return 0
+
+
+class OutputFile:
+    """``--out FILE``, written under a temporary name in FILE's directory and renamed to FILE
+    only once the whole result is there: a failed or interrupted run leaves no plausible-looking
+    FILE (nor an existing one changed), and an input that is also the output is not truncated
+    while it is still being read."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                             dir=os.path.dirname(os.path.abspath(path)))
+        except OSError as exc:
+            raise CliError(f"--out {path!r}: cannot write ({exc.strerror or exc})") from None
+        os.close(fd)
+
+    def commit(self) -> None:
+        umask = os.umask(0)
+        os.umask(umask)
+        try:
+            # mkstemp's file is private (0600); FILE gets the mode a new file would get.
+            os.chmod(self.temp, 0o666 & ~umask)
+            os.replace(self.temp, self.path)
+        except OSError as exc:
+            raise CliError(f"--out {self.path!r}: cannot write ({exc.strerror or exc})") from None
+
+    def discard(self) -> None:
+        try:
+            os.unlink(self.temp)
+        except FileNotFoundError:
+            pass
 
 
 def _run_chunks(args, pred: RowSource, target: RowSource, call, result_shape):
@@ -407,9 +483,9 @@ def _flush_rows(out: np.memmap, start: int, stop: int) -> None:
 
 
 def _open_output(args, shape, dtype):
-    if args.out:
+    if args.output is not None:
         try:
-            return np.lib.format.open_memmap(args.out, mode="w+", dtype=dtype, shape=shape)
+            return np.lib.format.open_memmap(args.output.temp, mode="w+", dtype=dtype, shape=shape)
         except OSError as exc:
             raise CliError(f"--out {args.out!r}: cannot write ({exc.strerror or exc})") from None
     n = int(np.prod(shape, dtype=np.int64))
@@ -522,30 +598,51 @@ def _check_labels(y: np.ndarray, start: int, n_classes: int, ignore_index: int) 
                        f"[0, {n_classes}) nor ignore_index ({ignore_index})")
 
 
-def _emit(args, value, out_map) -> None:
+def _emit(args, value, out_map) -> str:
+    """Prints the result, or completes ``--out``'s temporary file and returns what it holds (for
+    the "wrote FILE" line, printed once the file has its name)."""
     if args.reduction == "none":
-        if args.out:
-            if isinstance(out_map, np.memmap):
-                out_map.flush()
-            print(f"wrote {args.out} ({'x'.join(map(str, np.shape(value))) or 'scalar'}, "
-                  f"{np.asarray(value).dtype})", file=sys.stderr)
-        else:
+        if args.output is None:
             with np.printoptions(threshold=1000, precision=8):
-                print(np.asarray(value))
-        return
+                _print_result(str(np.asarray(value)))
+            return ""
+        if isinstance(out_map, np.memmap):
+            out_map.flush()
+        return f" ({'x'.join(map(str, np.shape(value))) or 'scalar'}, {np.asarray(value).dtype})"
     text = repr(float(value))
-    if args.out:
-        try:
+    if args.output is None:
+        _print_result(text)
+        return ""
+    try:
+        with open(args.output.temp, "wb") as fh:
             if args.out.lower().endswith(".npy"):
-                np.save(args.out, np.float64(value))
+                np.save(fh, np.float64(value))
             else:
-                with open(args.out, "w") as fh:
-                    fh.write(text + "\n")
-        except OSError as exc:
-            raise CliError(f"--out {args.out!r}: cannot write ({exc.strerror or exc})") from None
-        print(f"wrote {args.out}: {text}", file=sys.stderr)
-    else:
-        print(text)
+                fh.write((text + "\n").encode())
+    except OSError as exc:
+        raise CliError(f"--out {args.out!r}: cannot write ({exc.strerror or exc})") from None
+    return f": {text}"
+
+
+def _print_result(text: str) -> None:
+    """The result on stdout: one that cannot be written there is an error, never a silent exit 0."""
+    if sys.stdout is None:  # started with stdout closed (``>&-``)
+        raise CliError("standard output is closed, so the result cannot be printed; write it "
+                       "with --out FILE")
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except OSError as exc:
+        # The interpreter flushes stdout again at exit: point it at devnull so that the error is
+        # reported once, here.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise CliError(f"cannot write the result to standard output ({exc.strerror or exc}); "
+                       "write it with --out FILE") from None
 
 
 def _progress_enabled(args) -> bool:
@@ -622,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cross_entropy: label to ignore (default -100)")
     score.add_argument("--label-smoothing", type=float, metavar="EPS",
                        help="cross_entropy: label smoothing in [0, 1] (default 0)")
-    score.add_argument("--threads", type=_positive_int, metavar="N",
+    score.add_argument("--threads", type=int, metavar="N",
                        help="kernel threads (default: all cores)")
     score.add_argument("--chunk-mb", type=_positive_float, default=64.0, metavar="MB",
                        help="input bytes per chunk (default 64)")
