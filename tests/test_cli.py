@@ -587,7 +587,7 @@ def _score_command(tmp_path, *extra):
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_score_stdout_closed(tmp_path, reduction):
     command = _score_command(tmp_path, "--reduction", reduction)
-    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *command], capture_output=True, text=True,
+    proc = subprocess.run(["/bin/sh", "-c", 'exec "$@" >&-', "sh", *command], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1
     assert proc.stderr == ("fastloss score: error: standard output is closed, so the result cannot be "
@@ -596,7 +596,7 @@ def test_score_stdout_closed(tmp_path, reduction):
 
 def test_score_stdout_closed_with_out_is_fine(tmp_path):
     command = _score_command(tmp_path, "--out", str(tmp_path / "r.txt"))
-    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *command], capture_output=True, text=True,
+    proc = subprocess.run(["/bin/sh", "-c", 'exec "$@" >&-', "sh", *command], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert float((tmp_path / "r.txt").read_text()) == 4.0
