@@ -219,7 +219,7 @@ ABSURD_CASES = {
     "mse_none": "fastloss.mse(b(1, (H,)), b(0, (H,)), reduction='none')",
     "mse_grad": "fastloss.mse(b(1, (H,)), b(0, (H,)), return_grad=True)",
     "mae_grad": "fastloss.mae(b(1, (H,)), b(0, (H,)), reduction='sum', return_grad=True)",
-    "mse_sample_weight": "fastloss.mse(b(1, (H,)), b(0, (H,)), sample_weight=b(1, (H,), np.float64))",
+    "mse_sample_weight": "fastloss.mse(b(1, (H,)), b(0, (H,)), sample_weight=b(1, (H,)))",
     "ce_grad": "fastloss.cross_entropy(b(0, (2**20, H // 2**20)), np.zeros(2**20, np.int64), return_grad=True)",
     "ce_probabilities": "fastloss.cross_entropy(b(0, (2**20, H // 2**20)), b(0.5, (2**20, H // 2**20)), "
                         "return_grad=True)",
@@ -231,10 +231,12 @@ ABSURD_CASES = {
 }
 
 
-@pytest.mark.parametrize("size", [2**40, 2**62], ids=["4TiB", "2^62"])
+@pytest.mark.parametrize("size", [2**40, 2**60], ids=["2^40", "2^60"])
 def test_absurd_sizes_raise_memory_or_value_error(size):
-    """Views of 2**40 elements (terabytes to allocate: MemoryError) and 2**62 (more bytes than an
-    address space: ValueError) reach every allocation the API makes, in a child process."""
+    """float32 views of 2**40 elements (terabytes to allocate) and 2**60 (the largest NumPy can
+    describe) reach every allocation the API makes, in a child process: MemoryError or
+    ValueError, never a crash. The views themselves are made outside the try, so a case that
+    could not even be set up fails the test instead of passing as a ValueError."""
     code = f"""
         import numpy as np
         import fastloss
@@ -242,7 +244,10 @@ def test_absurd_sizes_raise_memory_or_value_error(size):
         H = {size}
 
         def b(value, shape, dtype=np.float32):
-            return np.broadcast_to(dtype(value), shape)
+            try:
+                return np.broadcast_to(dtype(value), shape)
+            except ValueError as error:
+                raise RuntimeError(f"cannot set up a view of shape {{shape}}: {{error}}") from None
 
         for name, expression in {ABSURD_CASES!r}.items():
             try:
@@ -254,5 +259,5 @@ def test_absurd_sizes_raise_memory_or_value_error(size):
         """
     lines = _run_isolated(code).split("\n")
     got = dict(line.split(" ", 1) for line in lines if line)
-    expected = "MemoryError" if size == 2**40 else "ValueError"
-    assert got == {name: expected for name in ABSURD_CASES}
+    assert set(got) == set(ABSURD_CASES)
+    assert {name: outcome for name, outcome in got.items() if outcome not in ("MemoryError", "ValueError")} == {}
