@@ -155,3 +155,92 @@ def test_training_loop_lowers_the_loss():
     assert losses[-1] < 0.5 * losses[0]
     accuracy = (model(features).argmax(1) == labels).float().mean().item()
     assert accuracy > 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# Only first-order reverse mode is supported: everything else raises, never a silent zero.
+
+def _fixture_calls():
+    """(name, fastloss.torch call, the same loss written in torch ops, inputs that require grad)."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=g)
+    t = torch.randn(5, 4, dtype=torch.float64, generator=g)
+    labels = torch.tensor([0, 3, 1, 2, 3])
+    weight = torch.rand(4, dtype=torch.float64, generator=g) + 0.5
+    negatives = torch.randn(6, 4, dtype=torch.float64, generator=g)
+    return [
+        ("mse_loss", lambda a: ft.mse_loss(a, t), lambda a: F.mse_loss(a, t), x),
+        ("l1_loss", lambda a: ft.l1_loss(a, t, "sum"), lambda a: F.l1_loss(a, t, reduction="sum"), x),
+        ("cross_entropy", lambda a: ft.cross_entropy(a, labels, weight, label_smoothing=0.1),
+         lambda a: F.cross_entropy(a, labels, weight, label_smoothing=0.1), x),
+        ("info_nce", lambda a: ft.info_nce(a, t, negatives, 0.5, normalize=True),
+         lambda a: torch_info_nce(a, t, negatives, 0.5, "mean", "unpaired"), x),
+    ]
+
+
+CALLS = [c[0] for c in _fixture_calls()]
+
+
+def _call(name):
+    return next(c for c in _fixture_calls() if c[0] == name)
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_double_backward_raises(name):
+    """A Hessian-vector product: torch's is nonzero (MAE's is zero), ours raises instead of
+    silently giving zero. It raises as soon as the gradient is asked for with create_graph=True:
+    nothing it would hand out could be differentiated correctly."""
+    _, ours, theirs, x = _call(name)
+    v = torch.linspace(-1.0, 1.0, x.numel(), dtype=x.dtype).reshape(x.shape)
+    b = x.clone().requires_grad_(True)
+    (gb,) = torch.autograd.grad(theirs(b), b, create_graph=True)
+    if name != "l1_loss":
+        (hvp,) = torch.autograd.grad((gb * v).sum(), b)
+        assert hvp.abs().max() > 1e-3  # there is a second-order term to lose
+    message = f"fastloss.torch.{name}: double backward is not supported"
+    a = x.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match=message):
+        torch.autograd.grad(ours(a), a, create_graph=True)
+    with pytest.raises(RuntimeError, match=message):
+        ours(a).backward(create_graph=True)
+    # Mixed with a term torch can differentiate twice, the fastloss term still refuses rather
+    # than contributing a zero to the Hessian.
+    with pytest.raises(RuntimeError, match=message):
+        torch.autograd.grad(ours(a) + (a ** 3).sum(), a, create_graph=True)
+    # ... and first order is unaffected by the guard.
+    (ga,) = torch.autograd.grad(ours(a), a)
+    torch.testing.assert_close(ga, gb.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_double_backward_wrt_target_raises():
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(3, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.randn(3, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    with pytest.raises(RuntimeError, match="mse_loss: double backward"):
+        torch.autograd.grad(ft.mse_loss(x.detach(), t), t, create_graph=True)
+
+
+# torch's own forward-AD machinery imports a module that uses the deprecated torch.jit.script.
+_TORCH_JIT_DEPRECATION = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+
+
+@pytest.mark.filterwarnings(_TORCH_JIT_DEPRECATION)
+@pytest.mark.parametrize("name", CALLS)
+def test_forward_mode_ad_raises(name):
+    _, ours, _, x = _call(name)
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level():
+        dual = fwad.make_dual(x, torch.ones_like(x))
+        with pytest.raises(RuntimeError, match=f"fastloss.torch.{name}: forward-mode AD"):
+            ours(dual)
+
+
+@pytest.mark.filterwarnings(_TORCH_JIT_DEPRECATION)
+@pytest.mark.parametrize("name", CALLS)
+def test_functorch_jvp_raises(name):
+    """torch.func refuses the function (an autograd.Function without setup_context) with a
+    RuntimeError of its own, before our jvp could run."""
+    _, ours, _, x = _call(name)
+    with pytest.raises(RuntimeError, match="autograd.Function"):
+        torch.func.jvp(ours, (x,), (torch.ones_like(x),))

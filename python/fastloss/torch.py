@@ -6,11 +6,18 @@ of the same memory (no copy for float32/float64 CPU tensors with whole-element s
 gradient comes from the same fused pass as the loss, so ``backward`` only scales it by
 ``grad_output``. InfoNCE is the exception: its per-row losses share keys, so its backward runs
 the streaming backward kernel with ``grad_output`` as the per-row weights.
+
+Only first-order reverse mode is supported. The kernels' gradients are numbers, not torch
+graphs, so a second derivative through them would silently be zero: double backward (a
+gradient taken with ``create_graph=True`` and differentiated again, e.g. a Hessian-vector
+product) and forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp``) raise
+``RuntimeError`` instead.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -56,6 +63,37 @@ def _scaled(grad: torch.Tensor, grad_output: torch.Tensor, reduction: str) -> to
     return grad * grad_output.reshape(grad_output.shape + (1,) * (grad.dim() - grad_output.dim()))
 
 
+def _first_order_only(backward: Callable[..., tuple[Any, ...]]) -> Callable[..., tuple[Any, ...]]:
+    """Decorates an autograd.Function's backward, which returns the kernel's gradient as a constant.
+
+    Autograd runs backward with grad mode on only for ``create_graph=True``, i.e. when the caller
+    means to differentiate the gradient again; that would silently give zero second-order terms,
+    so it is refused there, before any gradient is handed out. (``once_differentiable`` would
+    not do: it marks the gradients only when ``grad_output`` requires grad, which the ones that
+    ``autograd.grad`` seeds a scalar loss with do not, and a gradient that does not require grad
+    adds a silent zero when it is part of a larger expression.)
+    """
+
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"fastloss.torch.{ctx.api_name}: double backward is not supported: the gradient comes from "
+                "the fastloss kernel, not from torch operations, so it cannot be differentiated again "
+                "(create_graph=True); use the torch.nn.functional loss for second-order derivatives"
+            )
+        return backward(ctx, *grad_outputs)
+
+    return wrapper
+
+
+def _no_forward_mode(ctx: Any, *tangents: Any) -> Any:
+    raise NotImplementedError(
+        f"fastloss.torch.{ctx.api_name}: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp) is not "
+        "supported; use reverse mode (loss.backward() / torch.autograd.grad)"
+    )
+
+
 class _RegressionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, input: torch.Tensor, target: torch.Tensor, reduction: str,  # noqa: A002
@@ -64,6 +102,7 @@ class _RegressionFunction(torch.autograd.Function):
         tgt = _to_numpy(target, "target")
         if input.dtype != target.dtype:
             raise TypeError(f"input and target must have the same dtype; got {input.dtype} and {target.dtype}")
+        ctx.api_name = _REGRESSION_NAMES[loss_fn]
         ctx.reduction = reduction
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return _loss_tensor(loss_fn(pred, tgt, reduction=reduction), input.dtype)
@@ -71,13 +110,19 @@ class _RegressionFunction(torch.autograd.Function):
         ctx.save_for_backward(torch.from_numpy(grad))
         return _loss_tensor(loss, input.dtype)
 
+    jvp = staticmethod(_no_forward_mode)
+
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+    @_first_order_only
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         (grad,) = ctx.saved_tensors
         d_input = _scaled(grad, grad_output, ctx.reduction)
         # The element loss depends on pred - target, so the target's gradient is the negative.
         return (d_input if ctx.needs_input_grad[0] else None,
                 -d_input if ctx.needs_input_grad[1] else None, None, None)
+
+
+_REGRESSION_NAMES = {_losses.mse: "mse_loss", _losses.mae: "l1_loss"}
 
 
 def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:  # noqa: A002
@@ -100,6 +145,7 @@ class _CrossEntropyFunction(torch.autograd.Function):
             raise NotImplementedError("fastloss.torch.cross_entropy: gradients w.r.t. probability targets are not supported")
         tgt = _to_numpy(target, "target", floating=soft)
         class_weight = None if weight is None else _to_numpy(weight, "weight")
+        ctx.api_name = "cross_entropy"
         ctx.reduction = reduction
         kwargs = dict(reduction=reduction, weight=class_weight, ignore_index=ignore_index,
                       label_smoothing=label_smoothing)
@@ -109,8 +155,11 @@ class _CrossEntropyFunction(torch.autograd.Function):
         ctx.save_for_backward(torch.from_numpy(grad))
         return _loss_tensor(loss, input.dtype)
 
+    jvp = staticmethod(_no_forward_mode)
+
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+    @_first_order_only
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         (grad,) = ctx.saved_tensors
         return _scaled(grad, grad_output, ctx.reduction), None, None, None, None, None
 
@@ -135,6 +184,7 @@ class _InfoNceFunction(torch.autograd.Function):
         problem = _losses.InfoNceProblem(arrays[0], arrays[1], negatives, temperature=temperature,
                                          negative_mode=negative_mode, normalize=normalize, symmetric=symmetric)
         row_loss = problem.forward(keep_for_backward=any(ctx.needs_input_grad[:3]))
+        ctx.api_name = "info_nce"
         ctx.problem = problem
         ctx.reduction = reduction
         if reduction == "none":
@@ -143,8 +193,11 @@ class _InfoNceFunction(torch.autograd.Function):
         loss = total if reduction == "sum" else _losses.divide(total, float(problem.rows))
         return torch.tensor(loss, dtype=query.dtype)
 
+    jvp = staticmethod(_no_forward_mode)
+
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+    @_first_order_only
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         problem = ctx.problem
         if ctx.reduction == "none":
             row_grad = grad_output.detach().to(torch.float64).cpu().numpy()
