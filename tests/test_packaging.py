@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from bisect import bisect_right
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -175,20 +177,47 @@ def _beyond_baseline(instruction: str) -> bool:
     return mnemonic in _NOT_BASELINE or (mnemonic[-1:] in ("b", "w", "l", "q") and mnemonic[:-1] in _NOT_BASELINE)
 
 
-def _disassemble(path: Path) -> dict[str, list[str]]:
-    """{function symbol (demangled): instructions} of an object or shared library."""
-    out = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", str(path)], capture_output=True,
-                         text=True, check=True, timeout=600).stdout
-    functions: dict[str, list[str]] = {}
-    current = functions.setdefault("?", [])
-    for line in out.splitlines():
-        header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+@dataclass
+class _Function:
+    """One function symbol of an objdump -d listing."""
+
+    name: str  # demangled
+    start: int
+    end: int  # one past the start of its last instruction
+    instructions: list[str] = field(default_factory=list)  # with objdump's "# address <symbol>" notes
+
+
+def _parse_objdump(listing: str) -> list[_Function]:
+    functions: list[_Function] = []
+    for line in listing.splitlines():
+        header = re.match(r"^([0-9a-f]+) <(.*)>:$", line)
         if header:
-            current = functions.setdefault(header.group(1), [])
+            start = int(header.group(1), 16)
+            functions.append(_Function(header.group(2), start, start))
             continue
         parts = line.split("\t")
-        if len(parts) >= 2 and re.match(r"^\s*[0-9a-f]+:$", parts[0]) and parts[1].strip():
-            current.append(parts[1].strip().split("#")[0].strip())
+        address = re.match(r"^\s*([0-9a-f]+):$", parts[0])
+        if functions and address and len(parts) >= 2 and parts[1].strip():
+            functions[-1].instructions.append(parts[1].strip())
+            functions[-1].end = int(address.group(1), 16) + 1
+    return functions
+
+
+def _objdump(path: Path) -> list[_Function]:
+    out = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", str(path)], capture_output=True,
+                         text=True, check=True, timeout=600).stdout
+    return _parse_objdump(out)
+
+
+def _opcodes(instructions: list[str]) -> list[str]:
+    return [ins.split("#")[0].strip() for ins in instructions]
+
+
+def _disassemble(path: Path) -> dict[str, list[str]]:
+    """{function symbol (demangled): instructions} of an object or shared library."""
+    functions: dict[str, list[str]] = {}
+    for function in _objdump(path):
+        functions.setdefault(function.name, []).extend(_opcodes(function.instructions))
     return functions
 
 
@@ -271,3 +300,324 @@ def test_checked_build_is_the_installed_module():
         assert matching, f"{_core.__file__} ({installed}) was not linked in FASTLOSS_BUILD_DIR: {built}"
     elif not matching:
         pytest.skip(f"the imported module was not built in any of {[str(p) for p in BUILD_DIRS]}")
+
+
+# --- nothing compiled for a wide ISA runs before the CPU check --------------------------------
+#
+# Importing fastloss runs the module's static initialisers (.init, .init_array), then
+# PyInit__core, whose exec slot runs pybind11_init__core -> init_dispatch -> the cpu checks; a
+# kernel runs only through a KernelTable pointer that dispatch handed out after the check said
+# yes. So code that may run on a CPU before (or without) that check is everything reachable from
+# those entry points through code, and ISA code is allowed only behind a table, which is data.
+
+
+def _readelf(*args: str) -> str:
+    return subprocess.run(["readelf", "-W", *args], capture_output=True, text=True, check=True,
+                          timeout=120).stdout
+
+
+@dataclass
+class _Section:
+    name: str
+    address: int
+    size: int
+    flags: str  # readelf's letters: A alloc, W write, X execute
+
+
+def _sections(path: Path) -> dict[int, _Section]:
+    """{section index: section}."""
+    sections = {}
+    for line in _readelf("-S", str(path)).splitlines():
+        m = re.match(r"^\s*\[\s*(\d+)\]\s+(\S+)\s+\S+\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+[0-9a-f]+\s+"
+                     r"(?:([A-Za-z]+)\s+)?\d+\s+\d+\s+\d+$", line)
+        if m:
+            sections[int(m.group(1))] = _Section(m.group(2), int(m.group(3), 16), int(m.group(4), 16),
+                                                 m.group(5) or "")
+    assert sections, f"readelf -S listed no sections of {path}"
+    return sections
+
+
+@dataclass
+class _Symbol:
+    name: str  # mangled
+    value: int
+    size: int
+    kind: str  # FUNC, OBJECT, ...
+    section: int | None  # index into _sections(), None when undefined or absolute
+
+
+def _symbols(path: Path) -> list[_Symbol]:
+    symbols = []
+    for line in _readelf("-s", str(path)).splitlines():
+        m = re.match(r"^\s*\d+:\s+([0-9a-f]+)\s+(\d+)\s+(\w+)\s+\w+\s+\w+\s+(\w+)\s+(\S+)", line)
+        if m:
+            index = int(m.group(4)) if m.group(4).isdigit() else None
+            symbols.append(_Symbol(m.group(5).split("@")[0], int(m.group(1), 16), int(m.group(2)),
+                                   m.group(3), index))
+    return symbols
+
+
+def _relocations(path: Path) -> dict[int, int]:
+    """{address of a pointer the dynamic loader fills in: the local address it points to}
+    (pointers to symbols defined elsewhere are left out)."""
+    targets = {}
+    for line in _readelf("-r", str(path)).splitlines():
+        relative = re.match(r"^([0-9a-f]+)\s+[0-9a-f]+\s+R_X86_64_(?:RELATIVE|IRELATIVE)\s+([0-9a-f]+)$", line)
+        symbolic = re.match(r"^([0-9a-f]+)\s+[0-9a-f]+\s+R_X86_64_(?:64|GLOB_DAT|JUMP_SLOT)\s+([0-9a-f]+)\s+\S+"
+                            r"\s+\+\s+([0-9a-f]+)$", line)
+        if relative:
+            targets[int(relative.group(1), 16)] = int(relative.group(2), 16)
+        elif symbolic and int(symbolic.group(2), 16) != 0:
+            targets[int(symbolic.group(1), 16)] = int(symbolic.group(2), 16) + int(symbolic.group(3), 16)
+    return targets
+
+
+def _references(instruction: str) -> list[int]:
+    """Addresses an instruction names: a direct call/jump target, and the address objdump notes
+    after "#" for a RIP-relative operand (a function whose address is taken, or a GOT slot)."""
+    out = []
+    branch = re.match(r"^(?:(?:bnd|notrack)\s+)?(?:call|j[a-z]+)\s+([0-9a-f]+) <", instruction)
+    if branch:
+        out.append(int(branch.group(1), 16))
+    note = re.search(r"#\s*([0-9a-f]+) <", instruction)
+    if note:
+        out.append(int(note.group(1), 16))
+    return out
+
+
+def _reachable(functions: list[_Function], roots: list[int], slots: dict[int, int]) -> list[_Function]:
+    """Every function reachable from the ones at `roots` through code: direct calls and jumps
+    (also into PLT stubs and .cold parts), function addresses taken in code (callbacks such as
+    the module's exec slot), and GOT/PLT slots that the loader points at a function of this
+    module (`slots`). Pointers stored in other data are not followed: a call through a kernel
+    table is an indirect call whose target only the table (data) knows."""
+    ordered = sorted(functions, key=lambda f: f.start)
+    starts = [f.start for f in ordered]
+
+    def function_at(address: int) -> _Function | None:
+        i = bisect_right(starts, address) - 1
+        return ordered[i] if i >= 0 and address < ordered[i].end else None
+
+    seen: dict[int, _Function] = {}
+    todo = [f for f in map(function_at, roots) if f is not None]
+    while todo:
+        function = todo.pop()
+        if function.start in seen:
+            continue
+        seen[function.start] = function
+        for instruction in function.instructions:
+            for address in _references(instruction):
+                target = function_at(address)
+                if target is None and address in slots:
+                    target = function_at(slots[address])
+                if target is not None and target.start not in seen:
+                    todo.append(target)
+    return sorted(seen.values(), key=lambda f: f.start)
+
+
+def _module(build_dir: Path) -> Path:
+    modules = sorted(build_dir.glob("_core*.so"))
+    assert modules, f"no _core*.so in {build_dir}"
+    return modules[0]
+
+
+def _core_objects(build_dir: Path) -> list[Path]:
+    """The module's own (non-ISA) objects: the bindings and the dispatcher."""
+    found = [sorted(build_dir.glob(f"**/_core.dir/**/{name}.cpp.o")) for name in ("bindings", "dispatch")]
+    assert all(found), f"no bindings.cpp.o / dispatch.cpp.o under {build_dir}"
+    return [paths[0] for paths in found]
+
+
+def _isa_objects(build_dir: Path) -> dict[str, Path]:
+    found = {p.name.removesuffix(".cpp.o"): p for p in sorted(build_dir.glob("**/fastloss_*.dir/**/*.cpp.o"))}
+    assert {"scalar", "avx2", "avx512"} <= set(found), f"ISA objects under {build_dir}: {sorted(found)}"
+    return found
+
+
+def _before_dispatch(module: Path, core_objects: list[Path]) -> tuple[list[_Function], list[_Function]]:
+    """(every function of the module, those that can run before the CPU check has said yes).
+
+    Roots: PyInit__core, _init and every .init_array entry (what dlopen runs), and every function
+    defined in bindings.cpp.o and dispatch.cpp.o: the cpu checks are called through the dispatcher's
+    {table, supported} array (data), and the bound functions are called by Python through
+    pybind11's function records (data), so they are roots rather than found by the walk. From the
+    roots, _reachable follows code, not data."""
+    functions = _objdump(module)
+    sections = {s.name: s for s in _sections(module).values()}
+    relocations = _relocations(module)
+
+    def within(name: str) -> dict[int, int]:
+        section = sections.get(name)
+        if section is None:
+            return {}
+        return {at: to for at, to in relocations.items() if section.address <= at < section.address + section.size}
+
+    init_array = within(".init_array")
+    assert len(init_array) == sections[".init_array"].size // 8 if ".init_array" in sections else not init_array
+    slots = {**within(".got"), **within(".got.plt")}
+    by_name: dict[str, list[int]] = {}
+    for function in functions:
+        by_name.setdefault(function.name, []).append(function.start)
+    core_names = {f.name for path in core_objects for f in _objdump(path)}
+    missing = sorted(name for name in core_names if name not in by_name)
+    assert not missing, f"functions of {[p.name for p in core_objects]} not found in {module.name}: {missing[:5]}"
+    roots = [*by_name["PyInit__core"], *by_name.get("_init", []), *init_array.values()]
+    roots += [start for name in sorted(core_names) for start in by_name[name]]
+    return functions, _reachable(functions, roots, slots)
+
+
+def test_reachability_follows_code_and_the_got_but_not_data():
+    """_reachable on a made-up listing: what it must find, and where it must stop."""
+    listing = "\n".join([
+        "0000000000001000 <root>:",
+        "    1000:\tcall   1100 <helper>",
+        "    1005:\tlea    0x1f4(%rip),%rax        # 1200 <callback>",
+        "    100c:\tmov    0x1fed(%rip),%rdx        # 3000 <table>",
+        "    1013:\tcall   *0x8(%rdx)",
+        "0000000000001100 <helper>:",
+        "    1100:\tjne    1180 <helper.cold>",
+        "    1106:\tjmp    1f00 <external@plt>",
+        "0000000000001180 <helper.cold>:",
+        "    1180:\tud2",
+        "0000000000001200 <callback>:",
+        "    1200:\tcall   *0x1dfa(%rip)        # 4000 <_GLOBAL_OFFSET_TABLE_+0x18>",
+        "0000000000001300 <via_got>:",
+        "    1300:\tvmovups (%rdi),%ymm0",
+        "0000000000001400 <only_in_the_table>:",
+        "    1400:\tvzeroupper",
+        "0000000000001f00 <external@plt>:",
+        "    1f00:\tjmp    *0x2100(%rip)        # 4008 <_GLOBAL_OFFSET_TABLE_+0x20>",
+    ])
+    functions = _parse_objdump(listing)
+    assert [(f.name, f.start, f.end, len(f.instructions)) for f in functions[:2]] == [
+        ("root", 0x1000, 0x1014, 4), ("helper", 0x1100, 0x1107, 2)]
+    # The GOT slot 0x4000 points at via_got (slot 0x4008 is external); the table at 0x3000 holds
+    # only_in_the_table, but the table is data and is not followed.
+    reached = _reachable(functions, [0x1000], {0x4000: 0x1300, 0x3010: 0x1400})
+    assert [f.name for f in reached] == ["root", "helper", "helper.cold", "callback", "via_got", "external@plt"]
+    assert list(_offenders({f.name: _opcodes(f.instructions) for f in reached})) == ["via_got"]
+    assert [f.name for f in _reachable(functions, [0x1400], {})] == ["only_in_the_table"]
+
+
+@needs_build
+@build_dir_param
+def test_nothing_reachable_before_dispatch_uses_avx(build_dir):
+    """Module init, pybind11_init__core, init_dispatch, the cpu checks, the table lookup (inlined
+    into init_dispatch) and everything they call run on every CPU, so none of it may use an
+    instruction beyond x86-64 or live in an avx2/avx512 namespace."""
+    functions, reached = _before_dispatch(_module(build_dir), _core_objects(build_dir))
+    names = {f.name for f in reached}
+    for needed in ("PyInit__core", "pybind11_init__core(pybind11::module_&)", "fastloss::init_dispatch()",
+                   "fastloss::(anonymous namespace)::cpu_has_avx2_fma()",
+                   "fastloss::(anonymous namespace)::cpu_has_avx512()", "pybind11_exec__core(_object*)"):
+        assert needed in names, f"{needed} is not among the {len(names)} functions reached"
+    assert 100 < len(reached) < len(functions), (len(reached), len(functions))
+    in_isa_namespaces = sorted(name for name in names if re.search(r"fastloss::avx(2|512)::", name))
+    assert not in_isa_namespaces, f"reachable before dispatch: {in_isa_namespaces[:5]}"
+    offenders = _offenders({f"{f.name} @ {f.start:#x}": _opcodes(f.instructions) for f in reached})
+    assert not offenders, f"code reachable before dispatch uses instructions beyond x86-64: {offenders}"
+
+
+@needs_build
+@build_dir_param
+def test_the_avx2_table_leads_to_avx_code(build_dir):
+    """The walk above would see it: following the AVX2 table's pointers (which dispatch does only
+    after the check) reaches functions that use ymm registers."""
+    module = _module(build_dir)
+    functions = _objdump(module)
+    relocations = _relocations(module)
+    table = next((s for s in _symbols(module) if s.name == _table_symbol("avx2")), None)
+    assert table is not None, f"no {_table_symbol('avx2')} in {module.name}"
+    pointers = [to for at, to in relocations.items() if table.value <= at < table.value + table.size]
+    assert len(pointers) >= 12, pointers  # the name, and 2 dtypes x 6 kernels
+    kernels = [f.name for f in functions if f.start in pointers]
+    # 2 dtypes x 6 kernels, apply_log serving both
+    assert len(kernels) == 11 and all(re.search(r"(^| )fastloss::avx2::", name) for name in kernels), kernels
+    reached = _reachable(functions, pointers, {})
+    assert _offenders({f.name: _opcodes(f.instructions) for f in reached})
+    assert any("%ymm" in ins for f in reached for ins in f.instructions)
+
+
+# Static initialisers: what a C++ compiler emits for a namespace-scope object that needs code to
+# construct (GCC: an _GLOBAL__sub_I_ function listed in .init_array; older ABIs: .ctors).
+_INIT_SECTIONS = re.compile(r"^\.(init_array|ctors|preinit_array)\b")
+
+
+def _static_initialisers(sections: list[str], symbols: list[str]) -> list[str]:
+    return ([s for s in sections if _INIT_SECTIONS.match(s)]
+            + [s for s in symbols if s.startswith(("_GLOBAL__sub_I_", "_GLOBAL__I_"))])
+
+
+def test_static_initialiser_check_can_fail():
+    assert _static_initialisers([".text", ".init_array", ".rela.init_array"], []) == [".init_array"]
+    assert _static_initialisers([".ctors.65535"], ["_GLOBAL__sub_I_avx2.cpp"]) == [".ctors.65535",
+                                                                                  "_GLOBAL__sub_I_avx2.cpp"]
+    assert _static_initialisers([".text", ".data.rel.ro", ".init"], ["_ZN8fastloss10avx2_tableE"]) == []
+
+
+@needs_build
+@build_dir_param
+def test_isa_objects_have_no_static_initialisers(build_dir):
+    """Nothing in an ISA object runs at load time: a static initialiser compiled with -mavx512f
+    runs on every CPU that imports fastloss."""
+    for isa, path in _isa_objects(build_dir).items():
+        found = _static_initialisers([s.name for s in _sections(path).values()], [s.name for s in _symbols(path)])
+        assert not found, f"{isa}.cpp.o has static initialisers: {found}"
+
+
+def _is_data(symbol: _Symbol, sections: dict[int, _Section]) -> bool:
+    """A defined object in an allocated, non-executable section."""
+    if symbol.kind != "OBJECT" or symbol.section is None:
+        return False
+    flags = sections[symbol.section].flags
+    return "A" in flags and "X" not in flags
+
+
+def _table_symbol(isa: str) -> str:
+    return f"_ZN8fastloss{len(isa) + 6}{isa}_tableE"  # fastloss::<isa>_table
+
+
+@needs_build
+@build_dir_param
+def test_kernel_tables_are_data(build_dir):
+    """Each table is constant data, in its ISA object and in the linked module: no code builds it.
+    The same check calls the table's first kernel code (so it can fail)."""
+    isa_objects = _isa_objects(build_dir)
+    module = _module(build_dir)
+    for path in [*isa_objects.values(), module]:
+        sections, symbols = _sections(path), _symbols(path)
+        for isa in isa_objects:
+            if path.name.endswith(".o") and path.name != f"{isa}.cpp.o":
+                continue
+            table = [s for s in symbols if s.name == _table_symbol(isa) and s.section is not None]
+            assert table, f"no {_table_symbol(isa)} defined in {path.name}"
+            assert all(_is_data(s, sections) for s in table), \
+                f"{isa}_table in {path.name}: {[(s.kind, sections[s.section].name) for s in table if s.section is not None]}"
+        kernel = next(s for s in symbols if s.kind == "FUNC" and "apply_exp" in s.name and s.section is not None)
+        assert not _is_data(kernel, sections), kernel
+
+
+def _foreign_functions(isa: str, names: list[str]) -> list[str]:
+    """Function symbols of an ISA object that are not in namespace fastloss::<isa>: code the linker
+    could merge with a copy compiled for another ISA (inline functions and templates, the
+    standard library's included)."""
+    own = re.compile(rf"^_ZZ?N[rVKRO]*8fastloss{len(isa)}{isa}(?!\w*_table)")
+    return [name for name in names if not own.match(name)]
+
+
+def test_foreign_function_check_can_fail():
+    names = ["_ZN8fastloss4avx29apply_expIfEEvPKT_PS2_l", "_ZZN8fastloss4avx213cross_entropyIfEEvvENKUllPdE_clEll",
+             "_ZNK8fastloss4avx23fooEv", "_ZNSt6vectorIdSaIdEE17_M_realloc_insertIJRKdEEEvN9__gnu_cxx17__normal_"
+             "iteratorIPdS1_EEDpOT_", "_ZN8fastloss6scalar9apply_logEPKdPdl", "_ZN8fastloss6avx5129apply_logEPKdPdl"]
+    assert _foreign_functions("avx2", names) == names[3:]
+    assert _foreign_functions("avx512", names) == names[:5]
+
+
+@needs_build
+@build_dir_param
+def test_isa_objects_define_only_their_own_functions(build_dir):
+    for isa, path in _isa_objects(build_dir).items():
+        defined = [s.name for s in _symbols(path) if s.kind == "FUNC" and s.section is not None]
+        assert len(defined) > 20, f"{isa}.cpp.o defines only {defined}"
+        foreign = _foreign_functions(isa, defined)
+        assert not foreign, f"{isa}.cpp.o defines functions outside fastloss::{isa}: {foreign[:5]}"
