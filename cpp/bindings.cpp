@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "dispatch.hpp"
@@ -117,7 +118,9 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
     args.target_index_stride = element_stride(idx, 0, "target");
     // Every label is checked before any is used: an out-of-range index would read outside the row.
     for (int64_t i = 0; i < rows; ++i) {
-      const int64_t label = args.target_index[i * args.target_index_stride];
+      // The labels may be misaligned (np.frombuffer, memory-mapped .npz members): memcpy reads any address.
+      int64_t label;
+      std::memcpy(&label, args.target_index + i * args.target_index_stride, sizeof(label));
       if (label != ignore_index && (label < 0 || label >= cols)) {
         throw py::value_error("target: class index " + std::to_string(label) + " at position " +
                               std::to_string(i) + " is out of range: expected 0 <= target < " +

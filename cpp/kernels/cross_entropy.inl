@@ -96,13 +96,13 @@ RowSums row_exp_sum(const T* x, int64_t cols, int64_t stride, T* exps) {
       if (exps != nullptr) S::store_partial(exps + j, e, n);
     }
   } else {
-    row_max = x[0];
+    row_max = load_unaligned(x);
     for (int64_t j = 1; j < cols; ++j) {
-      const T v = x[j * stride];
+      const T v = load_unaligned(x + j * stride);
       row_max = v > row_max ? v : row_max;
     }
     for (int64_t j = 0; j < cols; ++j) {
-      const T e = scalar_exp(x[j * stride] - row_max);
+      const T e = scalar_exp(load_unaligned(x + j * stride) - row_max);
       strided_sum += e;
       if (exps != nullptr) exps[j] = e;
     }
@@ -130,17 +130,17 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
     const int64_t ps = a.target_prob.col_stride;
     double total = 0.0, target_mass = 0.0;
     for (int64_t c = 0; c < cols; ++c) {
-      const double q = (1.0 - smoothing) * static_cast<double>(p[c * ps]) + uniform;
-      const double wq = w != nullptr ? w[c] * q : q;
-      total += wq * lse.neg_log_softmax(static_cast<double>(x[c * cs]));
+      const double q = (1.0 - smoothing) * static_cast<double>(load_unaligned(p + c * ps)) + uniform;
+      const double wq = w != nullptr ? load_unaligned(w + c) * q : q;
+      total += wq * lse.neg_log_softmax(static_cast<double>(load_unaligned(x + c * cs)));
       target_mass += wq;
     }
     if (g != nullptr) {
       // d/dx_c = softmax_c * sum_c' w_c' q_c' - w_c q_c
       const double inv_sum = 1.0 / exp_sum;
       for (int64_t c = 0; c < cols; ++c) {
-        const double q = (1.0 - smoothing) * static_cast<double>(p[c * ps]) + uniform;
-        const double wq = w != nullptr ? w[c] * q : q;
+        const double q = (1.0 - smoothing) * static_cast<double>(load_unaligned(p + c * ps)) + uniform;
+        const double wq = w != nullptr ? load_unaligned(w + c) * q : q;
         g[c] = static_cast<T>(grad_scale * (static_cast<double>(g[c]) * inv_sum * target_mass - wq));
       }
     }
@@ -149,7 +149,7 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
     return;
   }
 
-  const int64_t label = a.target_index[i * a.target_index_stride];
+  const int64_t label = load_unaligned(a.target_index + i * a.target_index_stride);
   if (label == a.ignore_index) {
     if (g != nullptr) {
       for (int64_t c = 0; c < cols; ++c) g[c] = T(0);
@@ -158,8 +158,8 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
     *denominator = 0.0;
     return;
   }
-  const double label_weight = w != nullptr ? w[label] : 1.0;
-  double total = label_weight * lse.neg_log_softmax(static_cast<double>(x[label * cs]));
+  const double label_weight = w != nullptr ? load_unaligned(w + label) : 1.0;
+  double total = label_weight * lse.neg_log_softmax(static_cast<double>(load_unaligned(x + label * cs)));
   double weight_total = static_cast<double>(cols);
   using S = Simd<T>;
   using V = typename S::V;
@@ -170,9 +170,9 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
     double smooth = 0.0;
     weight_total = 0.0;
     for (int64_t c = 0; c < cols; ++c) {
-      const double term = lse.neg_log_softmax(static_cast<double>(x[c * cs]));
-      smooth += w != nullptr ? w[c] * term : term;
-      weight_total += w != nullptr ? w[c] : 1.0;
+      const double term = lse.neg_log_softmax(static_cast<double>(load_unaligned(x + c * cs)));
+      smooth += w != nullptr ? load_unaligned(w + c) * term : term;
+      weight_total += w != nullptr ? load_unaligned(w + c) : 1.0;
     }
     total = (1.0 - smoothing) * total + uniform * smooth;
   }
@@ -192,10 +192,11 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
       }
     } else {
       for (int64_t c = 0; c < cols; ++c) {
-        g[c] = static_cast<T>(grad_scale * (softmax_coef * (static_cast<double>(g[c]) * inv_sum) - uniform * w[c]));
+        g[c] = static_cast<T>(grad_scale * (softmax_coef * (static_cast<double>(g[c]) * inv_sum) -
+                                            uniform * load_unaligned(w + c)));
       }
     }
-    g[label] = static_cast<T>(grad_scale * (softmax_coef * (label_exp * inv_sum) - uniform * (w != nullptr ? w[label] : 1.0) -
+    g[label] = static_cast<T>(grad_scale * (softmax_coef * (label_exp * inv_sum) - uniform * label_weight -
                                             (1.0 - smoothing) * label_weight));
   }
   *loss = total;
@@ -225,8 +226,10 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
     // The "mean" denominator is needed before any gradient is written: one cheap pass over labels.
     double denominator = 0.0;
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t label = a.target_index[r * a.target_index_stride];
-      if (label != a.ignore_index) denominator += a.class_weight != nullptr ? a.class_weight[label] : 1.0;
+      const int64_t label = load_unaligned(a.target_index + r * a.target_index_stride);
+      if (label != a.ignore_index) {
+        denominator += a.class_weight != nullptr ? load_unaligned(a.class_weight + label) : 1.0;
+      }
     }
     grad_scale /= denominator;
   }
@@ -245,7 +248,7 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
           for (int64_t k = 0; k < count; ++k) {
             const int64_t r = g0 + k;
             const bool ignored = a.target_prob.data == nullptr &&
-                                 a.target_index[r * a.target_index_stride] == a.ignore_index;
+                                 load_unaligned(a.target_index + r * a.target_index_stride) == a.ignore_index;
             const RowSums sums = ignored ? RowSums{0.0, 1.0}
                                          : row_exp_sum(a.logits.data + r * a.logits.row_stride, cols,
                                                        a.logits.col_stride, a.grad != nullptr ? a.grad + r * cols : nullptr);

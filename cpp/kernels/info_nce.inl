@@ -65,7 +65,7 @@ void micro_kernel(int64_t depth, const T* const* a_rows, int64_t a_stride, const
     for (int64_t v = 0; v < NV; ++v) bv[v] = S::load(b + k * ldb + v * L);
 #pragma GCC unroll 16
     for (int64_t r = 0; r < MR; ++r) {
-      const V a = S::set1(a_rows[r][k * a_stride]);
+      const V a = S::set1(load_unaligned(a_rows[r] + k * a_stride));
 #pragma GCC unroll 4
       for (int64_t v = 0; v < NV; ++v) acc[r][v] = S::fmadd(a, bv[v], acc[r][v]);
     }
@@ -167,7 +167,7 @@ void pack_keys(const InfoNceArgs<T>& a, const KeyStream<T>& keys, int64_t j0, in
       const int64_t j = p * NR + n;
       if (j < cols) {
         const T* key = keys.base + (j0 + j) * keys.stride;
-        for (int64_t k = 0; k < dim; ++k) panel[k * NR + n] = key[k];
+        for (int64_t k = 0; k < dim; ++k) panel[k * NR + n] = load_unaligned(key + k);
       } else {
         for (int64_t k = 0; k < dim; ++k) panel[k * NR + n] = T(0);
       }
@@ -223,6 +223,14 @@ struct OnlineLogSumExp {
   double max = -HUGE_VAL;
   double sum = 0.0;
 
+  // The shift of exp(x - shift) for values whose max is m. A max of -inf means every value is -inf
+  // (or NaN, which the max drops): each adds exp(-inf) = 0, which a shift of 0 gives, where
+  // exp(-inf - -inf) would be NaN and poison the row (a whole tile of -inf logits: -inf inputs,
+  // or float32 logits that overflow at a tiny temperature). A NaN value still gives NaN.
+  static double shift_for(double m) { return m == -HUGE_VAL ? 0.0 : m; }
+
+  // Folds in values whose max is other_max and whose sum of exp(x - other_max) is other_sum. A side
+  // whose max is -inf holds only -inf: it contributes nothing, whatever its sum, unless that is NaN.
   void merge(double other_max, double other_sum) {
     if (other_sum == 0.0) return;  // nothing added on that side
     if (sum == 0.0) {
@@ -232,7 +240,8 @@ struct OnlineLogSumExp {
     }
     // NaN maxima fall through to the sum and poison it, as IEEE says they should.
     const double new_max = other_max > max ? other_max : max;
-    sum = sum * ::exp(max - new_max) + other_sum * ::exp(other_max - new_max);
+    const double shift = shift_for(new_max);
+    sum = sum * ::exp(max - shift) + other_sum * ::exp(other_max - shift);
     max = new_max;
   }
 
@@ -247,7 +256,7 @@ struct OnlineLogSumExp {
     for (; j + L <= count; j += L) max_vec = S::max(S::load(logits + j), max_vec);
     if (j < count) max_vec = S::max(S::load_partial(logits + j, count - j, neg_inf), max_vec);
     const T tile_max = S::reduce_max(max_vec);
-    const typename S::V shift = S::set1(tile_max);
+    const typename S::V shift = S::set1(static_cast<T>(shift_for(static_cast<double>(tile_max))));
     typename S::DoubleSum tile_sum;
     for (j = 0; j + L <= count; j += L) S::accumulate(tile_sum, S::exp(S::sub(S::load(logits + j), shift)));
     if (j < count) {
@@ -389,10 +398,12 @@ void add_row_gradient(const T* x, const G* g, int64_t dim, bool normalize, doubl
   }
   double projection = 0.0;
   if (inv_norm < 1.0 / kNormFloor) {
-    for (int64_t k = 0; k < dim; ++k) projection += static_cast<double>(x[k]) * inv_norm * static_cast<double>(g[k]);
+    for (int64_t k = 0; k < dim; ++k) {
+      projection += static_cast<double>(load_unaligned(x + k)) * inv_norm * static_cast<double>(g[k]);
+    }
   }
   for (int64_t k = 0; k < dim; ++k) {
-    const double x_hat = static_cast<double>(x[k]) * inv_norm;
+    const double x_hat = static_cast<double>(load_unaligned(x + k)) * inv_norm;
     out[k] = static_cast<T>(static_cast<double>(out[k]) + inv_norm * (static_cast<double>(g[k]) - x_hat * projection));
   }
 }
@@ -400,7 +411,7 @@ void add_row_gradient(const T* x, const G* g, int64_t dim, bool normalize, doubl
 // acc += coef * x
 template <class T>
 void axpy_row(double coef, const T* x, int64_t dim, double* acc) {
-  for (int64_t k = 0; k < dim; ++k) acc[k] += coef * static_cast<double>(x[k]);
+  for (int64_t k = 0; k < dim; ++k) acc[k] += coef * static_cast<double>(load_unaligned(x + k));
 }
 
 // C[rows x dim] += A[rows x depth] B[depth x dim], A read as a(r, k) = a_rows[r][k * a_stride],
@@ -436,7 +447,8 @@ void gemm_accumulate(int64_t rows, int64_t depth, const T* const* a_rows, int64_
       for (int64_t d = full_cols; d < dim; ++d) {
         double acc = 0.0;
         for (int64_t k = 0; k < depth; ++k) {
-          acc += static_cast<double>(a_rows[r][k * a_stride]) * static_cast<double>(b[k * ldb + d]);
+          acc += static_cast<double>(load_unaligned(a_rows[r] + k * a_stride)) *
+                 static_cast<double>(load_unaligned(b + k * ldb + d));
         }
         c[r * ldc + d] = static_cast<T>(static_cast<double>(c[r * ldc + d]) + acc);
       }
@@ -475,12 +487,16 @@ void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f,
       const double coef = ::exp((logit - g.row_max[i]) - g.row_log_sum[i]) * scale;
       const T* key = a.negatives + i * a.negatives_stride0 + j * a.negatives_stride1;
       axpy_row(coef * key_inv, key, dim, d_query_hat.get());
-      for (int64_t k = 0; k < dim; ++k) d_key_hat[k] = coef * f.query_inv_norm[i] * static_cast<double>(q[k]);
+      for (int64_t k = 0; k < dim; ++k) {
+        d_key_hat[k] = coef * f.query_inv_norm[i] * static_cast<double>(load_unaligned(q + k));
+      }
       add_row_gradient(key, d_key_hat.get(), dim, a.normalize, key_inv, g.d_negatives + (i * m + j) * dim);
     }
     const double coef_pos = (::exp((f.positive_logit[i] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * scale;
     axpy_row(coef_pos * f.positive_inv_norm[i], p, dim, d_query_hat.get());
-    for (int64_t k = 0; k < dim; ++k) d_key_hat[k] = coef_pos * f.query_inv_norm[i] * static_cast<double>(q[k]);
+    for (int64_t k = 0; k < dim; ++k) {
+      d_key_hat[k] = coef_pos * f.query_inv_norm[i] * static_cast<double>(load_unaligned(q + k));
+    }
     add_row_gradient(p, d_key_hat.get(), dim, a.normalize, f.positive_inv_norm[i], g.d_positive + i * dim);
     add_row_gradient(q, d_query_hat.get(), dim, a.normalize, f.query_inv_norm[i], g.d_query + i * dim);
   }
@@ -596,7 +612,9 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
       const double coef_pos = (::exp((f.positive_logit[i] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) *
                               g.row_grad[i] * a.inv_temperature;
       axpy_row(coef_pos * f.positive_inv_norm[i], p, dim, d_query_row.get());
-      for (int64_t k = 0; k < dim; ++k) d_positive_row[k] = coef_pos * f.query_inv_norm[i] * static_cast<double>(q[k]);
+      for (int64_t k = 0; k < dim; ++k) {
+        d_positive_row[k] = coef_pos * f.query_inv_norm[i] * static_cast<double>(load_unaligned(q + k));
+      }
       add_row_gradient(p, d_positive_row.get(), dim, a.normalize, f.positive_inv_norm[i], g.d_positive + i * dim);
     }
     add_row_gradient(q, d_query_row.get(), dim, a.normalize, f.query_inv_norm[i], g.d_query + i * dim);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "kernels.hpp"
@@ -13,6 +14,7 @@
 namespace fastloss {
 namespace FASTLOSS_ISA_NAMESPACE {
 
+#include "kernels/unaligned.inl"
 #include FASTLOSS_SIMD
 #include "kernels/buffer.inl"
 #include "reduce.inl"

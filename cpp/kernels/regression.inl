@@ -15,14 +15,15 @@ inline T element_loss(T p, T t) {
   }
 }
 
-// d e / d p: 2 (p - t) or sign(p - t), with sign(0) = 0 and NaN kept.
+// d e / d p: 2 (p - t) or sign(p - t), with sign(+-0) = +0 (SPEC: the MAE gradient at pred ==
+// target is +0.0; -0 - +0 is -0) and NaN kept.
 template <class T, RegressionKind Kind>
 inline T element_grad(T p, T t) {
   const T d = p - t;
   if constexpr (Kind == RegressionKind::squared) {
     return d + d;
   } else {
-    return d > T(0) ? T(1) : (d < T(0) ? T(-1) : d * T(0));
+    return d > T(0) ? T(1) : (d < T(0) ? T(-1) : (d == d ? T(0) : d));
   }
 }
 
@@ -106,9 +107,11 @@ double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& targe
   // Element j's loss, also written out and differentiated when asked; the loss sums use the same
   // accumulators either way, so return_grad never changes the returned loss.
   auto element = [&](int64_t j) {
-    const T e = element_loss<T, Kind>(p[j * ps], t[j * ts]);
+    const T pj = load_unaligned(p + j * ps);
+    const T tj = load_unaligned(t + j * ts);
+    const T e = element_loss<T, Kind>(pj, tj);
     if (o != nullptr) o[j] = weighted ? static_cast<T>(e * static_cast<T>(weight)) : e;
-    if (g != nullptr) g[j] = row_grad_scale * element_grad<T, Kind>(p[j * ps], t[j * ts]);
+    if (g != nullptr) g[j] = row_grad_scale * element_grad<T, Kind>(pj, tj);
     return e;
   };
   // Four independent accumulators keep the add latency off the critical path.
@@ -154,7 +157,7 @@ double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* r
           const int64_t c0 = (b % slices_per_row) * kRegressionBlock;
           const int64_t c1 = c0 + kRegressionBlock < cols ? c0 + kRegressionBlock : cols;
           sum[0] = regression_row_part<T, Kind>(pred, target, row, c0, c1,
-                                                weighted ? row_weight[row] : 1.0, weighted, out, grad,
+                                                weighted ? load_unaligned(row_weight + row) : 1.0, weighted, out, grad,
                                                 grad_scale);
           return;
         }
@@ -163,7 +166,7 @@ double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* r
         double block = 0.0;
         for (int64_t r = r0; r < r1; ++r) {
           block += regression_row_part<T, Kind>(pred, target, r, 0, cols,
-                                                weighted ? row_weight[r] : 1.0, weighted, out, grad,
+                                                weighted ? load_unaligned(row_weight + r) : 1.0, weighted, out, grad,
                                                 grad_scale);
         }
         sum[0] = block;

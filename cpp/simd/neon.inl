@@ -10,6 +10,8 @@
 //   for +-0 and signaling NaNs, unlike vmaxnmq).
 // - No masked loads or stores: partial vectors are assembled (written) one lane at a time, so
 //   nothing past the n valid elements is ever touched.
+// - Loads assume no alignment (inputs may be misaligned NumPy arrays); stores go to the kernels'
+//   own buffers and to outputs NumPy allocated, which are aligned.
 // AArch64 has 32 vector registers: the 8 x 2 micro-kernel keeps 16 accumulators, 2 key vectors
 // and the row broadcasts in registers. NR = 2 * kLanes must divide kKeyTile and kMicroRows must
 // divide kQueryBlock (kernels/info_nce.inl).
@@ -27,14 +29,16 @@ struct Simd<float> {
 
   static V zero() { return vdupq_n_f32(0.0f); }
   static V set1(float x) { return vdupq_n_f32(x); }
-  static V load(const float* p) { return vld1q_f32(p); }
+  // Input arrays may be misaligned (kernels/unaligned.inl): vld1q_f32 and vld1q_lane_f32 may
+  // assume a float's alignment, a byte load assumes none and is the same single ldr.
+  static V load(const float* p) { return vreinterpretq_f32_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(p))); }
   // Lanes [0, n) from p, the rest `fill`; n <= 0 gives all fill, n >= 4 a full load.
   static V load_partial(const float* p, int64_t n, float fill) {
-    if (n >= 4) return vld1q_f32(p);
+    if (n >= 4) return load(p);
     V v = vdupq_n_f32(fill);
-    if (n > 0) v = vld1q_lane_f32(p, v, 0);
-    if (n > 1) v = vld1q_lane_f32(p + 1, v, 1);
-    if (n > 2) v = vld1q_lane_f32(p + 2, v, 2);
+    if (n > 0) v = vsetq_lane_f32(load_unaligned(p), v, 0);
+    if (n > 1) v = vsetq_lane_f32(load_unaligned(p + 1), v, 1);
+    if (n > 2) v = vsetq_lane_f32(load_unaligned(p + 2), v, 2);
     return v;
   }
   static void store(float* p, V v) { vst1q_f32(p, v); }
@@ -60,10 +64,11 @@ struct Simd<float> {
   static M gt(V a, V b) { return vcgtq_f32(a, b); }
   static M is_nan(V a) { return vmvnq_u32(vceqq_f32(a, a)); }
   static V select(M m, V if_true, V if_false) { return vbslq_f32(m, if_true, if_false); }
-  // sign(a) with sign(+-0) = +-0 and NaN kept.
+  // sign(a) with sign(+-0) = +0 (SPEC: the MAE gradient at pred == target is +0.0) and NaN kept.
   static V sign(V a) {
     const V z = zero();
-    return vbslq_f32(vcgtq_f32(a, z), set1(1.0f), vbslq_f32(vcltq_f32(a, z), set1(-1.0f), a));
+    return vbslq_f32(vcgtq_f32(a, z), set1(1.0f),
+                     vbslq_f32(vcltq_f32(a, z), set1(-1.0f), vbslq_f32(vceqq_f32(a, z), z, a)));
   }
   // 2^n for integral-valued n in [-126, 127] (normal results only).
   static V pow2(V n) {
@@ -99,11 +104,12 @@ struct Simd<double> {
 
   static V zero() { return vdupq_n_f64(0.0); }
   static V set1(double x) { return vdupq_n_f64(x); }
-  static V load(const double* p) { return vld1q_f64(p); }
+  // Misaligned inputs: as Simd<float>::load.
+  static V load(const double* p) { return vreinterpretq_f64_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(p))); }
   static V load_partial(const double* p, int64_t n, double fill) {
-    if (n >= 2) return vld1q_f64(p);
+    if (n >= 2) return load(p);
     V v = vdupq_n_f64(fill);
-    if (n > 0) v = vld1q_lane_f64(p, v, 0);
+    if (n > 0) v = vsetq_lane_f64(load_unaligned(p), v, 0);
     return v;
   }
   static void store(double* p, V v) { vst1q_f64(p, v); }
@@ -127,10 +133,11 @@ struct Simd<double> {
   static M gt(V a, V b) { return vcgtq_f64(a, b); }
   static M is_nan(V a) { return vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(vceqq_f64(a, a)))); }
   static V select(M m, V if_true, V if_false) { return vbslq_f64(m, if_true, if_false); }
-  // sign(a) with sign(+-0) = +-0 and NaN kept.
+  // sign(a) with sign(+-0) = +0 (SPEC: the MAE gradient at pred == target is +0.0) and NaN kept.
   static V sign(V a) {
     const V z = zero();
-    return vbslq_f64(vcgtq_f64(a, z), set1(1.0), vbslq_f64(vcltq_f64(a, z), set1(-1.0), a));
+    return vbslq_f64(vcgtq_f64(a, z), set1(1.0),
+                     vbslq_f64(vcltq_f64(a, z), set1(-1.0), vbslq_f64(vceqq_f64(a, z), z, a)));
   }
   // 2^n for integral-valued n in [-1022, 1023] (normal results only).
   static V pow2(V n) {

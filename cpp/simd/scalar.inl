@@ -14,8 +14,9 @@ struct Simd {
 
   static V zero() { return T(0); }
   static V set1(T x) { return x; }
-  static V load(const T* p) { return *p; }
-  static V load_partial(const T* p, int64_t n, T fill) { return n > 0 ? *p : fill; }
+  // Input arrays may be misaligned (kernels/unaligned.inl).
+  static V load(const T* p) { return load_unaligned(p); }
+  static V load_partial(const T* p, int64_t n, T fill) { return n > 0 ? load_unaligned(p) : fill; }
   static void store(T* p, V v) { *p = v; }
   static void store_partial(T* p, V v, int64_t n) {
     if (n > 0) *p = v;
@@ -26,8 +27,8 @@ struct Simd {
   static V fmadd(V a, V b, V c) { return a * b + c; }
   static V max(V a, V b) { return a > b ? a : b; }  // NaN in `a` is dropped, as maxps does
   static V abs(V a) { return a < T(0) ? -a : a; }
-  // sign(a) with sign(0) = 0 and NaN kept.
-  static V sign(V a) { return a > T(0) ? T(1) : (a < T(0) ? T(-1) : a * T(0)); }
+  // sign(a) with sign(+-0) = +0 (SPEC: the MAE gradient at pred == target is +0.0) and NaN kept.
+  static V sign(V a) { return a > T(0) ? T(1) : (a < T(0) ? T(-1) : (a == a ? T(0) : a)); }
   static T reduce_max(V a) { return a; }
   static T reduce_add(V a) { return a; }
   static V exp(V x) {
