@@ -338,6 +338,9 @@ def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[
     return_grad = check_flag(return_grad, "return_grad")
     problem = InfoNceProblem(query, positive_key, negative_keys, temperature=temperature,
                              negative_mode=negative_mode, normalize=normalize, symmetric=symmetric)
+    if return_grad:
+        # Every buffer before any work: an allocation that fails does so now, not after the forward pass.
+        problem.allocate_backward()
     row_loss = problem.forward(keep_for_backward=return_grad)
     if reduction == "none":
         loss: LossResult = row_loss.astype(problem.dtype)
@@ -348,6 +351,10 @@ def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[
         return loss
     scale = 1.0 / problem.rows if reduction in ("mean", "batchmean") and problem.rows else 1.0
     return loss, problem.backward(np.full(problem.rows, scale))
+
+
+# (d_query, d_positive, d_negatives, the backward kernel's scratch)
+_InfoNceBuffers = tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]
 
 
 def _stats_rows(stats: Optional[np.ndarray]) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -410,16 +417,31 @@ class InfoNceProblem:
         # Each direction's per-row log-sum-exp as (max, log of the scaled sum), for backward.
         self._row_stats: Optional[np.ndarray] = None
         self._key_stats: Optional[np.ndarray] = None
+        self._backward_buffers: Optional[_InfoNceBuffers] = None
+
+    def allocate_backward(self) -> None:
+        """Allocates what backward() writes (the gradients and the kernel's scratch), so a call can
+        fail with MemoryError before its forward pass rather than after it."""
+        self._backward_buffers = self._new_backward_buffers()
+
+    def _new_backward_buffers(self) -> _InfoNceBuffers:
+        d_query = np.zeros((self.rows, self.dim), dtype=self.dtype)
+        d_positive = np.zeros((self.rows, self.dim), dtype=self.dtype)
+        d_negatives = None if self.negatives is None else np.zeros(self.negatives.shape, dtype=self.dtype)
+        # One scratch serves both directions of a symmetric call: they run one after the other.
+        workspace = np.empty(_core.info_nce_backward_workspace(self.query, self.positive, self.mode, self.negatives),
+                             dtype=self.dtype)
+        return d_query, d_positive, d_negatives, workspace
 
     def forward(self, keep_for_backward: bool = False) -> np.ndarray:
         """The per-query losses in float64 (averaged over both directions when symmetric)."""
         row_loss = np.empty(self.rows, dtype=np.float64)
         self._row_stats = np.empty((2, self.rows)) if keep_for_backward else None
+        key_loss = np.empty(self.rows, dtype=np.float64) if self.symmetric else row_loss
+        self._key_stats = np.empty((2, self.rows)) if keep_for_backward and self.symmetric else None
         _core.info_nce(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
                        row_loss, *_stats_rows(self._row_stats))
         if self.symmetric:
-            key_loss = np.empty(self.rows, dtype=np.float64)
-            self._key_stats = np.empty((2, self.rows)) if keep_for_backward else None
             _core.info_nce(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize, key_loss,
                            *_stats_rows(self._key_stats))
             row_loss = 0.5 * (row_loss + key_loss)
@@ -432,15 +454,16 @@ class InfoNceProblem:
         row_grad = np.ascontiguousarray(row_grad, dtype=np.float64)
         if self.symmetric:
             row_grad = 0.5 * row_grad
-        d_query = np.zeros((self.rows, self.dim), dtype=self.dtype)
-        d_positive = np.zeros((self.rows, self.dim), dtype=self.dtype)
-        d_negatives = None if self.negatives is None else np.zeros(self.negatives.shape, dtype=self.dtype)
+        # Buffers serve one backward pass (the kernels accumulate into them).
+        buffers, self._backward_buffers = self._backward_buffers, None
+        d_query, d_positive, d_negatives, workspace = buffers if buffers is not None else self._new_backward_buffers()
         _core.info_nce_backward(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
-                                *_stats_rows(self._row_stats), row_grad, d_query, d_positive, d_negatives)
+                                *_stats_rows(self._row_stats), row_grad, d_query, d_positive, d_negatives,
+                                workspace)
         if self.symmetric:
             # The keys -> queries direction: the two arrays swap roles.
             _core.info_nce_backward(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize,
-                                    *_stats_rows(self._key_stats), row_grad, d_positive, d_query, None)
+                                    *_stats_rows(self._key_stats), row_grad, d_positive, d_query, None, workspace)
         query_array, positive_array, negatives_array = self._originals
         return (
             as_input_dtype(d_query, query_array),
