@@ -161,8 +161,9 @@ void set_active_isa(const std::string& name) {
 bool interrupted(Interrupt* interrupt) {
   if (interrupt == nullptr) return false;
   if (interrupt->stopped.load(std::memory_order_relaxed)) return true;
-  // next_poll is the owner's alone, so it needs no synchronisation.
-  if (std::this_thread::get_id() != interrupt->owner) return false;
+  // checks_to_clock and next_poll are the owner's alone, so they need no synchronisation.
+  if (std::this_thread::get_id() != interrupt->owner || --interrupt->checks_to_clock > 0) return false;
+  interrupt->checks_to_clock = Interrupt::kChecksPerClock;
   const auto now = std::chrono::steady_clock::now();
   if (now < interrupt->next_poll) return false;
   interrupt->next_poll = now + Interrupt::kPollInterval;
