@@ -482,6 +482,8 @@ void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f,
     const double scale = g.row_grad[i] * a.inv_temperature;
     for (int64_t k = 0; k < dim; ++k) d_query_hat[k] = 0.0;
     for (int64_t j = 0; j < m; ++j) {
+      // A tile's worth of negatives between checks, as in the forward pass.
+      if (j % kKeyTile == 0 && interrupted(a.interrupt)) break;
       double key_inv;
       const double logit = paired_logit(a, f, i, j, &key_inv);
       const double coef = ::exp((logit - g.row_max[i]) - g.row_log_sum[i]) * scale;

@@ -35,6 +35,23 @@ _SQUARED, _ABSOLUTE = 0, 1
 _IN_BATCH, _UNPAIRED, _PAIRED = 0, 1, 2
 
 
+def _gradient_buffers(shape: tuple[int, ...], dtype: np.dtype, original: np.ndarray,
+                      fill: Any = np.empty) -> tuple[np.ndarray, np.ndarray]:
+    """(the buffer a kernel writes, in the computation dtype; the gradient returned, in the
+    argument's dtype by as_input_dtype's rule), both allocated before any work, so that a call
+    that cannot hold its gradient fails at once. They are one array unless the dtypes differ
+    (e.g. float16 computed in float32); _finish_gradient then casts one into the other."""
+    grad = fill(shape, dtype=dtype)
+    returned_dtype = as_input_dtype(grad[:0] if grad.ndim else grad, original).dtype
+    return grad, (grad if returned_dtype == grad.dtype else np.empty(shape, dtype=returned_dtype))
+
+
+def _finish_gradient(grad: np.ndarray, returned: np.ndarray) -> np.ndarray:
+    if returned is not grad:
+        np.copyto(returned, grad, casting="unsafe")
+    return returned
+
+
 def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, sample_weight: Any,
                 return_grad: Any) -> LossAndGrad:
     reduction = check_reduction(reduction)
@@ -66,11 +83,11 @@ def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, s
         weight_sum = float(weights.sum())
         divisor = weight_sum * cols if reduction == "mean" else weight_sum
     out = np.empty(shape, dtype=dtype) if reduction == "none" else None
-    grad = np.empty(shape, dtype=dtype) if return_grad else None
+    grad, returned_grad = _gradient_buffers(shape, dtype, pred_array) if return_grad else (None, None)
     total = _core.regression(kind, pred2d, target2d, weights, out, grad, 1.0 / divisor if divisor else np.inf)
     loss = out if out is not None else divide(total, divisor)
-    if grad is not None:
-        return loss, as_input_dtype(grad, pred_array)
+    if grad is not None and returned_grad is not None:
+        return loss, _finish_gradient(grad, returned_grad)
     return loss
 
 
@@ -260,17 +277,19 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     by_denominator = reduction == "mean" and target_index is not None
     divisor = float(rows) if reduction in ("mean", "batchmean") and not by_denominator else 1.0
     out = np.empty(rows, dtype=dtype) if reduction == "none" else None
-    grad = np.empty((rows, classes), dtype=dtype) if return_grad else None
+    grad, returned_grad = (_gradient_buffers(logits_array.shape, dtype, logits_array) if return_grad
+                           else (None, None))
     loss_sum, denominator = _core.cross_entropy(
-        logits2d, target_index, target_prob, class_weight, ignore_index, smoothing, out, grad,
+        logits2d, target_index, target_prob, class_weight, ignore_index, smoothing, out,
+        None if grad is None else grad.reshape(rows, classes),
         1.0 / divisor if divisor else np.inf, by_denominator,
     )
     if out is not None:
         loss: LossResult = out.reshape(()) if single else out
     else:
         loss = divide(loss_sum, denominator if by_denominator else divisor)
-    if grad is not None:
-        return loss, as_input_dtype(grad.reshape(logits_array.shape), logits_array)
+    if grad is not None and returned_grad is not None:
+        return loss, _finish_gradient(grad, returned_grad)
     return loss
 
 
@@ -353,8 +372,19 @@ def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[
     return loss, problem.backward(np.full(problem.rows, scale))
 
 
-# (d_query, d_positive, d_negatives, the backward kernel's scratch)
-_InfoNceBuffers = tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]
+class _InfoNceBuffers:
+    """Everything one InfoNCE backward pass writes: each gradient as the buffer the kernel
+    accumulates into and the array returned (see _gradient_buffers), and the kernel's scratch."""
+
+    def __init__(self, problem: InfoNceProblem) -> None:
+        query, positive, negatives = problem._originals
+        self.query = _gradient_buffers(query.shape, problem.dtype, query, fill=np.zeros)
+        self.positive = _gradient_buffers(positive.shape, problem.dtype, positive, fill=np.zeros)
+        self.negatives = (None if negatives is None
+                          else _gradient_buffers(negatives.shape, problem.dtype, negatives, fill=np.zeros))
+        # One scratch serves both directions of a symmetric call: they run one after the other.
+        size = _core.info_nce_backward_workspace(problem.query, problem.positive, problem.mode, problem.negatives)
+        self.workspace = np.empty(size, dtype=problem.dtype)
 
 
 def _stats_rows(stats: Optional[np.ndarray]) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -422,16 +452,7 @@ class InfoNceProblem:
     def allocate_backward(self) -> None:
         """Allocates what backward() writes (the gradients and the kernel's scratch), so a call can
         fail with MemoryError before its forward pass rather than after it."""
-        self._backward_buffers = self._new_backward_buffers()
-
-    def _new_backward_buffers(self) -> _InfoNceBuffers:
-        d_query = np.zeros((self.rows, self.dim), dtype=self.dtype)
-        d_positive = np.zeros((self.rows, self.dim), dtype=self.dtype)
-        d_negatives = None if self.negatives is None else np.zeros(self.negatives.shape, dtype=self.dtype)
-        # One scratch serves both directions of a symmetric call: they run one after the other.
-        workspace = np.empty(_core.info_nce_backward_workspace(self.query, self.positive, self.mode, self.negatives),
-                             dtype=self.dtype)
-        return d_query, d_positive, d_negatives, workspace
+        self._backward_buffers = _InfoNceBuffers(self)
 
     def forward(self, keep_for_backward: bool = False) -> np.ndarray:
         """The per-query losses in float64 (averaged over both directions when symmetric)."""
@@ -456,7 +477,10 @@ class InfoNceProblem:
             row_grad = 0.5 * row_grad
         # Buffers serve one backward pass (the kernels accumulate into them).
         buffers, self._backward_buffers = self._backward_buffers, None
-        d_query, d_positive, d_negatives, workspace = buffers if buffers is not None else self._new_backward_buffers()
+        if buffers is None:
+            buffers = _InfoNceBuffers(self)
+        d_query, d_positive, workspace = buffers.query[0], buffers.positive[0], buffers.workspace
+        d_negatives = None if buffers.negatives is None else buffers.negatives[0]
         _core.info_nce_backward(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
                                 *_stats_rows(self._row_stats), row_grad, d_query, d_positive, d_negatives,
                                 workspace)
@@ -464,9 +488,8 @@ class InfoNceProblem:
             # The keys -> queries direction: the two arrays swap roles.
             _core.info_nce_backward(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize,
                                     *_stats_rows(self._key_stats), row_grad, d_positive, d_query, None, workspace)
-        query_array, positive_array, negatives_array = self._originals
         return (
-            as_input_dtype(d_query, query_array),
-            as_input_dtype(d_positive, positive_array),
-            None if d_negatives is None or negatives_array is None else as_input_dtype(d_negatives, negatives_array),
+            _finish_gradient(*buffers.query),
+            _finish_gradient(*buffers.positive),
+            None if buffers.negatives is None else _finish_gradient(*buffers.negatives),
         )
