@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "dispatch.hpp"
 #include "kernels.hpp"
@@ -21,8 +22,58 @@ using namespace fastloss;
 
 namespace {
 
-// Work below which releasing and re-taking the GIL costs more than the kernel.
+// Work (elements touched) below which releasing and re-taking the GIL costs more than the kernel.
 constexpr int64_t kReleaseGilAbove = 1 << 14;
+// Work above which a call can take long enough (a millisecond and up) to be worth interrupting.
+constexpr int64_t kInterruptibleAbove = 1 << 22;
+
+// Python's main thread: the only one that runs signal handlers, so the only one worth polling for.
+unsigned long g_main_thread = 0;
+
+// Runs the handler of any signal that arrived during a kernel (Ctrl-C: KeyboardInterrupt). True
+// when a handler raised; its exception then stays set on this thread for run_kernel to throw.
+bool poll_python_signals(void*) {
+  const PyGILState_STATE gil = PyGILState_Ensure();
+  const bool raised = PyErr_CheckSignals() != 0;
+  PyGILState_Release(gil);
+  return raised;
+}
+
+// Runs kernel(Interrupt*) for `work` elements: small calls keep the GIL (the direct path: no
+// release, no interrupt); larger ones release it; long ones on the main thread also get an
+// Interrupt, through which the kernel's own calling thread (the OpenMP master, which keeps taking
+// work items) re-takes the GIL about every 100 ms and runs the signal handlers. When one raises,
+// every thread skips the remaining work items, and the partial outputs are discarded by raising
+// its exception here. No thread is started for this, so OpenMP keeps its one thread pool.
+template <class Kernel>
+auto run_kernel(int64_t work, Kernel kernel) -> decltype(kernel(nullptr)) {
+  using Result = decltype(kernel(nullptr));
+  if (work < kReleaseGilAbove) return kernel(nullptr);
+  if (work < kInterruptibleAbove || PyThread_get_thread_ident() != g_main_thread) {
+    // Safe without the GIL: the kernel touches only the buffers the caller's references keep alive.
+    py::gil_scoped_release release;
+    return kernel(nullptr);
+  }
+  Interrupt interrupt(&poll_python_signals, nullptr);
+  auto raise_if_interrupted = [&] {
+    if (interrupt.stopped.load()) throw py::error_already_set();
+  };
+  if constexpr (std::is_void_v<Result>) {
+    {
+      py::gil_scoped_release release;
+      kernel(&interrupt);
+    }
+    raise_if_interrupted();
+  } else {
+    Result result;
+    {
+      py::gil_scoped_release release;
+      result = kernel(&interrupt);
+    }
+    raise_if_interrupted();
+    return result;
+  }
+}
 
 template <class T>
 bool has_dtype(const py::array& a) {
@@ -85,9 +136,8 @@ double regression_typed(RegressionKind kind, const py::array& pred, const py::ar
     else return active_table().f64.regression;
   }();
   const int threads = num_threads();
-  // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
-  py::gil_scoped_release release;
-  return fn(kind, p, t, w, o, g, grad_scale, threads);
+  return run_kernel(p.rows * p.cols,
+                    [&](Interrupt* interrupt) { return fn(kind, p, t, w, o, g, grad_scale, threads, interrupt); });
 }
 
 double regression(int kind, const py::array& pred, const py::array& target,
@@ -146,14 +196,10 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
     else return active_table().f64.cross_entropy;
   }();
   const int threads = num_threads();
-  CrossEntropySums sums;
-  if (rows * cols < kReleaseGilAbove) {
-    sums = fn(args, threads);
-  } else {
-    // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
-    py::gil_scoped_release release;
-    sums = fn(args, threads);
-  }
+  const CrossEntropySums sums = run_kernel(rows * cols, [&](Interrupt* interrupt) {
+    args.interrupt = interrupt;
+    return fn(args, threads);
+  });
   return py::make_tuple(sums.loss, sums.denominator);
 }
 
@@ -221,6 +267,13 @@ InfoNceArgs<T> info_nce_args(const py::array& query, const py::array& positive, 
   return args;
 }
 
+// Elements one InfoNCE pass touches, as the kernels estimate it for their thread count.
+template <class T>
+int64_t info_nce_work(const InfoNceArgs<T>& args) {
+  const int64_t keys = args.mode == NegativeMode::in_batch ? args.query.rows : args.num_negatives;
+  return args.query.rows * (keys + 1) * (args.query.cols + 1);
+}
+
 template <class T>
 const KernelSet<T>& active_set() {
   if constexpr (sizeof(T) == sizeof(float)) return active_table().f32;
@@ -241,9 +294,10 @@ void info_nce_typed(const py::array& query, const py::array& positive, int mode,
   }
   const InfoNceFn<T> fn = active_set<T>().info_nce;
   const int threads = num_threads();
-  // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
-  py::gil_scoped_release release;
-  fn(args, threads);
+  run_kernel(info_nce_work(args), [&](Interrupt* interrupt) {
+    args.interrupt = interrupt;
+    fn(args, threads);
+  });
 }
 
 template <class T>
@@ -252,8 +306,8 @@ void info_nce_backward_typed(const py::array& query, const py::array& positive, 
                              const py::object& row_max, const py::object& row_log_sum,
                              const py::object& row_grad,
                              const py::object& d_query, const py::object& d_positive,
-                             const py::object& d_negatives) {
-  const InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
+                             const py::object& d_negatives, const py::object& workspace) {
+  InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
   const int64_t n = args.query.rows;
   const int64_t dim = args.query.cols;
   InfoNceGradArgs<T> grad;
@@ -268,11 +322,20 @@ void info_nce_backward_typed(const py::array& query, const py::array& positive, 
       grad.d_positive == nullptr || (args.mode != NegativeMode::in_batch && grad.d_negatives == nullptr)) {
     throw py::value_error("info_nce_backward: missing buffer");
   }
+  grad.workspace = output_buffer<T>(workspace, active_set<T>().info_nce_backward_workspace(args), "workspace");
   const InfoNceBackwardFn<T> fn = active_set<T>().info_nce_backward;
   const int threads = num_threads();
-  // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
-  py::gil_scoped_release release;
-  fn(args, grad, threads);
+  // The backward pass touches every logit twice (recomputed, then both matrix products).
+  run_kernel(2 * info_nce_work(args), [&](Interrupt* interrupt) {
+    args.interrupt = interrupt;
+    fn(args, grad, threads);
+  });
+}
+
+template <class T>
+int64_t info_nce_backward_workspace_typed(const py::array& query, const py::array& positive, int mode,
+                                          const py::object& negatives) {
+  return active_set<T>().info_nce_backward_workspace(info_nce_args<T>(query, positive, mode, negatives, 1.0, false));
 }
 
 void info_nce(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
@@ -290,17 +353,24 @@ void info_nce(const py::array& query, const py::array& positive, int mode, const
 void info_nce_backward(const py::array& query, const py::array& positive, int mode,
                        const py::object& negatives, double inv_temperature, bool normalize,
                        const py::object& row_max, const py::object& row_log_sum, const py::object& row_grad,
-                       const py::object& d_query,
-                       const py::object& d_positive, const py::object& d_negatives) {
+                       const py::object& d_query, const py::object& d_positive, const py::object& d_negatives,
+                       const py::object& workspace) {
   if (has_dtype<float>(query)) {
     info_nce_backward_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_max,
-                                   row_log_sum, row_grad, d_query, d_positive, d_negatives);
+                                   row_log_sum, row_grad, d_query, d_positive, d_negatives, workspace);
   } else if (has_dtype<double>(query)) {
     info_nce_backward_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_max,
-                                    row_log_sum, row_grad, d_query, d_positive, d_negatives);
+                                    row_log_sum, row_grad, d_query, d_positive, d_negatives, workspace);
   } else {
     throw py::type_error("query: expected native float32 or float64");
   }
+}
+
+int64_t info_nce_backward_workspace(const py::array& query, const py::array& positive, int mode,
+                                    const py::object& negatives) {
+  if (has_dtype<float>(query)) return info_nce_backward_workspace_typed<float>(query, positive, mode, negatives);
+  if (has_dtype<double>(query)) return info_nce_backward_workspace_typed<double>(query, positive, mode, negatives);
+  throw py::type_error("query: expected native float32 or float64");
 }
 
 // The fast paths serve the most common calls (C-contiguous native float arrays, a plain
@@ -326,10 +396,9 @@ double regression_fast_typed(RegressionKind kind, const py::array& pred, const p
   MatrixView<T> t{static_cast<const T*>(target.data()), 1, size, size, 1};
   const RegressionFn<T> fn = active_set<T>().regression;
   const int threads = num_threads();
-  if (size < kReleaseGilAbove) return fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads);
-  // Safe without the GIL: the kernel touches only these buffers, which the caller's references keep alive.
-  py::gil_scoped_release release;
-  return fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads);
+  return run_kernel(size, [&](Interrupt* interrupt) {
+    return fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads, interrupt);
+  });
 }
 
 py::object regression_fast(int kind, py::handle pred_h, py::handle target_h, py::handle reduction_h) {
@@ -428,6 +497,7 @@ std::string compiler() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastloss compiled kernels (private; use the fastloss package)";
   init_dispatch();
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 
   m.def("regression", &regression, py::arg("kind"), py::arg("pred"), py::arg("target"),
         py::arg("sample_weight"), py::arg("out"), py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0);
@@ -440,7 +510,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("row_max") = py::none(), py::arg("row_log_sum") = py::none());
   m.def("info_nce_backward", &info_nce_backward, py::arg("query"), py::arg("positive"), py::arg("mode"),
         py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_max"),
-        py::arg("row_log_sum"), py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"), py::arg("d_negatives"));
+        py::arg("row_log_sum"), py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"), py::arg("d_negatives"),
+        py::arg("workspace") = py::none());
+  m.def("info_nce_backward_workspace", &info_nce_backward_workspace, py::arg("query"), py::arg("positive"),
+        py::arg("mode"), py::arg("negatives"));
 
   m.def("regression_fast", &regression_fast, py::arg("kind"), py::arg("pred"), py::arg("target"),
         py::arg("reduction"));

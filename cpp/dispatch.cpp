@@ -158,6 +158,20 @@ void set_active_isa(const std::string& name) {
   g_active.store(find_table(name));
 }
 
+bool interrupted(Interrupt* interrupt) {
+  if (interrupt == nullptr) return false;
+  if (interrupt->stopped.load(std::memory_order_relaxed)) return true;
+  // checks_to_clock and next_poll are the owner's alone, so they need no synchronisation.
+  if (std::this_thread::get_id() != interrupt->owner || --interrupt->checks_to_clock > 0) return false;
+  interrupt->checks_to_clock = Interrupt::kChecksPerClock;
+  const auto now = std::chrono::steady_clock::now();
+  if (now < interrupt->next_poll) return false;
+  interrupt->next_poll = now + Interrupt::kPollInterval;
+  if (!interrupt->poll(interrupt->context)) return false;
+  interrupt->stopped.store(true, std::memory_order_relaxed);
+  return true;
+}
+
 int num_threads() { return g_num_threads.load(); }
 
 void set_num_threads(int n) { g_num_threads.store(n); }

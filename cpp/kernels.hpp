@@ -17,6 +17,16 @@ struct MatrixView {
   int64_t col_stride = 0;
 };
 
+// Cooperative interruption of a long call (Ctrl-C). The binding hands a long call an Interrupt;
+// kernels ask interrupted() between work items (a reduction block or a tile: well under a
+// millisecond each) and, once it says yes, skip every remaining item and return. Their outputs are
+// then incomplete, and the binding discards them by raising. interrupted(nullptr) is false, and
+// asking never changes what a kernel computes. Declared here, defined in dispatch.cpp for the
+// baseline ISA: the ISA files see an opaque pointer, so no atomic, clock or other inline library
+// code is instantiated with wide-ISA flags.
+struct Interrupt;
+bool interrupted(Interrupt* interrupt);
+
 enum class RegressionKind : int { squared = 0, absolute = 1 };
 
 // MSE / MAE. Element loss e_ij = (p - t)^2 or |p - t|, times row_weight[i] when given.
@@ -26,7 +36,7 @@ enum class RegressionKind : int { squared = 0, absolute = 1 };
 template <class T>
 using RegressionFn = double (*)(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
                                 const double* row_weight, T* out, T* grad, double grad_scale,
-                                int num_threads);
+                                int num_threads, Interrupt* interrupt);
 
 // Cross-entropy over rows of logits (rows = N, cols = C). The target is either class indices
 // (target_index, stride in elements; every value is already checked to lie in [0, C) or to equal
@@ -46,6 +56,7 @@ struct CrossEntropyArgs {
   T* grad = nullptr;
   double grad_scale = 1.0;
   bool grad_divide_by_denominator = false;
+  Interrupt* interrupt = nullptr;
 };
 
 struct CrossEntropySums {
@@ -79,6 +90,7 @@ struct InfoNceArgs {
   // forward: each row's log-sum-exp as max + log_sum, kept for the backward pass, or null.
   double* row_max = nullptr;
   double* row_log_sum = nullptr;
+  Interrupt* interrupt = nullptr;
 };
 
 // InfoNCE backward, one direction: adds the gradient of sum_i row_grad[i] * loss_i to d_query
@@ -94,6 +106,10 @@ struct InfoNceGradArgs {
   T* d_query = nullptr;
   T* d_positive = nullptr;
   T* d_negatives = nullptr;
+  // Scratch of info_nce_backward_workspace(args) elements for the per-chunk query gradients, or
+  // null to let the kernel allocate it (the caller allocates it up front, with every other
+  // buffer, so that a MemoryError comes before the forward pass rather than after it).
+  T* workspace = nullptr;
 };
 
 template <class T>
@@ -101,6 +117,8 @@ using InfoNceFn = void (*)(const InfoNceArgs<T>& args, int num_threads);
 template <class T>
 using InfoNceBackwardFn = void (*)(const InfoNceArgs<T>& args, const InfoNceGradArgs<T>& grad,
                                    int num_threads);
+template <class T>
+using InfoNceWorkspaceFn = int64_t (*)(const InfoNceArgs<T>& args);
 
 // The ISA's vector exp / log applied elementwise (out may alias in): exposed so tests can sweep
 // their stated range against float64. log is the float64 one for both types.
@@ -115,6 +133,7 @@ struct KernelSet {
   CrossEntropyFn<T> cross_entropy;
   InfoNceFn<T> info_nce;
   InfoNceBackwardFn<T> info_nce_backward;
+  InfoNceWorkspaceFn<T> info_nce_backward_workspace;
 };
 
 struct KernelTable {

@@ -25,10 +25,11 @@ inline double pairwise_sum(const double* values, int64_t count) {
 }
 
 // Sums, component-wise, the Width doubles that block_sum(b, double* out) writes for every block b
-// in [0, num_blocks); `work` (elements touched) decides whether threads are worth starting.
+// in [0, num_blocks); `work` (elements touched) decides whether threads are worth starting. Once
+// `interrupt` fires, the remaining blocks are skipped and the result is meaningless.
 template <int Width, class BlockSum>
-void deterministic_sum(int64_t num_blocks, int64_t work, int num_threads, BlockSum block_sum,
-                       double* result) {
+void deterministic_sum(int64_t num_blocks, int64_t work, int num_threads, Interrupt* interrupt,
+                       BlockSum block_sum, double* result) {
   for (int k = 0; k < Width; ++k) result[k] = 0.0;
   if (num_blocks <= 0) return;
   if (num_blocks == 1) {
@@ -42,7 +43,10 @@ void deterministic_sum(int64_t num_blocks, int64_t work, int num_threads, BlockS
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
-  for (int64_t b = 0; b < num_blocks; ++b) block_sum(b, partials.get() + Width * b);
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    if (!interrupted(interrupt)) block_sum(b, partials.get() + Width * b);
+  }
+  if (interrupted(interrupt)) return;
   // Transpose component k into a contiguous run so pairwise_sum can read it.
   for (int k = 0; k < Width; ++k) {
     for (int64_t b = 0; b < num_blocks; ++b) column[b] = partials[Width * b + k];

@@ -237,7 +237,7 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
   const int64_t num_blocks = (rows + rows_per_block - 1) / rows_per_block;
   double result[2];
   deterministic_sum<2>(
-      num_blocks, rows * cols, num_threads,
+      num_blocks, rows * cols, num_threads, a.interrupt,
       [&](int64_t b, double* block) {
         const int64_t r0 = b * rows_per_block;
         const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;

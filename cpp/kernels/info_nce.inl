@@ -137,6 +137,14 @@ struct KeyChunks {
   }
 };
 
+// Elements of the shared-keys backward pass's scratch (per-chunk query gradients, chunks x N x D);
+// none for paired negatives.
+template <class T>
+int64_t info_nce_backward_workspace(const InfoNceArgs<T>& a) {
+  if (a.mode == NegativeMode::paired) return 0;
+  return KeyChunks(key_stream(a).count).count * a.query.rows * a.query.cols;
+}
+
 // Scratch for one work item: a packed key tile, the keys' inverse norms, a tile of logits.
 template <class T>
 struct TileScratch {
@@ -290,6 +298,7 @@ void info_nce_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int num_
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (threads > 1)
 #endif
   for (int64_t i = 0; i < n; ++i) {
+    if (interrupted(a.interrupt)) continue;
     Buffer<T> logits(kKeyTile);
     if (!logits.ok()) {
       // Reported after the loop: no exception may leave an OpenMP region.
@@ -301,7 +310,7 @@ void info_nce_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int num_
     }
     OnlineLogSumExp state;
     state.merge(f.positive_logit[i], 1.0);
-    for (int64_t j0 = 0; j0 < m; j0 += kKeyTile) {
+    for (int64_t j0 = 0; j0 < m && !interrupted(a.interrupt); j0 += kKeyTile) {
       const int64_t cols = min_i64(kKeyTile, m - j0);
       double key_inv;
       for (int64_t c = 0; c < cols; ++c) logits[c] = static_cast<T>(paired_logit(a, f, i, j0 + c, &key_inv));
@@ -341,6 +350,7 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
 #endif
   for (int64_t item = 0; item < items; ++item) {
+    if (interrupted(a.interrupt)) continue;
     const int64_t chunk = item / query_blocks;
     const int64_t i0 = (item % query_blocks) * kQueryBlock;
     const int64_t rows = min_i64(kQueryBlock, n - i0);
@@ -355,7 +365,7 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
       continue;
     }
     OnlineLogSumExp state[kQueryBlock];
-    for (int64_t j0 = c0; j0 < c1; j0 += kKeyTile) {
+    for (int64_t j0 = c0; j0 < c1 && !interrupted(a.interrupt); j0 += kKeyTile) {
       const int64_t cols = min_i64(kKeyTile, c1 - j0);
       pack_keys(a, keys, j0, cols, &s);
       logit_tile(a, f, i0, rows, cols, &s);
@@ -371,6 +381,7 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
     }
   }
   if (failed) throw std::bad_alloc();
+  if (interrupted(a.interrupt)) return;
 
   for (int64_t i = 0; i < n; ++i) {
     OnlineLogSumExp state;
@@ -468,6 +479,7 @@ void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f,
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (threads > 1)
 #endif
   for (int64_t i = 0; i < n; ++i) {
+    if (interrupted(a.interrupt)) continue;
     Buffer<double> d_query_hat(dim), d_key_hat(dim);
     if (!d_query_hat.ok() || !d_key_hat.ok()) {
       // Reported after the loop: no exception may leave an OpenMP region.
@@ -482,6 +494,8 @@ void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f,
     const double scale = g.row_grad[i] * a.inv_temperature;
     for (int64_t k = 0; k < dim; ++k) d_query_hat[k] = 0.0;
     for (int64_t j = 0; j < m; ++j) {
+      // A tile's worth of negatives between checks, as in the forward pass.
+      if (j % kKeyTile == 0 && interrupted(a.interrupt)) break;
       double key_inv;
       const double logit = paired_logit(a, f, i, j, &key_inv);
       const double coef = ::exp((logit - g.row_max[i]) - g.row_log_sum[i]) * scale;
@@ -521,15 +535,17 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
   const KeyStream<T> keys = key_stream(a);
   T* d_keys = keys.in_batch ? g.d_positive : g.d_negatives;
   const KeyChunks chunks(keys.count);
-  Buffer<T> d_query_part(chunks.count * n * dim);
-  if (!d_query_part.ok()) throw std::bad_alloc();
+  Buffer<T> own_workspace(g.workspace != nullptr ? 0 : info_nce_backward_workspace(a));
+  T* const d_query_part = g.workspace != nullptr ? g.workspace : own_workspace.get();
+  if (d_query_part == nullptr) throw std::bad_alloc();
   const int threads = threads_for(n * (keys.count + 1) * (dim + 1), chunks.count, num_threads);
   bool failed = false;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
 #endif
   for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
-    T* d_query_hat = d_query_part.get() + chunk * n * dim;
+    if (interrupted(a.interrupt)) continue;
+    T* d_query_hat = d_query_part + chunk * n * dim;
     for (int64_t k = 0; k < n * dim; ++k) d_query_hat[k] = T(0);
     const int64_t c0 = chunk * chunks.size;
     const int64_t c1 = min_i64(keys.count, c0 + chunks.size);
@@ -543,11 +559,11 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
       failed = true;
       continue;
     }
-    for (int64_t j0 = c0; j0 < c1; j0 += kKeyTile) {
+    for (int64_t j0 = c0; j0 < c1 && !interrupted(a.interrupt); j0 += kKeyTile) {
       const int64_t cols = min_i64(kKeyTile, c1 - j0);
       pack_keys(a, keys, j0, cols, &s);
       for (int64_t k = 0; k < cols * dim; ++k) d_key_hat[k] = T(0);
-      for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
+      for (int64_t i0 = 0; i0 < n && !interrupted(a.interrupt); i0 += kQueryBlock) {
         const int64_t rows = min_i64(kQueryBlock, n - i0);
         logit_tile(a, f, i0, rows, cols, &s);
         using S = Simd<T>;
@@ -597,13 +613,14 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
     }
   }
   if (failed) throw std::bad_alloc();
+  if (interrupted(a.interrupt)) return;
 
   Buffer<double> d_query_row(dim), d_positive_row(dim);
   if (!d_query_row.ok() || !d_positive_row.ok()) throw std::bad_alloc();
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t k = 0; k < dim; ++k) d_query_row[k] = 0.0;
     for (int64_t c = 0; c < chunks.count; ++c) {
-      const T* part = d_query_part.get() + (c * n + i) * dim;
+      const T* part = d_query_part + (c * n + i) * dim;
       for (int64_t k = 0; k < dim; ++k) d_query_row[k] += static_cast<double>(part[k]);
     }
     const T* q = a.query.data + i * a.query.row_stride;

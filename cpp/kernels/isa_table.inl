@@ -14,7 +14,8 @@ inline void apply_log(const double* in, double* out, int64_t count) { vector_log
 
 template <class T>
 constexpr KernelSet<T> kernel_set() {
-  return {&apply_exp<T>, &apply_log, &regression<T>, &cross_entropy<T>, &info_nce<T>, &info_nce_backward<T>};
+  return {&apply_exp<T>, &apply_log, &regression<T>, &cross_entropy<T>, &info_nce<T>, &info_nce_backward<T>,
+          &info_nce_backward_workspace<T>};
 }
 
 // A constant expression: the <isa>.cpp file defines its table as constexpr data from this, so

@@ -130,7 +130,7 @@ double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& targe
 
 template <class T, RegressionKind Kind>
 double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* row_weight, T* out,
-                       T* grad, double grad_scale, int num_threads) {
+                       T* grad, double grad_scale, int num_threads, Interrupt* interrupt) {
   const int64_t rows = pred.rows;
   const int64_t cols = pred.cols;
   if (rows == 0 || cols == 0) return 0.0;
@@ -140,7 +140,7 @@ double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* r
     // Both C-contiguous and no per-row weights: one long row, so blocks ignore row boundaries.
     pred.cols = target.cols = rows * cols;
     pred.rows = target.rows = 1;
-    return regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads);
+    return regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt);
   }
   // A block is either a run of whole rows or, for rows longer than a block, a slice of one row.
   const int64_t slices_per_row = cols >= kRegressionBlock ? (cols + kRegressionBlock - 1) / kRegressionBlock : 1;
@@ -150,7 +150,7 @@ double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* r
                                  : (rows + rows_per_block - 1) / rows_per_block;
   double total = 0.0;
   deterministic_sum<1>(
-      num_blocks, rows * cols, num_threads,
+      num_blocks, rows * cols, num_threads, interrupt,
       [&](int64_t b, double* sum) {
         if (slices_per_row > 1) {
           const int64_t row = b / slices_per_row;
@@ -177,11 +177,12 @@ double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* r
 
 template <class T>
 double regression(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
-                  const double* row_weight, T* out, T* grad, double grad_scale, int num_threads) {
+                  const double* row_weight, T* out, T* grad, double grad_scale, int num_threads,
+                  Interrupt* interrupt) {
   if (kind == RegressionKind::squared) {
     return regression_kind<T, RegressionKind::squared>(pred, target, row_weight, out, grad, grad_scale,
-                                                       num_threads);
+                                                       num_threads, interrupt);
   }
   return regression_kind<T, RegressionKind::absolute>(pred, target, row_weight, out, grad, grad_scale,
-                                                      num_threads);
+                                                      num_threads, interrupt);
 }

@@ -1,7 +1,9 @@
 """Type stubs for ``fastloss._core``, the compiled kernels (cpp/bindings.cpp's PYBIND11_MODULE).
 
 Private: users call the ``fastloss`` functions, which validate and convert every argument before
-they reach these. Array parameters are NumPy arrays (pybind11's ``py::array`` accepts nothing
+they reach these. Every kernel call on the main thread that can run for more than about a
+millisecond polls for signals every ~100 ms and raises (e.g. ``KeyboardInterrupt``), discarding
+its partial results. Array parameters are NumPy arrays (pybind11's ``py::array`` accepts nothing
 else); buffers that the kernels write (``out``, ``grad``, ``row_*``, ``d_*``) must be writeable,
 C-contiguous and of the dtype the kernel computes in. tests/test_packaging.py checks that every
 name the module defines has a stub here.
@@ -69,9 +71,15 @@ def info_nce_backward(
     d_query: _Array,
     d_positive: _Array,
     d_negatives: _Array | None,
+    workspace: _Array | None = None,
 ) -> None:
     """Accumulates the gradients of ``sum_i row_grad[i] * loss_i`` into the ``d_*`` buffers.
-    ``row_max`` and ``row_log_sum`` (from ``info_nce``) are required: None raises ValueError."""
+    ``row_max`` and ``row_log_sum`` (from ``info_nce``) are required: None raises ValueError.
+    ``workspace``: scratch of ``info_nce_backward_workspace(...)`` elements in the computation
+    dtype, or None to let the kernel allocate it."""
+
+def info_nce_backward_workspace(query: _Array, positive: _Array, mode: int, negatives: _Array | None) -> int:
+    """Elements of scratch ``info_nce_backward`` needs for these arrays (0 for paired negatives)."""
 
 def regression_fast(kind: int, pred: object, target: object, reduction: object) -> float | None:
     """The reduced loss for a plain call (C-contiguous native float arrays of one shape), else None."""

@@ -38,6 +38,23 @@ _IN_BATCH, _UNPAIRED, _PAIRED = 0, 1, 2
 NEGATIVE_MODES = ("unpaired", "paired")
 
 
+def _gradient_buffers(shape: tuple[int, ...], dtype: np.dtype, original: np.ndarray,
+                      fill: Any = np.empty) -> tuple[np.ndarray, np.ndarray]:
+    """(the buffer a kernel writes, in the computation dtype; the gradient returned, in the
+    argument's dtype by as_input_dtype's rule), both allocated before any work, so that a call
+    that cannot hold its gradient fails at once. They are one array unless the dtypes differ
+    (e.g. float16 computed in float32); _finish_gradient then casts one into the other."""
+    grad = fill(shape, dtype=dtype)
+    returned_dtype = as_input_dtype(grad[:0] if grad.ndim else grad, original).dtype
+    return grad, (grad if returned_dtype == grad.dtype else np.empty(shape, dtype=returned_dtype))
+
+
+def _finish_gradient(grad: np.ndarray, returned: np.ndarray) -> np.ndarray:
+    if returned is not grad:
+        np.copyto(returned, grad, casting="unsafe")
+    return returned
+
+
 def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, sample_weight: Any,
                 return_grad: Any) -> LossAndGrad:
     reduction = check_reduction(reduction)
@@ -69,11 +86,11 @@ def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, s
         weight_sum = float(weights.sum())
         divisor = weight_sum * cols if reduction == "mean" else weight_sum
     out = np.empty(shape, dtype=dtype) if reduction == "none" else None
-    grad = np.empty(shape, dtype=dtype) if return_grad else None
+    grad, returned_grad = _gradient_buffers(shape, dtype, pred_array) if return_grad else (None, None)
     total = _core.regression(kind, pred2d, target2d, weights, out, grad, 1.0 / divisor if divisor else np.inf)
     loss = out if out is not None else divide(total, divisor)
-    if grad is not None:
-        return loss, as_input_dtype(grad, pred_array)
+    if grad is not None and returned_grad is not None:
+        return loss, _finish_gradient(grad, returned_grad)
     return loss
 
 
@@ -261,17 +278,19 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     by_denominator = reduction == "mean" and target_index is not None
     divisor = float(rows) if reduction in ("mean", "batchmean") and not by_denominator else 1.0
     out = np.empty(rows, dtype=dtype) if reduction == "none" else None
-    grad = np.empty((rows, classes), dtype=dtype) if return_grad else None
+    grad, returned_grad = (_gradient_buffers(logits_array.shape, dtype, logits_array) if return_grad
+                           else (None, None))
     loss_sum, denominator = _core.cross_entropy(
-        logits2d, target_index, target_prob, class_weight, ignore_index, smoothing, out, grad,
+        logits2d, target_index, target_prob, class_weight, ignore_index, smoothing, out,
+        None if grad is None else grad.reshape(rows, classes),
         1.0 / divisor if divisor else np.inf, by_denominator,
     )
     if out is not None:
         loss: LossResult = out.reshape(()) if single else out
     else:
         loss = divide(loss_sum, denominator if by_denominator else divisor)
-    if grad is not None:
-        return loss, as_input_dtype(grad.reshape(logits_array.shape), logits_array)
+    if grad is not None and returned_grad is not None:
+        return loss, _finish_gradient(grad, returned_grad)
     return loss
 
 
@@ -339,6 +358,9 @@ def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[
     return_grad = check_flag(return_grad, "return_grad")
     problem = InfoNceProblem(query, positive_key, negative_keys, temperature=temperature,
                              negative_mode=negative_mode, normalize=normalize, symmetric=symmetric)
+    if return_grad:
+        # Every buffer before any work: an allocation that fails does so now, not after the forward pass.
+        problem.allocate_backward()
     row_loss = problem.forward(keep_for_backward=return_grad)
     if reduction == "none":
         loss: LossResult = row_loss.astype(problem.dtype)
@@ -349,6 +371,21 @@ def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[
         return loss
     scale = 1.0 / problem.rows if reduction in ("mean", "batchmean") and problem.rows else 1.0
     return loss, problem.backward(np.full(problem.rows, scale))
+
+
+class _InfoNceBuffers:
+    """Everything one InfoNCE backward pass writes: each gradient as the buffer the kernel
+    accumulates into and the array returned (see _gradient_buffers), and the kernel's scratch."""
+
+    def __init__(self, problem: InfoNceProblem) -> None:
+        query, positive, negatives = problem._originals
+        self.query = _gradient_buffers(query.shape, problem.dtype, query, fill=np.zeros)
+        self.positive = _gradient_buffers(positive.shape, problem.dtype, positive, fill=np.zeros)
+        self.negatives = (None if negatives is None
+                          else _gradient_buffers(negatives.shape, problem.dtype, negatives, fill=np.zeros))
+        # One scratch serves both directions of a symmetric call: they run one after the other.
+        size = _core.info_nce_backward_workspace(problem.query, problem.positive, problem.mode, problem.negatives)
+        self.workspace = np.empty(size, dtype=problem.dtype)
 
 
 def _stats_rows(stats: Optional[np.ndarray]) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -408,16 +445,22 @@ class InfoNceProblem:
         # Each direction's per-row log-sum-exp as (max, log of the scaled sum), for backward.
         self._row_stats: Optional[np.ndarray] = None
         self._key_stats: Optional[np.ndarray] = None
+        self._backward_buffers: Optional[_InfoNceBuffers] = None
+
+    def allocate_backward(self) -> None:
+        """Allocates what backward() writes (the gradients and the kernel's scratch), so a call can
+        fail with MemoryError before its forward pass rather than after it."""
+        self._backward_buffers = _InfoNceBuffers(self)
 
     def forward(self, keep_for_backward: bool = False) -> np.ndarray:
         """The per-query losses in float64 (averaged over both directions when symmetric)."""
         row_loss = np.empty(self.rows, dtype=np.float64)
         self._row_stats = np.empty((2, self.rows)) if keep_for_backward else None
+        key_loss = np.empty(self.rows, dtype=np.float64) if self.symmetric else row_loss
+        self._key_stats = np.empty((2, self.rows)) if keep_for_backward and self.symmetric else None
         _core.info_nce(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
                        row_loss, *_stats_rows(self._row_stats))
         if self.symmetric:
-            key_loss = np.empty(self.rows, dtype=np.float64)
-            self._key_stats = np.empty((2, self.rows)) if keep_for_backward else None
             _core.info_nce(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize, key_loss,
                            *_stats_rows(self._key_stats))
             row_loss = 0.5 * (row_loss + key_loss)
@@ -430,18 +473,21 @@ class InfoNceProblem:
         row_grad = np.ascontiguousarray(row_grad, dtype=np.float64)
         if self.symmetric:
             row_grad = 0.5 * row_grad
-        d_query = np.zeros((self.rows, self.dim), dtype=self.dtype)
-        d_positive = np.zeros((self.rows, self.dim), dtype=self.dtype)
-        d_negatives = None if self.negatives is None else np.zeros(self.negatives.shape, dtype=self.dtype)
+        # Buffers serve one backward pass (the kernels accumulate into them).
+        buffers, self._backward_buffers = self._backward_buffers, None
+        if buffers is None:
+            buffers = _InfoNceBuffers(self)
+        d_query, d_positive, workspace = buffers.query[0], buffers.positive[0], buffers.workspace
+        d_negatives = None if buffers.negatives is None else buffers.negatives[0]
         _core.info_nce_backward(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
-                                *_stats_rows(self._row_stats), row_grad, d_query, d_positive, d_negatives)
+                                *_stats_rows(self._row_stats), row_grad, d_query, d_positive, d_negatives,
+                                workspace)
         if self.symmetric:
             # The keys -> queries direction: the two arrays swap roles.
             _core.info_nce_backward(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize,
-                                    *_stats_rows(self._key_stats), row_grad, d_positive, d_query, None)
-        query_array, positive_array, negatives_array = self._originals
+                                    *_stats_rows(self._key_stats), row_grad, d_positive, d_query, None, workspace)
         return (
-            as_input_dtype(d_query, query_array),
-            as_input_dtype(d_positive, positive_array),
-            None if d_negatives is None or negatives_array is None else as_input_dtype(d_negatives, negatives_array),
+            _finish_gradient(*buffers.query),
+            _finish_gradient(*buffers.positive),
+            None if buffers.negatives is None else _finish_gradient(*buffers.negatives),
         )
