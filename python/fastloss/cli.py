@@ -36,9 +36,12 @@ import tempfile
 import time
 import zipfile
 import zlib
-from typing import List, Optional, Sequence
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import IO, Any, List, Optional, Protocol, Sequence, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from ._validation import check_int, check_label_smoothing, check_threads
 from ._version import __version__
@@ -56,12 +59,24 @@ class CliError(Exception):
     """A user error: printed as one line, exit code 1."""
 
 
+# One chunk's call of a loss: (pred rows, target rows, start, stop) -> fastloss's result for the chunk.
+ChunkCall = Callable[[np.ndarray, np.ndarray, int, int], Any]
+
+
+class _BenchRunner(Protocol):
+    """What ``fastloss bench`` uses of ``fastloss._bench.runner`` (installed from bench/)."""
+
+    def add_arguments(self, ap: argparse.ArgumentParser) -> argparse.ArgumentParser: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
 # --- arrays on disk, read by rows ------------------------------------------------------------
 
 class RowSource:
     """Rows ``[start, stop)`` of an array on disk, read in increasing order."""
 
-    def __init__(self, label: str, spec: str, shape, dtype) -> None:
+    def __init__(self, label: str, spec: str, shape: Iterable[int], dtype: npt.DTypeLike) -> None:
         self.label, self.spec = label, spec
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
@@ -90,11 +105,11 @@ class RowSource:
 class MappedSource(RowSource):
     """A memory map: random access, pages read on demand and dropped by the OS under pressure."""
 
-    def __init__(self, label, spec, array: np.ndarray) -> None:
+    def __init__(self, label: str, spec: str, array: np.ndarray) -> None:
         super().__init__(label, spec, array.shape, array.dtype)
         self.array = array
 
-    def rows(self, start, stop):
+    def rows(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop] if self.ndim else self.array[()]
 
     def release(self, start: int, stop: int) -> None:
@@ -102,24 +117,25 @@ class MappedSource(RowSource):
         stay in the page cache), so RSS stays near one chunk whatever the file size."""
         _drop_pages(self.array, start, stop)
 
-    def whole(self):
+    def whole(self) -> np.ndarray:
         return self.array
 
-    def close(self):
+    def close(self) -> None:
         # A memory map closes when its last view goes; closing it earlier would leave views
         # pointing at unmapped memory (mmap refuses that anyway while buffers are exported).
-        self.array = None
+        self.array = None  # type: ignore[assignment]  # drops the reference: a closed source is not read
 
 
 class StreamSource(RowSource):
     """A compressed ``.npz`` member decompressed as it is read: rows in order only."""
 
-    def __init__(self, label, spec, fh, shape, dtype) -> None:
+    def __init__(self, label: str, spec: str, fh: IO[bytes], shape: Iterable[int],
+                 dtype: npt.DTypeLike) -> None:
         super().__init__(label, spec, shape, dtype)
         self.fh = fh
         self.pos = 0
 
-    def rows(self, start, stop):
+    def rows(self, start: int, stop: int) -> np.ndarray:
         if self.ndim == 0:
             return np.frombuffer(self._read(self.dtype.itemsize), self.dtype).reshape(())
         if start != self.pos:
@@ -135,11 +151,11 @@ class StreamSource(RowSource):
             raise CliError(f"{self.label}: {self.spec} is truncated")
         return data
 
-    def close(self):
+    def close(self) -> None:
         self.fh.close()
 
 
-def _drop_pages(array, start: int, stop: int) -> None:
+def _drop_pages(array: np.ndarray, start: int, stop: int) -> None:
     """``madvise(MADV_DONTNEED)`` on the whole pages of rows ``[start, stop)`` of a C-ordered
     ``np.memmap`` (a no-op where that is not available). Written pages must be flushed first."""
     mm = getattr(array, "_mmap", None)
@@ -161,7 +177,7 @@ def _drop_pages(array, start: int, stop: int) -> None:
         pass
 
 
-def _read_member(fh, nbytes: int, what: str) -> bytes:
+def _read_member(fh: IO[bytes], nbytes: int, what: str) -> bytes:
     """``fh.read(nbytes)`` from a compressed ``.npz`` member, a damaged archive as a CliError."""
     try:
         return fh.read(nbytes)
@@ -169,7 +185,7 @@ def _read_member(fh, nbytes: int, what: str) -> bytes:
         raise CliError(f"{what} is corrupt ({exc})") from None
 
 
-def _read_npy_header(fh, what: str):
+def _read_npy_header(fh: IO[bytes], what: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     fmt = np.lib.format
     try:
         version = fmt.read_magic(fh)
@@ -178,7 +194,8 @@ def _read_npy_header(fh, what: str):
         elif version == (2, 0):
             shape, fortran, dtype = fmt.read_array_header_2_0(fh)
         else:
-            shape, fortran, dtype = fmt._read_array_header(fh, version)
+            # Private, not in NumPy's stubs: the reader of format versions after 2.0 (3.0: utf8 names).
+            shape, fortran, dtype = fmt._read_array_header(fh, version)  # type: ignore[attr-defined]
     except (zipfile.BadZipFile, zlib.error) as exc:
         raise CliError(f"{what} is corrupt ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - a damaged header raises ValueError, TypeError,
@@ -218,7 +235,7 @@ def _zip_data_offset(path: str, info: zipfile.ZipInfo) -> int:
     if len(header) != 30 or header[:4] != b"PK\x03\x04":
         raise CliError(f"{path}: bad zip local header for {info.filename}")
     name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
+    return info.header_offset + 30 + int(name_len) + int(extra_len)
 
 
 def _open_npz(label: str, spec: str, path: str, key: Optional[str]) -> RowSource:
@@ -339,13 +356,13 @@ def _divide(num: float, den: float) -> float:
     return num / den
 
 
-def _chunk_rows(args, row_bytes: int) -> int:
+def _chunk_rows(args: argparse.Namespace, row_bytes: int) -> int:
     if args.chunk_rows:
-        return args.chunk_rows
+        return int(args.chunk_rows)
     return max(1, int(args.chunk_mb * 2 ** 20) // max(1, row_bytes))
 
 
-def _score(args) -> int:
+def _score(args: argparse.Namespace) -> int:
     import fastloss
 
     # fastloss's own checks, naming the options: a bad value is refused before any file is read.
@@ -425,7 +442,8 @@ class OutputFile:
             pass
 
 
-def _run_chunks(args, pred: RowSource, target: RowSource, call, result_shape):
+def _run_chunks(args: argparse.Namespace, pred: RowSource, target: RowSource, call: ChunkCall,
+                result_shape: tuple[int, ...]) -> tuple[float, np.ndarray | None]:
     """Feed row chunks to ``call(p, t, start, stop)``; for ``reduction none`` gather its
     outputs into ``--out`` (an open_memmap) or an in-memory array. Returns the summed reduction
     values (``None`` for ``none``) and the ``none`` output."""
@@ -434,7 +452,7 @@ def _run_chunks(args, pred: RowSource, target: RowSource, call, result_shape):
     progress = Progress(n_rows, pred.row_bytes + target.row_bytes, f"{PROG} score {args.loss}",
                         _progress_enabled(args))
     total = 0.0
-    out = None
+    out: np.ndarray | None = None
     try:
         for start in range(0, n_rows, step) if n_rows else [0]:
             stop = min(start + step, n_rows)
@@ -482,7 +500,7 @@ def _flush_rows(out: np.memmap, start: int, stop: int) -> None:
     _drop_pages(out, start, stop)
 
 
-def _open_output(args, shape, dtype):
+def _open_output(args: argparse.Namespace, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
     if args.output is not None:
         try:
             return np.lib.format.open_memmap(args.output.temp, mode="w+", dtype=dtype, shape=shape)
@@ -494,7 +512,8 @@ def _open_output(args, shape, dtype):
     return np.empty(shape, dtype=dtype)
 
 
-def _score_regression(fastloss, args, pred: RowSource, target: RowSource):
+def _score_regression(fastloss: ModuleType, args: argparse.Namespace, pred: RowSource,
+                      target: RowSource) -> tuple[Any, np.ndarray | None]:
     if pred.ndim == 0 or target.ndim == 0:
         raise CliError("PRED and TARGET must have at least 1 dimension; got 0-d arrays")
     if pred.shape != target.shape:
@@ -511,7 +530,7 @@ def _score_regression(fastloss, args, pred: RowSource, target: RowSource):
                            f"PRED); got {weights.shape}")
     red = "none" if args.reduction == "none" else "sum"
 
-    def call(p, t, start, stop):
+    def call(p: np.ndarray, t: np.ndarray, start: int, stop: int) -> Any:
         w = None if weights is None else weights[start:stop]
         return f(p, t, reduction=red, sample_weight=w)
 
@@ -526,9 +545,12 @@ def _score_regression(fastloss, args, pred: RowSource, target: RowSource):
     return _divide(total, den), None
 
 
-def _score_cross_entropy(fastloss, args, logits: RowSource, target: RowSource):
-    kw = {"ignore_index": -100 if args.ignore_index is None else args.ignore_index,
-          "label_smoothing": 0.0 if args.label_smoothing is None else args.label_smoothing}
+def _score_cross_entropy(fastloss: ModuleType, args: argparse.Namespace, logits: RowSource,
+                         target: RowSource) -> tuple[Any, np.ndarray | None]:
+    kw: dict[str, Any] = {
+        "ignore_index": -100 if args.ignore_index is None else args.ignore_index,
+        "label_smoothing": 0.0 if args.label_smoothing is None else args.label_smoothing,
+    }
     weight = _load_small("--weight", args.weight) if args.weight is not None else None
     if weight is not None:
         kw["weight"] = weight
@@ -566,7 +588,7 @@ def _score_cross_entropy(fastloss, args, logits: RowSource, target: RowSource):
     denominator = [0.0]
     w64 = None if weight is None else np.asarray(weight, dtype=np.float64)
 
-    def call(x, y, start, stop):
+    def call(x: np.ndarray, y: np.ndarray, start: int, stop: int) -> Any:
         try:
             res = fastloss.cross_entropy(x, y, reduction=red, **kw)
         except ValueError:
@@ -598,7 +620,7 @@ def _check_labels(y: np.ndarray, start: int, n_classes: int, ignore_index: int) 
                        f"[0, {n_classes}) nor ignore_index ({ignore_index})")
 
 
-def _emit(args, value, out_map) -> str:
+def _emit(args: argparse.Namespace, value: Any, out_map: np.ndarray | None) -> str:
     """Prints the result, or completes ``--out``'s temporary file and returns what it holds (for
     the "wrote FILE" line, printed once the file has its name)."""
     if args.reduction == "none":
@@ -645,7 +667,7 @@ def _print_result(text: str) -> None:
                        "write it with --out FILE") from None
 
 
-def _progress_enabled(args) -> bool:
+def _progress_enabled(args: argparse.Namespace) -> bool:
     if args.progress is None:
         return sys.stderr.isatty()
     return bool(args.progress)
@@ -687,10 +709,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "reference, the fastest NumPy formulation, PyTorch and JAX when installed; "
                     "print medians, speedups and agreement with a float64 reference.")
     try:
-        from ._bench import runner as bench_runner
+        # fastloss._bench is bench/, installed by CMake (not in python/fastloss): mypy finds it untyped
+        # in site-packages, or not at all where fastloss is not installed; _BenchRunner types its use.
+        from ._bench import runner  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError as exc:
         bench.set_defaults(func=lambda args, _e=exc: _no_bench(_e))
     else:
+        bench_runner = cast(_BenchRunner, runner)
         bench_runner.add_arguments(bench)
         bench.set_defaults(func=lambda args: bench_runner.run(args))
 
@@ -737,7 +762,7 @@ def _no_bench(exc: Exception) -> int:
     return 1
 
 
-def _score_main(args) -> int:
+def _score_main(args: argparse.Namespace) -> int:
     try:
         return _score(args)
     except CliError as exc:

@@ -17,12 +17,13 @@ product) and forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp``)
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import numpy as np
 import torch
 
 from . import _losses
+from ._validation import ReductionName, check_reduction, divide
 
 __all__ = [
     "CrossEntropyLoss",
@@ -87,6 +88,12 @@ def _first_order_only(backward: Callable[..., tuple[Any, ...]]) -> Callable[...,
     return wrapper
 
 
+def _apply(function: type[torch.autograd.Function], *args: Any) -> torch.Tensor:
+    """``function.apply(*args)``: the forward's output, a tensor. ``Function.apply`` carries no
+    annotations in torch's sources, so the call and its result are typed here, once."""
+    return cast(torch.Tensor, function.apply(*args))  # type: ignore[no-untyped-call]  # untyped in torch
+
+
 def _no_forward_mode(ctx: Any, *tangents: Any) -> Any:
     raise NotImplementedError(
         f"fastloss.torch.{ctx.api_name}: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp) is not "
@@ -127,12 +134,12 @@ _REGRESSION_NAMES = {_losses.mse: "mse_loss", _losses.mae: "l1_loss"}
 
 def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:  # noqa: A002
     """``torch.nn.functional.mse_loss`` computed by fastloss (also ``reduction="batchmean"``)."""
-    return _RegressionFunction.apply(input, target, reduction, _losses.mse)
+    return _apply(_RegressionFunction, input, target, reduction, _losses.mse)
 
 
 def l1_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:  # noqa: A002
     """``torch.nn.functional.l1_loss`` computed by fastloss (also ``reduction="batchmean"``)."""
-    return _RegressionFunction.apply(input, target, reduction, _losses.mae)
+    return _apply(_RegressionFunction, input, target, reduction, _losses.mae)
 
 
 class _CrossEntropyFunction(torch.autograd.Function):
@@ -147,11 +154,15 @@ class _CrossEntropyFunction(torch.autograd.Function):
         class_weight = None if weight is None else _to_numpy(weight, "weight")
         ctx.api_name = "cross_entropy"
         ctx.reduction = reduction
-        kwargs = dict(reduction=reduction, weight=class_weight, ignore_index=ignore_index,
-                      label_smoothing=label_smoothing)
+        # reduction is checked by _losses.cross_entropy itself (the cast only narrows the str).
+        red = cast(ReductionName, reduction)
         if not ctx.needs_input_grad[0]:
-            return _loss_tensor(_losses.cross_entropy(logits, tgt, **kwargs), input.dtype)
-        loss, grad = _losses.cross_entropy(logits, tgt, return_grad=True, **kwargs)
+            return _loss_tensor(_losses.cross_entropy(logits, tgt, reduction=red, weight=class_weight,
+                                                      ignore_index=ignore_index,
+                                                      label_smoothing=label_smoothing), input.dtype)
+        loss, grad = _losses.cross_entropy(logits, tgt, reduction=red, weight=class_weight,
+                                           ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                           return_grad=True)
         ctx.save_for_backward(torch.from_numpy(grad))
         return _loss_tensor(loss, input.dtype)
 
@@ -170,7 +181,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
 
     Gradients flow to ``input`` (the logits); class weights and targets are constants.
     """
-    return _CrossEntropyFunction.apply(input, target, weight, ignore_index, reduction, label_smoothing)
+    return _apply(_CrossEntropyFunction, input, target, weight, ignore_index, reduction, label_smoothing)
 
 
 class _InfoNceFunction(torch.autograd.Function):
@@ -180,7 +191,7 @@ class _InfoNceFunction(torch.autograd.Function):
                 symmetric: bool) -> torch.Tensor:
         arrays = [_to_numpy(query, "query"), _to_numpy(positive_key, "positive_key")]
         negatives = None if negative_keys is None else _to_numpy(negative_keys, "negative_keys")
-        reduction = _losses.check_reduction(reduction)
+        reduction = check_reduction(reduction)
         problem = _losses.InfoNceProblem(arrays[0], arrays[1], negatives, temperature=temperature,
                                          negative_mode=negative_mode, normalize=normalize, symmetric=symmetric)
         row_loss = problem.forward(keep_for_backward=any(ctx.needs_input_grad[:3]))
@@ -190,7 +201,7 @@ class _InfoNceFunction(torch.autograd.Function):
         if reduction == "none":
             return torch.from_numpy(row_loss.astype(problem.dtype))
         total = float(row_loss.sum())
-        loss = total if reduction == "sum" else _losses.divide(total, float(problem.rows))
+        loss = total if reduction == "sum" else divide(total, float(problem.rows))
         return torch.tensor(loss, dtype=query.dtype)
 
     jvp = staticmethod(_no_forward_mode)
@@ -216,8 +227,8 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: Opt
              temperature: float = 0.07, reduction: str = "mean", negative_mode: str = "unpaired",
              normalize: bool = False, symmetric: bool = False) -> torch.Tensor:
     """:func:`fastloss.info_nce` on tensors, differentiable w.r.t. query and keys."""
-    return _InfoNceFunction.apply(query, positive_key, negative_keys, temperature, reduction, negative_mode,
-                                  normalize, symmetric)
+    return _apply(_InfoNceFunction, query, positive_key, negative_keys, temperature, reduction, negative_mode,
+                  normalize, symmetric)
 
 
 class MSELoss(torch.nn.Module):
@@ -225,7 +236,7 @@ class MSELoss(torch.nn.Module):
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
-        self.reduction = _losses.check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return mse_loss(input, target, self.reduction)
@@ -236,7 +247,7 @@ class L1Loss(torch.nn.Module):
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
-        self.reduction = _losses.check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return l1_loss(input, target, self.reduction)
@@ -245,12 +256,14 @@ class L1Loss(torch.nn.Module):
 class CrossEntropyLoss(torch.nn.Module):
     """Drop-in for ``torch.nn.CrossEntropyLoss`` with ``(N, C)`` / ``(C,)`` logits."""
 
+    weight: torch.Tensor | None  # a buffer (register_buffer below): declared for type checkers
+
     def __init__(self, weight: Optional[torch.Tensor] = None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
-        self.reduction = _losses.check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
         self.label_smoothing = label_smoothing
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
@@ -265,7 +278,7 @@ class InfoNCE(torch.nn.Module):
                  normalize: bool = True, symmetric: bool = False) -> None:
         super().__init__()
         self.temperature = temperature
-        self.reduction = _losses.check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
         self.negative_mode = negative_mode
         self.normalize = normalize
         self.symmetric = symmetric
