@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -149,7 +151,12 @@ _EMULATED = {
     },
     "test_gradients.py": {
         "test_regression_grad_matches_reference": None, "test_mae_grad_is_zero_where_pred_equals_target": None,
+        "test_mae_grad_at_equal_inputs_is_plus_zero": lambda p: p["layout"] in ("contiguous", "strided"),
         "test_cross_entropy_grad_matches_reference": None, "test_info_nce_grad_matches_reference": None,
+    },
+    "test_minus_inf_tiles.py": {
+        "test_minus_inf_negatives_add_nothing": None, "test_float32_logits_that_overflow_to_minus_inf": None,
+        "test_cross_entropy_rows_of_minus_inf_logits": None,
     },
     "test_vecmath.py": {
         "test_exp_error_over_its_range": None, "test_exp_flushes_below_the_normal_range_and_saturates_above": None,
@@ -167,6 +174,7 @@ _EMULATED_FILES = ("test_dispatch.py",)
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config, items):
     modules = {}
+    expected_isa = os.environ.get("FASTLOSS_EXPECT_ISA")
     for item in items:
         filename = item.path.name
         name = getattr(item, "originalname", item.name)
@@ -179,6 +187,10 @@ def pytest_collection_modifyitems(config, items):
         if "isa" not in item.fixturenames:
             raise pytest.UsageError(f"the emulated subset names {item.nodeid}, which does not use the isa fixture")
         keep = _EMULATED[filename][name]
+        # Under emulation only the path detection picked: the other paths' machine code is the
+        # same as natively, where the whole suite runs it.
+        if expected_isa and item.callspec.params["isa"] != expected_isa:
+            continue
         if keep is None or keep(item.callspec.params):
             item.add_marker(pytest.mark.emulated)
     for filename, module in modules.items():

@@ -56,6 +56,25 @@ def test_mae_grad_is_zero_where_pred_equals_target(isa):
     np.testing.assert_array_equal(grad, [[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]])
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "reversed", "fortran"], indirect=True)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=["f32", "f64", "f16"])
+def test_mae_grad_at_equal_inputs_is_plus_zero(isa, dtype, layout, reduction):
+    # SPEC: the MAE gradient at pred == target is +0.0 on every path, whatever the zeros' signs
+    # (p - t is -0 for -0 - +0 and for -x - -x with x = 0); sizes reach the vector tails.
+    for size in (1, 7, 17, 33, 65):
+        rng = np.random.default_rng(size)
+        target = rng.standard_normal((3, size)).astype(dtype)
+        target[:, ::3] = np.array(0.0, dtype)
+        target[:, 1::3] = np.array(-0.0, dtype)
+        pred = layout(target.copy())
+        pred_neg_zero = layout(np.where(target == 0, np.array(-0.0, dtype), target))
+        for p in (pred, pred_neg_zero):
+            _, grad = fastloss.mae(p, layout(target), reduction=reduction, return_grad=True)
+            assert np.array_equal(grad, np.zeros_like(grad))
+            assert not np.signbit(grad).any(), f"-0.0 in the MAE gradient at {np.argwhere(np.signbit(grad))[:3]}"
+
+
 def test_grad_dtype_follows_the_first_argument():
     _, g16 = fastloss.mse(np.ones(5, np.float16), np.zeros(5, np.float16), return_grad=True)
     assert g16.dtype == np.float16
