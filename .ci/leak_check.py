@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 import fastloss
+import numpy as np
 from fastloss import _core
 
 
@@ -37,8 +36,14 @@ def calls(rng):
         probs = rng.random((6, 5)).astype(dtype)
         for reduction in ("none", "sum", "mean", "batchmean"):
             fastloss.cross_entropy(logits, labels, reduction=reduction)
-            fastloss.cross_entropy(logits, labels, reduction=reduction, weight=rng.random(5),
-                                   label_smoothing=0.1, return_grad=True)
+            fastloss.cross_entropy(
+                logits,
+                labels,
+                reduction=reduction,
+                weight=rng.random(5),
+                label_smoothing=0.1,
+                return_grad=True,
+            )
             fastloss.cross_entropy(logits[:, ::-1], probs, reduction=reduction, return_grad=True)
 
         q = rng.standard_normal((5, 8)).astype(dtype)
@@ -47,16 +52,26 @@ def calls(rng):
         paired = rng.standard_normal((5, 3, 8)).astype(dtype)
         for reduction in ("none", "sum", "mean"):
             for normalize in (False, True):
-                fastloss.info_nce(q, k, reduction=reduction, normalize=normalize, symmetric=True,
-                                  return_grad=True)
+                fastloss.info_nce(
+                    q, k, reduction=reduction, normalize=normalize, symmetric=True, return_grad=True
+                )
                 fastloss.info_nce(q, k, queue, reduction=reduction, normalize=normalize, return_grad=True)
-                fastloss.info_nce(q, k, paired, negative_mode="paired", reduction=reduction,
-                                  normalize=normalize, return_grad=True)
+                fastloss.info_nce(
+                    q,
+                    k,
+                    paired,
+                    negative_mode="paired",
+                    reduction=reduction,
+                    normalize=normalize,
+                    return_grad=True,
+                )
 
     # Error paths allocate and unwind too.
-    for bad in (lambda: fastloss.mse(np.ones(3), np.ones(4)),
-                lambda: fastloss.cross_entropy(np.ones((2, 3)), np.array([0, 7])),
-                lambda: fastloss.info_nce(np.ones((2, 3)), np.ones((2, 3)), temperature=-1.0)):
+    for bad in (
+        lambda: fastloss.mse(np.ones(3), np.ones(4)),
+        lambda: fastloss.cross_entropy(np.ones((2, 3)), np.array([0, 7])),
+        lambda: fastloss.info_nce(np.ones((2, 3)), np.ones((2, 3)), temperature=-1.0),
+    ):
         try:
             bad()
         except (ValueError, TypeError):

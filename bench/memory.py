@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, Optional
 
 __all__ = ["peak_extra_memory", "supported"]
 
@@ -29,7 +28,7 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and os.path.exists(_STATUS)
 
 
-def _status_kib() -> Dict[str, int]:
+def _status_kib() -> dict[str, int]:
     out = {}
     with open(_STATUS) as fh:
         for line in fh:
@@ -50,14 +49,14 @@ def _reset_peak() -> bool:
     return st["VmHWM"] <= st["VmRSS"] + 64
 
 
-def _tiny_dims(w) -> Dict[str, int]:
+def _tiny_dims(w) -> dict[str, int]:
     d = dict(w.dims)
     for key in d:
         d[key] = min(d[key], 64 if key == "M" else 8) if key != "D" else d[key]
     return d
 
 
-def _child(workload: str, impl: str, quick: bool, threads: Optional[int]) -> dict:
+def _child(workload: str, impl: str, quick: bool, threads: int | None) -> dict:
     from . import peers as peers_mod
     from . import workloads as wl
 
@@ -91,8 +90,9 @@ def _child(workload: str, impl: str, quick: bool, threads: Optional[int]) -> dic
     }
 
 
-def peak_extra_memory(workload: str, impl: str, quick: bool = False,
-                      threads: Optional[int] = None, timeout: float = 600.0) -> dict:
+def peak_extra_memory(
+    workload: str, impl: str, quick: bool = False, threads: int | None = None, timeout: float = 600.0
+) -> dict:
     """Measure one call of ``impl`` on ``workload`` in a fresh interpreter.
 
     Returns a dict with ``extra_bytes`` (``None`` when not measurable) and ``method``, or
@@ -124,9 +124,10 @@ def peak_extra_memory(workload: str, impl: str, quick: bool = False,
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastloss._bench.memory",
-                                 description="Peak extra memory of one call (run in a fresh "
-                                             "process so nothing else moved the peak).")
+    ap = argparse.ArgumentParser(
+        prog="python -m fastloss._bench.memory",
+        description="Peak extra memory of one call (run in a fresh process so nothing else moved the peak).",
+    )
     ap.add_argument("workload")
     ap.add_argument("--impl", default="fastloss")
     ap.add_argument("--quick", action="store_true")
@@ -142,8 +143,10 @@ def main(argv=None) -> int:
     elif "error" in res:
         print(res["error"], file=sys.stderr)
     else:
-        print(f"{args.workload} {args.impl}: peak extra memory "
-              f"{res['extra_bytes'] / 2**20:.2f} MiB ({res['method']})")
+        print(
+            f"{args.workload} {args.impl}: peak extra memory "
+            f"{res['extra_bytes'] / 2**20:.2f} MiB ({res['method']})"
+        )
     return 1 if "error" in res else 0
 
 

@@ -10,7 +10,7 @@ The callable returns the loss as a Python float, or ``(loss, grads)`` for gradie
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,7 +34,7 @@ class Peer:
     threads_controlled = True
 
     def __init__(self) -> None:
-        self.version: Optional[str] = None
+        self.version: str | None = None
         self.reason = ""  # why the peer is unavailable
 
     def available(self) -> bool:
@@ -43,16 +43,21 @@ class Peer:
     def set_threads(self, n: int) -> None:
         """Set the peer's own thread pool (NumPy's BLAS pool is handled by ``timing``)."""
 
-    def prepare(self, w: Workload, data: Dict[str, np.ndarray]) -> Optional[Fn]:
+    def prepare(self, w: Workload, data: dict[str, np.ndarray]) -> Fn | None:
         raise NotImplementedError
 
     def info(self) -> dict:
-        return {"description": self.description, "version": self.version,
-                "available": self.available(), "reason": self.reason,
-                "threads_controlled": self.threads_controlled}
+        return {
+            "description": self.description,
+            "version": self.version,
+            "available": self.available(),
+            "reason": self.reason,
+            "threads_controlled": self.threads_controlled,
+        }
 
 
 # --- fastloss ------------------------------------------------------------------------------------
+
 
 class FastlossPeer(Peer):
     name = "fastloss"
@@ -61,6 +66,7 @@ class FastlossPeer(Peer):
     def __init__(self) -> None:
         super().__init__()
         import fastloss
+
         self.fl = fastloss
         self.version = getattr(fastloss, "__version__", None)
 
@@ -99,6 +105,7 @@ class FastlossPeer(Peer):
 
 # --- NumPy, as a user writes it ------------------------------------------------------------------
 
+
 def _np_ce_mean(logits, labels):
     m = logits.max(axis=1, keepdims=True)
     z = logits - m
@@ -108,8 +115,9 @@ def _np_ce_mean(logits, labels):
 
 class NumpyRefPeer(Peer):
     name = "numpy_ref"
-    description = ("NumPy as a user writes it: float32, one expression per formula, "
-                   "the InfoNCE logits materialised")
+    description = (
+        "NumPy as a user writes it: float32, one expression per formula, the InfoNCE logits materialised"
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,20 +128,25 @@ class NumpyRefPeer(Peer):
             p, t = data["pred"], data["target"]
             if w.family == "mse":
                 if w.grad:
+
                     def mse_grad():
                         d = p - t
-                        return float(np.mean(d ** 2)), (d * np.float32(2.0 / d.size),)
+                        return float(np.mean(d**2)), (d * np.float32(2.0 / d.size),)
+
                     return mse_grad
                 return lambda: float(np.mean((p - t) ** 2))
             if w.grad:
+
                 def mae_grad():
                     d = p - t
                     return float(np.mean(np.abs(d))), (np.sign(d) / np.float32(d.size),)
+
                 return mae_grad
             return lambda: float(np.mean(np.abs(p - t)))
         if w.family == "ce":
             x, y = data["logits"], data["target"]
             if w.grad:
+
                 def ce_grad():
                     n = x.shape[0]
                     rows = np.arange(n)
@@ -145,6 +158,7 @@ class NumpyRefPeer(Peer):
                     g[rows, y] -= 1
                     g /= n
                     return loss, (g,)
+
                 return ce_grad
             return lambda: _np_ce_mean(x, y)
         q, k, tau = data["query"], data["positive"], np.float32(w.temperature)
@@ -152,10 +166,10 @@ class NumpyRefPeer(Peer):
             neg = data["negatives"]
             zeros = np.zeros(q.shape[0], dtype=np.int64)
             if w.grad:
+
                 def moco_grad():
                     n = q.shape[0]
-                    logits = np.concatenate(
-                        [np.sum(q * k, axis=1, keepdims=True), q @ neg.T], axis=1) / tau
+                    logits = np.concatenate([np.sum(q * k, axis=1, keepdims=True), q @ neg.T], axis=1) / tau
                     z = logits - logits.max(axis=1, keepdims=True)
                     e = np.exp(z)
                     s = e.sum(axis=1, keepdims=True)
@@ -165,12 +179,14 @@ class NumpyRefPeer(Peer):
                     g /= n * tau
                     dq = g[:, :1] * k + g[:, 1:] @ neg
                     return loss, (dq, g[:, :1] * q, g[:, 1:].T @ q)
+
                 return moco_grad
 
             def moco():
                 l_pos = np.sum(q * k, axis=1, keepdims=True)
                 l_neg = q @ neg.T
                 return _np_ce_mean(np.concatenate([l_pos, l_neg], axis=1) / tau, zeros)
+
             return moco
         if w.grad:
             return None
@@ -180,14 +196,17 @@ class NumpyRefPeer(Peer):
 
 # --- NumPy, as fast as we can write it -----------------------------------------------------------
 
+
 def _rows_per_block(row_elems: int) -> int:
     return max(1, _BLOCK_ELEMS // max(1, row_elems))
 
 
 class NumpyFastPeer(Peer):
     name = "numpy_fast"
-    description = ("the fastest NumPy we could write: BLAS dot products, in-place ufuncs on a "
-                   "reused L2-sized workspace, blocked online log-sum-exp for InfoNCE")
+    description = (
+        "the fastest NumPy we could write: BLAS dot products, in-place ufuncs on a "
+        "reused L2-sized workspace, blocked online log-sum-exp for InfoNCE"
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -210,19 +229,21 @@ class NumpyFastPeer(Peer):
                 g = np.empty_like(p)
                 acc = 0.0
                 for i in range(0, n_rows, rb):
-                    b = np.subtract(p[i:i + rb], t[i:i + rb], out=g[i:i + rb]).ravel()
+                    b = np.subtract(p[i : i + rb], t[i : i + rb], out=g[i : i + rb]).ravel()
                     acc += float(np.dot(b, b))
                     np.multiply(b, scale, out=b)
                 return acc * inv_n, (g.reshape(data["pred"].shape),)
+
             return mse_grad
         buf = np.empty((min(rb, n_rows), row), np.float32)
 
         def mse():
             acc = 0.0
             for i in range(0, n_rows, rb):
-                b = np.subtract(p[i:i + rb], t[i:i + rb], out=buf[:min(rb, n_rows - i)]).ravel()
+                b = np.subtract(p[i : i + rb], t[i : i + rb], out=buf[: min(rb, n_rows - i)]).ravel()
                 acc += float(np.dot(b, b))
             return acc * inv_n
+
         return mse
 
     def _mae(self, w, data):
@@ -238,10 +259,11 @@ class NumpyFastPeer(Peer):
         def mae():
             acc = 0.0
             for i in range(0, n_rows, rb):
-                b = np.subtract(p[i:i + rb], t[i:i + rb], out=buf[:min(rb, n_rows - i)])
+                b = np.subtract(p[i : i + rb], t[i : i + rb], out=buf[: min(rb, n_rows - i)])
                 np.abs(b, out=b)
                 acc += float(b.sum())
             return acc * inv_n
+
         return mae
 
     def _ce(self, w, data):
@@ -250,11 +272,12 @@ class NumpyFastPeer(Peer):
         rb = _rows_per_block(c)
         rows = np.arange(n)
         if w.grad:
+
             def ce_grad():
                 g = np.empty_like(x)
                 acc = 0.0
                 for i in range(0, n, rb):
-                    xb, gb = x[i:i + rb], g[i:i + rb]
+                    xb, gb = x[i : i + rb], g[i : i + rb]
                     m = xb.max(axis=1)
                     np.subtract(xb, m[:, None], out=gb)
                     np.exp(gb, out=gb)
@@ -264,21 +287,22 @@ class NumpyFastPeer(Peer):
                 g[rows, y] -= np.float32(1.0 / n)
                 acc -= float(x[rows, y].sum(dtype=np.float64))
                 return acc / n, (g,)
+
             return ce_grad
         buf = np.empty((min(rb, n), c), np.float32)
 
         def ce():
             acc = 0.0
             for i in range(0, n, rb):
-                xb = x[i:i + rb]
-                b = buf[:xb.shape[0]]
+                xb = x[i : i + rb]
+                b = buf[: xb.shape[0]]
                 m = xb.max(axis=1)
                 np.subtract(xb, m[:, None], out=b)
                 np.exp(b, out=b)
-                acc += float(np.log(b.sum(axis=1)).sum(dtype=np.float64)
-                             + m.sum(dtype=np.float64))
+                acc += float(np.log(b.sum(axis=1)).sum(dtype=np.float64) + m.sum(dtype=np.float64))
             acc -= float(x[rows, y].sum(dtype=np.float64))
             return acc / n
+
         return ce
 
     def _infonce_queue(self, w, data):
@@ -294,8 +318,8 @@ class NumpyFastPeer(Peer):
             run_m = pos.astype(np.float64)
             run_s = np.ones(n)
             for j in range(0, m_total, kb):
-                b = buf[:, :min(kb, m_total - j)]
-                np.matmul(qs, neg[j:j + kb].T, out=b)
+                b = buf[:, : min(kb, m_total - j)]
+                np.matmul(qs, neg[j : j + kb].T, out=b)
                 new_m = np.maximum(run_m, b.max(axis=1))
                 run_s *= np.exp(run_m - new_m)
                 np.subtract(b, new_m.astype(np.float32)[:, None], out=b)
@@ -305,6 +329,7 @@ class NumpyFastPeer(Peer):
             return np.log(run_s) + run_m
 
         if w.grad:
+
             def moco_grad():
                 qs = q * inv_tau
                 pos = np.einsum("ij,ij->i", qs, k)
@@ -319,20 +344,22 @@ class NumpyFastPeer(Peer):
                 dneg = np.empty_like(neg)
                 lse32 = lse.astype(np.float32)[:, None]
                 for j in range(0, m_total, kb):
-                    b = buf[:, :min(kb, m_total - j)]
-                    np.matmul(qs, neg[j:j + kb].T, out=b)
+                    b = buf[:, : min(kb, m_total - j)]
+                    np.matmul(qs, neg[j : j + kb].T, out=b)
                     np.subtract(b, lse32, out=b)
                     np.exp(b, out=b)
                     b *= np.float32(scale)
-                    dq += b @ neg[j:j + kb]
-                    np.matmul(b.T, q, out=dneg[j:j + kb])
+                    dq += b @ neg[j : j + kb]
+                    np.matmul(b.T, q, out=dneg[j : j + kb])
                 return loss, (dq, dk, dneg)
+
             return moco_grad
 
         def moco():
             qs = q * inv_tau
             pos = np.einsum("ij,ij->i", qs, k)
             return float(np.mean(lse_pass(qs, pos) - pos))
+
         return moco
 
     def _infonce_inbatch(self, w, data):
@@ -349,18 +376,19 @@ class NumpyFastPeer(Peer):
             pos = np.einsum("ij,ij->i", qs, k)
             acc = 0.0
             for i in range(0, n, rb):
-                b = buf[:min(rb, n - i)]
-                np.matmul(qs[i:i + rb], k.T, out=b)
+                b = buf[: min(rb, n - i)]
+                np.matmul(qs[i : i + rb], k.T, out=b)
                 m = b.max(axis=1)
                 b -= m[:, None]
                 np.exp(b, out=b)
-                acc += float(np.log(b.sum(axis=1)).sum(dtype=np.float64)
-                             + m.sum(dtype=np.float64))
+                acc += float(np.log(b.sum(axis=1)).sum(dtype=np.float64) + m.sum(dtype=np.float64))
             return (acc - float(pos.sum(dtype=np.float64))) / n
+
         return inbatch
 
 
 # --- PyTorch -------------------------------------------------------------------------------------
+
 
 class TorchPeer(Peer):
     name = "torch"
@@ -396,11 +424,13 @@ class TorchPeer(Peer):
                     loss = f(p, tg)
                     loss.backward()
                     return loss.item(), (p.grad.numpy(),)
+
                 return mse_grad
 
             def fwd():
                 with torch.no_grad():
                     return f(p, tg).item()
+
             return fwd
         if w.family == "ce":
             x, y = t["logits"], t["target"]
@@ -412,11 +442,13 @@ class TorchPeer(Peer):
                     loss = F.cross_entropy(x, y)
                     loss.backward()
                     return loss.item(), (x.grad.numpy(),)
+
                 return ce_grad
 
             def ce():
                 with torch.no_grad():
                     return F.cross_entropy(x, y).item()
+
             return ce
         q, k, tau = t["query"], t["positive"], w.temperature
         if w.family == "infonce_queue":
@@ -426,6 +458,7 @@ class TorchPeer(Peer):
             def moco_loss():
                 logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ neg.T], dim=1) / tau
                 return F.cross_entropy(logits, zeros)
+
             if w.grad:
                 for a in (q, k, neg):
                     a.requires_grad_(True)
@@ -435,11 +468,13 @@ class TorchPeer(Peer):
                     loss = moco_loss()
                     loss.backward()
                     return loss.item(), (q.grad.numpy(), k.grad.numpy(), neg.grad.numpy())
+
                 return moco_grad
 
             def moco():
                 with torch.no_grad():
                     return moco_loss().item()
+
             return moco
         if w.grad:
             return None
@@ -448,10 +483,12 @@ class TorchPeer(Peer):
         def inbatch():
             with torch.no_grad():
                 return F.cross_entropy(q @ k.T / tau, labels).item()
+
         return inbatch
 
 
 # --- JAX -----------------------------------------------------------------------------------------
+
 
 class JaxPeer(Peer):
     name = "jax"
@@ -481,12 +518,16 @@ class JaxPeer(Peer):
 
         tau = w.temperature
         if w.family == "mse":
+
             def loss(p, t):
                 return jnp.mean((p - t) ** 2)
+
             args = (arrs["pred"], arrs["target"])
         elif w.family == "mae":
+
             def loss(p, t):
                 return jnp.mean(jnp.abs(p - t))
+
             args = (arrs["pred"], arrs["target"])
         elif w.family == "ce":
             loss = ce_mean
@@ -495,15 +536,16 @@ class JaxPeer(Peer):
             zeros = jnp.zeros(data["query"].shape[0], dtype=jnp.int32)
 
             def loss(q, k, neg):
-                logits = jnp.concatenate(
-                    [jnp.sum(q * k, axis=1, keepdims=True), q @ neg.T], axis=1) / tau
+                logits = jnp.concatenate([jnp.sum(q * k, axis=1, keepdims=True), q @ neg.T], axis=1) / tau
                 return ce_mean(logits, zeros)
+
             args = (arrs["query"], arrs["positive"], arrs["negatives"])
         else:
             labels = jnp.arange(data["query"].shape[0])
 
             def loss(q, k):
                 return ce_mean(q @ k.T / tau, labels)
+
             args = (arrs["query"], arrs["positive"])
 
         if w.grad:
@@ -514,19 +556,21 @@ class JaxPeer(Peer):
                 value, grads = f(*args)
                 value.block_until_ready()
                 return float(value), tuple(np.asarray(g) for g in grads)
+
             return run_grad
         f = jax.jit(loss)
 
         def run():
             return float(f(*args).block_until_ready())
+
         return run
 
 
-PEER_NAMES: List[str] = ["fastloss", "numpy_ref", "numpy_fast", "torch", "jax"]
+PEER_NAMES: list[str] = ["fastloss", "numpy_ref", "numpy_fast", "torch", "jax"]
 _CLASSES = {c.name: c for c in (FastlossPeer, NumpyRefPeer, NumpyFastPeer, TorchPeer, JaxPeer)}
 
 
-def all_peers(names: Optional[List[str]] = None) -> List[Peer]:
+def all_peers(names: list[str] | None = None) -> list[Peer]:
     """The peers to measure, fastloss first; unavailable ones are included (``available()`` is
     False and ``reason`` says why) so the report can say what was skipped."""
     wanted = names or PEER_NAMES

@@ -9,25 +9,25 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import List, Optional
 
 __all__ = ["fmt_time", "fmt_bytes", "table", "write_json", "write_chart"]
 
 
-def fmt_time(seconds: Optional[float]) -> str:
+def fmt_time(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "-"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}" if seconds / scale < 100 else \
-                f"{seconds / scale:.0f} {unit}"
+            return (
+                f"{seconds / scale:.3g} {unit}" if seconds / scale < 100 else f"{seconds / scale:.0f} {unit}"
+            )
     return f"{seconds * 1e9:.3g} ns"
 
 
-def fmt_bytes(n: Optional[float]) -> str:
+def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "n/a"
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{n:.0f} B"
@@ -42,7 +42,7 @@ def _fmt_rate(row: dict, work: dict) -> str:
     return f"{work['bytes'] / t / 1e9:.3g} GB/s"
 
 
-def _fmt_err(x: Optional[float]) -> str:
+def _fmt_err(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x:.1e}"
@@ -50,53 +50,79 @@ def _fmt_err(x: Optional[float]) -> str:
 
 def table(results: dict) -> str:
     """The report printed by ``fastloss bench``."""
-    lines: List[str] = []
+    lines: list[str] = []
     m = results["machine"]
     fl = results["fastloss"]
-    lines.append(f"fastloss {fl.get('version')} ({fl.get('active_isa') or '?'}), "
-                 f"numpy {m.get('numpy')}"
-                 + (f", torch {m['torch']}" if m.get("torch") else "")
-                 + (f", jax {m['jax']}" if m.get("jax") else "")
-                 + f"; {m.get('cpu_model') or m.get('processor') or m.get('machine')}, "
-                 f"{m.get('cpu_count')} cores, {m.get('platform')}")
+    lines.append(
+        f"fastloss {fl.get('version')} ({fl.get('active_isa') or '?'}), "
+        f"numpy {m.get('numpy')}"
+        + (f", torch {m['torch']}" if m.get("torch") else "")
+        + (f", jax {m['jax']}" if m.get("jax") else "")
+        + f"; {m.get('cpu_model') or m.get('processor') or m.get('machine')}, "
+        f"{m.get('cpu_count')} cores, {m.get('platform')}"
+    )
     s = results["settings"]
-    lines.append(f"median of up to {s['repeat']} timed samples after a warm-up "
-                 f"(each sample loops until >= {s['min_time'] * 1e3:g} ms); "
-                 f"speedup = peer time / fastloss time at the same threads"
-                 + ("; --quick sizes" if s["quick"] else ""))
+    lines.append(
+        f"median of up to {s['repeat']} timed samples after a warm-up "
+        f"(each sample loops until >= {s['min_time'] * 1e3:g} ms); "
+        f"speedup = peer time / fastloss time at the same threads" + ("; --quick sizes" if s["quick"] else "")
+    )
     lines.append("")
     for w in results["workloads"]:
         ref = w.get("reference")
-        lines.append(f"  {w['name']:<18} {w['label']}; float64 reference loss "
-                     f"{ref:.9g}" if ref is not None else f"  {w['name']:<18} {w['label']}")
+        lines.append(
+            f"  {w['name']:<18} {w['label']}; float64 reference loss {ref:.9g}"
+            if ref is not None
+            else f"  {w['name']:<18} {w['label']}"
+        )
     lines.append("")
-    header = ("workload", "threads", "impl", "median", "samples", "rate", "fl speedup",
-              "rel.err", "grad rel.err")
+    header = (
+        "workload",
+        "threads",
+        "impl",
+        "median",
+        "samples",
+        "rate",
+        "fl speedup",
+        "rel.err",
+        "grad rel.err",
+    )
     rows = []
     for w in results["workloads"]:
         for r in w["results"]:
             if r.get("error"):
-                rows.append((w["name"], str(r["threads"]), r["impl"], "error", "", "", "", "",
-                             r["error"][:60]))
+                rows.append(
+                    (w["name"], str(r["threads"]), r["impl"], "error", "", "", "", "", r["error"][:60])
+                )
                 continue
             sp = r.get("speedup")
-            rows.append((
-                w["name"], str(r["threads"]), r["impl"], fmt_time(r["median_s"]),
-                f"{r['repeats']}x{r['number']}", _fmt_rate(r, w["work"]),
-                "-" if r["impl"] == "fastloss" else (f"{sp:.2f}x" if sp else "-"),
-                _fmt_err(r.get("rel_err")),
-                _fmt_err(r.get("grad_rel_err")) if w.get("grad") else "",
-            ))
+            rows.append(
+                (
+                    w["name"],
+                    str(r["threads"]),
+                    r["impl"],
+                    fmt_time(r["median_s"]),
+                    f"{r['repeats']}x{r['number']}",
+                    _fmt_rate(r, w["work"]),
+                    "-" if r["impl"] == "fastloss" else (f"{sp:.2f}x" if sp else "-"),
+                    _fmt_err(r.get("rel_err")),
+                    _fmt_err(r.get("grad_rel_err")) if w.get("grad") else "",
+                )
+            )
     if not any(w.get("grad") for w in results["workloads"]):
         header = header[:-1]
         rows = [r[:-1] for r in rows]
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
-              for i in range(len(header))]
+    widths = [
+        max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
+        for i in range(len(header))
+    ]
     right = {3, 4, 5, 6, 7, 8}
 
     def fmt_row(r):
-        return "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i])
-                         for i, c in enumerate(r)).rstrip()
+        return "  ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)
+        ).rstrip()
+
     lines.append(fmt_row(header))
     lines.append("  ".join("-" * n for n in widths))
     prev = None
@@ -106,20 +132,25 @@ def table(results: dict) -> str:
         prev = r[0]
         lines.append(fmt_row(r))
     lines.append("")
-    lines.append("agreement with the float64 reference (fastloss, |loss - ref| / |ref|): "
-                 + ", ".join(f"{w['name']} {_fmt_err(w.get('fastloss_rel_err'))}"
-                             for w in results["workloads"]))
+    lines.append(
+        "agreement with the float64 reference (fastloss, |loss - ref| / |ref|): "
+        + ", ".join(f"{w['name']} {_fmt_err(w.get('fastloss_rel_err'))}" for w in results["workloads"])
+    )
     for mem in results.get("memory", []):
         extra = mem.get("extra_bytes")
-        text = (fmt_bytes(extra) if extra is not None
-                else ("n/a" + (f" ({mem['error']})" if mem.get("error") else "")))
-        lines.append(f"peak extra memory, {mem['workload']} {mem['impl']}: {text}"
-                     + (f" [{mem['method']}]" if extra is not None else ""))
+        text = (
+            fmt_bytes(extra)
+            if extra is not None
+            else ("n/a" + (f" ({mem['error']})" if mem.get("error") else ""))
+        )
+        lines.append(
+            f"peak extra memory, {mem['workload']} {mem['impl']}: {text}"
+            + (f" [{mem['method']}]" if extra is not None else "")
+        )
     for mem in results.get("memory_context", []):
         lines.append(mem)
     for name, per in results.get("machine_reference", {}).items():
-        lines.append(f"{name}: " + ", ".join(f"{v:.3g} GFLOP/s at {t} threads"
-                                             for t, v in per.items()))
+        lines.append(f"{name}: " + ", ".join(f"{v:.3g} GFLOP/s at {t} threads" for t, v in per.items()))
     for note in results.get("notes", []):
         lines.append(f"note: {note}")
     if results.get("elapsed_s") is not None:
@@ -149,6 +180,7 @@ def _finite(obj):
 def _json_default(obj):
     try:
         import numpy as np
+
         if isinstance(obj, np.generic):
             return obj.item()
     except ImportError:  # pragma: no cover
@@ -156,10 +188,11 @@ def _json_default(obj):
     return str(obj)
 
 
-def write_chart(results: dict, path: str) -> Optional[str]:
+def write_chart(results: dict, path: str) -> str | None:
     """A grouped bar chart of the speedups; returns ``None`` on success, else why not."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except Exception as exc:  # ImportError, or a backend that will not load
@@ -187,10 +220,13 @@ def write_chart(results: dict, path: str) -> Optional[str]:
     ax.set_xticklabels(names, rotation=20, ha="right")
     ax.set_ylabel("fastloss speedup (peer time / fastloss time)")
     m = results["machine"]
-    ax.set_title(f"fastloss {results['fastloss'].get('version')} "
-                 f"({results['fastloss'].get('active_isa') or '?'}) on "
-                 f"{m.get('cpu_model') or m.get('machine')}, {m.get('cpu_count')} cores"
-                 + (" [quick]" if results["settings"]["quick"] else ""), fontsize=10)
+    ax.set_title(
+        f"fastloss {results['fastloss'].get('version')} "
+        f"({results['fastloss'].get('active_isa') or '?'}) on "
+        f"{m.get('cpu_model') or m.get('machine')}, {m.get('cpu_count')} cores"
+        + (" [quick]" if results["settings"]["quick"] else ""),
+        fontsize=10,
+    )
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()

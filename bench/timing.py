@@ -16,7 +16,7 @@ import gc
 import os
 import statistics
 import time
-from typing import Callable, List, Optional, Tuple
+from collections.abc import Callable
 
 __all__ = ["Timing", "measure", "cpu_count", "BlasThreads", "default_threads"]
 
@@ -25,18 +25,19 @@ MIN_REPEATS = 3
 
 @dataclasses.dataclass
 class Timing:
-    median: float          # seconds per call
-    times: List[float]     # seconds per call, one per sample
-    number: int            # calls per sample
-    warmup: float          # seconds taken by the first call
+    median: float  # seconds per call
+    times: list[float]  # seconds per call, one per sample
+    number: int  # calls per sample
+    warmup: float  # seconds taken by the first call
 
     @property
     def repeats(self) -> int:
         return len(self.times)
 
 
-def measure(fn: Callable[[], object], repeat: int, min_time: float = 0.005,
-            max_time: float = 10.0) -> Tuple[Timing, object]:
+def measure(
+    fn: Callable[[], object], repeat: int, min_time: float = 0.005, max_time: float = 10.0
+) -> tuple[Timing, object]:
     """Time ``fn``; return the timing and the value of its last call."""
     t0 = time.perf_counter()
     result = fn()  # warm-up: first-touch page faults, thread pools, JIT compilation
@@ -53,8 +54,7 @@ def measure(fn: Callable[[], object], repeat: int, min_time: float = 0.005,
             elapsed = time.perf_counter() - t0
             if elapsed >= min_time or number >= 1_000_000:
                 break
-            number = min(1_000_000, max(number * 2, int(number * min_time / max(elapsed, 1e-9)
-                                                        * 1.2)))
+            number = min(1_000_000, max(number * 2, int(number * min_time / max(elapsed, 1e-9) * 1.2)))
         times = [elapsed / number]  # the last calibration loop ran `number` calls: a sample
         started = time.perf_counter()
         while len(times) < max(1, repeat):
@@ -78,7 +78,7 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_threads() -> List[int]:
+def default_threads() -> list[int]:
     """1 thread and all cores."""
     return sorted({1, cpu_count()})
 
@@ -95,7 +95,7 @@ class BlasThreads:
             import threadpoolctl
         except ImportError:
             self._tpc = None
-            self.version: Optional[str] = None
+            self.version: str | None = None
         else:
             self._tpc = threadpoolctl
             self.version = getattr(threadpoolctl, "__version__", "?")
@@ -105,21 +105,37 @@ class BlasThreads:
     def available(self) -> bool:
         return self._tpc is not None
 
-    def note(self) -> Optional[str]:
+    def note(self) -> str | None:
         if self.available:
             return None
-        return ("threadpoolctl is not installed, so NumPy's BLAS threads are not controlled: the "
-                "numpy_* rows use BLAS's default thread count at every threads setting "
-                "(pip install threadpoolctl)")
+        return (
+            "threadpoolctl is not installed, so NumPy's BLAS threads are not controlled: the "
+            "numpy_* rows use BLAS's default thread count at every threads setting "
+            "(pip install threadpoolctl)"
+        )
 
     def info(self) -> list:
         if not self.available:
             return []
         try:
-            return [{k: v for k, v in d.items() if k in
-                     ("user_api", "internal_api", "version", "num_threads", "architecture",
-                      "threading_layer", "filepath")}
-                    for d in self._tpc.threadpool_info() if d.get("user_api") == "blas"]
+            return [
+                {
+                    k: v
+                    for k, v in d.items()
+                    if k
+                    in (
+                        "user_api",
+                        "internal_api",
+                        "version",
+                        "num_threads",
+                        "architecture",
+                        "threading_layer",
+                        "filepath",
+                    )
+                }
+                for d in self._tpc.threadpool_info()
+                if d.get("user_api") == "blas"
+            ]
         except Exception:  # threadpoolctl inspects native libraries; never fail the run on it
             return []
 

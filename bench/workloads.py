@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -42,13 +42,13 @@ class Workload:
 
     name: str
     family: str
-    dims: Dict[str, int]
-    quick_dims: Dict[str, int]
+    dims: dict[str, int]
+    quick_dims: dict[str, int]
     grad: bool = False
     temperature: float = 0.07
     data_name: str = ""  # the workload whose data this one reuses (the forward of a grad case)
 
-    def sizes(self, quick: bool) -> Dict[str, int]:
+    def sizes(self, quick: bool) -> dict[str, int]:
         return dict(self.quick_dims if quick else self.dims)
 
     @property
@@ -70,7 +70,7 @@ _MOCO_QUICK = dict(N=256, D=128, M=4096)
 
 #: Every workload, in report order. The ``*_grad`` cases (loss and gradient) run when the
 #: installed fastloss supports ``return_grad``.
-WORKLOADS: Tuple[Workload, ...] = (
+WORKLOADS: tuple[Workload, ...] = (
     _w("mse_small", "mse", dict(N=256, D=16)),
     _w("mse_large", "mse", _MSE_LARGE, _MSE_LARGE_QUICK),
     _w("mae_large", "mae", _MSE_LARGE, _MSE_LARGE_QUICK),
@@ -80,8 +80,7 @@ WORKLOADS: Tuple[Workload, ...] = (
     _w("infonce_inbatch", "infonce_inbatch", dict(N=4096, D=256), dict(N=512, D=128)),
     _w("mse_large_grad", "mse", _MSE_LARGE, _MSE_LARGE_QUICK, grad=True, data_name="mse_large"),
     _w("ce_large_grad", "ce", _CE_LARGE, _CE_LARGE_QUICK, grad=True, data_name="ce_large"),
-    _w("infonce_moco_grad", "infonce_queue", _MOCO, _MOCO_QUICK, grad=True,
-       data_name="infonce_moco"),
+    _w("infonce_moco_grad", "infonce_queue", _MOCO, _MOCO_QUICK, grad=True, data_name="infonce_moco"),
 )
 
 
@@ -98,8 +97,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def make_data(w: Workload, quick: bool = False,
-              dims: Optional[Dict[str, int]] = None) -> Dict[str, np.ndarray]:
+def make_data(w: Workload, quick: bool = False, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """The workload's float32 inputs (C-contiguous), from a generator seeded by its name.
 
     Arrays are drawn directly in float32 so that no float64 temporary inflates the process's
@@ -132,23 +130,27 @@ def make_data(w: Workload, quick: bool = False,
     raise ValueError(f"unknown workload family {w.family!r}")
 
 
-def size_label(w: Workload, data: Dict[str, np.ndarray]) -> str:
+def size_label(w: Workload, data: dict[str, np.ndarray]) -> str:
     """A short description of the inputs, e.g. ``q 256x128 + pos 256x128 + queue 65536x128``."""
+
     def s(a):
         return "x".join(str(n) for n in a.shape)
+
     if w.family in ("mse", "mae"):
         text = f"pred, target {s(data['pred'])}"
     elif w.family == "ce":
         text = f"logits {s(data['logits'])}, int64 labels"
     elif w.family == "infonce_queue":
-        text = (f"q {s(data['query'])} + pos {s(data['positive'])} + queue "
-                f"{s(data['negatives'])}, tau {w.temperature:g}")
+        text = (
+            f"q {s(data['query'])} + pos {s(data['positive'])} + queue "
+            f"{s(data['negatives'])}, tau {w.temperature:g}"
+        )
     else:
         text = f"q, k {s(data['query'])} in-batch, tau {w.temperature:g}"
     return text + (", loss+grad" if w.grad else "")
 
 
-def work(w: Workload, data: Dict[str, np.ndarray]) -> Dict[str, float]:
+def work(w: Workload, data: dict[str, np.ndarray]) -> dict[str, float]:
     """Bytes the inputs take (and outputs write, for gradients) and floating point operations
     of the dot products, for the throughput column (GB/s or GFLOP/s)."""
     nbytes = float(sum(a.nbytes for a in data.values()))
@@ -168,13 +170,14 @@ def work(w: Workload, data: Dict[str, np.ndarray]) -> Dict[str, float]:
 
 # --- float64 references, written from the formulas -------------------------------------------
 
+
 def _log_softmax64(logits: np.ndarray) -> np.ndarray:
     m = logits.max(axis=1, keepdims=True)
     z = logits - m
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def reference(w: Workload, data: Dict[str, np.ndarray]) -> Tuple[float, Optional[tuple]]:
+def reference(w: Workload, data: dict[str, np.ndarray]) -> tuple[float, tuple | None]:
     """``(loss, grads)`` in float64; ``grads`` is ``None`` unless ``w.grad``.
 
     ``grads`` is a tuple with one array per differentiated input: ``(d_pred,)``,
@@ -243,14 +246,14 @@ def rel_err(value: Any, ref: float) -> float:
     return abs(v - ref) / scale
 
 
-def grad_rel_err(grads: Any, ref_grads: Optional[tuple]) -> float:
+def grad_rel_err(grads: Any, ref_grads: tuple | None) -> float:
     """The worst, over the gradient arrays, of ``||g - g64||_2 / ||g64||_2``."""
     if ref_grads is None or grads is None:
         return float("nan")
     if not isinstance(grads, (tuple, list)):
         grads = (grads,)
     worst = 0.0
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=False):
         if g is None:
             return float("nan")
         g = np.asarray(g, dtype=np.float64)

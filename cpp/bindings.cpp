@@ -106,7 +106,8 @@ T* output_buffer(const py::object& out, py::ssize_t size, const char* name) {
   if (out.is_none()) return nullptr;
   py::array a = py::reinterpret_borrow<py::array>(out);
   if (!has_dtype<T>(a) || a.size() != size || !(a.flags() & py::array::c_style) || !a.writeable()) {
-    throw py::value_error(std::string(name) + ": expected a writeable C-contiguous buffer of matching dtype and size");
+    throw py::value_error(std::string(name) +
+                          ": expected a writeable C-contiguous buffer of matching dtype and size");
   }
   return static_cast<T*>(a.mutable_data());
 }
@@ -132,29 +133,33 @@ double regression_typed(RegressionKind kind, const py::array& pred, const py::ar
   T* o = output_buffer<T>(out, p.rows * p.cols, "out");
   T* g = output_buffer<T>(grad, p.rows * p.cols, "grad");
   const RegressionFn<T> fn = [] {
-    if constexpr (sizeof(T) == sizeof(float)) return active_table().f32.regression;
-    else return active_table().f64.regression;
+    if constexpr (sizeof(T) == sizeof(float))
+      return active_table().f32.regression;
+    else
+      return active_table().f64.regression;
   }();
   const int threads = num_threads();
-  return run_kernel(p.rows * p.cols,
-                    [&](Interrupt* interrupt) { return fn(kind, p, t, w, o, g, grad_scale, threads, interrupt); });
+  return run_kernel(p.rows * p.cols, [&](Interrupt* interrupt) {
+    return fn(kind, p, t, w, o, g, grad_scale, threads, interrupt);
+  });
 }
 
-double regression(int kind, const py::array& pred, const py::array& target,
-                  const py::object& sample_weight, const py::object& out, const py::object& grad,
-                  double grad_scale) {
+double regression(int kind, const py::array& pred, const py::array& target, const py::object& sample_weight,
+                  const py::object& out, const py::object& grad, double grad_scale) {
   if (kind != 0 && kind != 1) throw py::value_error("kind: expected 0 (squared) or 1 (absolute)");
   const RegressionKind k = static_cast<RegressionKind>(kind);
-  if (has_dtype<float>(pred)) return regression_typed<float>(k, pred, target, sample_weight, out, grad, grad_scale);
-  if (has_dtype<double>(pred)) return regression_typed<double>(k, pred, target, sample_weight, out, grad, grad_scale);
+  if (has_dtype<float>(pred))
+    return regression_typed<float>(k, pred, target, sample_weight, out, grad, grad_scale);
+  if (has_dtype<double>(pred))
+    return regression_typed<double>(k, pred, target, sample_weight, out, grad, grad_scale);
   throw py::type_error("pred: expected native float32 or float64");
 }
 
 template <class T>
 py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_index,
-                              const py::object& target_prob, const py::object& weight,
-                              int64_t ignore_index, double label_smoothing, const py::object& out,
-                              const py::object& grad, double grad_scale, bool grad_divide_by_denominator) {
+                              const py::object& target_prob, const py::object& weight, int64_t ignore_index,
+                              double label_smoothing, const py::object& out, const py::object& grad,
+                              double grad_scale, bool grad_divide_by_denominator) {
   CrossEntropyArgs<T> args;
   args.logits = matrix_view<T>(logits, "logits");
   const int64_t rows = args.logits.rows;
@@ -192,8 +197,10 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
   args.grad_scale = grad_scale;
   args.grad_divide_by_denominator = grad_divide_by_denominator;
   const CrossEntropyFn<T> fn = [] {
-    if constexpr (sizeof(T) == sizeof(float)) return active_table().f32.cross_entropy;
-    else return active_table().f64.cross_entropy;
+    if constexpr (sizeof(T) == sizeof(float))
+      return active_table().f32.cross_entropy;
+    else
+      return active_table().f64.cross_entropy;
   }();
   const int threads = num_threads();
   const CrossEntropySums sums = run_kernel(rows * cols, [&](Interrupt* interrupt) {
@@ -211,12 +218,12 @@ py::tuple cross_entropy(const py::array& logits, const py::object& target_index,
     throw py::value_error("target: pass exactly one of class indices or probabilities");
   }
   if (has_dtype<float>(logits)) {
-    return cross_entropy_typed<float>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out, grad,
-                                      grad_scale, grad_divide_by_denominator);
+    return cross_entropy_typed<float>(logits, target_index, target_prob, weight, ignore_index,
+                                      label_smoothing, out, grad, grad_scale, grad_divide_by_denominator);
   }
   if (has_dtype<double>(logits)) {
-    return cross_entropy_typed<double>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out, grad,
-                                      grad_scale, grad_divide_by_denominator);
+    return cross_entropy_typed<double>(logits, target_index, target_prob, weight, ignore_index,
+                                       label_smoothing, out, grad, grad_scale, grad_divide_by_denominator);
   }
   throw py::type_error("logits: expected native float32 or float64");
 }
@@ -276,14 +283,16 @@ int64_t info_nce_work(const InfoNceArgs<T>& args) {
 
 template <class T>
 const KernelSet<T>& active_set() {
-  if constexpr (sizeof(T) == sizeof(float)) return active_table().f32;
-  else return active_table().f64;
+  if constexpr (sizeof(T) == sizeof(float))
+    return active_table().f32;
+  else
+    return active_table().f64;
 }
 
 template <class T>
-void info_nce_typed(const py::array& query, const py::array& positive, int mode,
-                    const py::object& negatives, double inv_temperature, bool normalize,
-                    const py::object& row_loss, const py::object& row_max, const py::object& row_log_sum) {
+void info_nce_typed(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
+                    double inv_temperature, bool normalize, const py::object& row_loss,
+                    const py::object& row_max, const py::object& row_log_sum) {
   InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
   args.row_loss = writable_doubles(row_loss, args.query.rows, "row_loss");
   if (args.row_loss == nullptr) throw py::value_error("row_loss: required");
@@ -304,9 +313,9 @@ template <class T>
 void info_nce_backward_typed(const py::array& query, const py::array& positive, int mode,
                              const py::object& negatives, double inv_temperature, bool normalize,
                              const py::object& row_max, const py::object& row_log_sum,
-                             const py::object& row_grad,
-                             const py::object& d_query, const py::object& d_positive,
-                             const py::object& d_negatives, const py::object& workspace) {
+                             const py::object& row_grad, const py::object& d_query,
+                             const py::object& d_positive, const py::object& d_negatives,
+                             const py::object& workspace) {
   InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
   const int64_t n = args.query.rows;
   const int64_t dim = args.query.cols;
@@ -316,13 +325,16 @@ void info_nce_backward_typed(const py::array& query, const py::array& positive, 
   grad.row_grad = double_vector(row_grad, n, "row_grad");
   grad.d_query = output_buffer<T>(d_query, n * dim, "d_query");
   grad.d_positive = output_buffer<T>(d_positive, n * dim, "d_positive");
-  const int64_t negative_rows = args.mode == NegativeMode::paired ? n * args.num_negatives : args.num_negatives;
+  const int64_t negative_rows =
+      args.mode == NegativeMode::paired ? n * args.num_negatives : args.num_negatives;
   grad.d_negatives = output_buffer<T>(d_negatives, negative_rows * dim, "d_negatives");
-  if (grad.row_max == nullptr || grad.row_log_sum == nullptr || grad.row_grad == nullptr || grad.d_query == nullptr ||
-      grad.d_positive == nullptr || (args.mode != NegativeMode::in_batch && grad.d_negatives == nullptr)) {
+  if (grad.row_max == nullptr || grad.row_log_sum == nullptr || grad.row_grad == nullptr ||
+      grad.d_query == nullptr || grad.d_positive == nullptr ||
+      (args.mode != NegativeMode::in_batch && grad.d_negatives == nullptr)) {
     throw py::value_error("info_nce_backward: missing buffer");
   }
-  grad.workspace = output_buffer<T>(workspace, active_set<T>().info_nce_backward_workspace(args), "workspace");
+  grad.workspace =
+      output_buffer<T>(workspace, active_set<T>().info_nce_backward_workspace(args), "workspace");
   const InfoNceBackwardFn<T> fn = active_set<T>().info_nce_backward;
   const int threads = num_threads();
   // The backward pass touches every logit twice (recomputed, then both matrix products).
@@ -335,16 +347,19 @@ void info_nce_backward_typed(const py::array& query, const py::array& positive, 
 template <class T>
 int64_t info_nce_backward_workspace_typed(const py::array& query, const py::array& positive, int mode,
                                           const py::object& negatives) {
-  return active_set<T>().info_nce_backward_workspace(info_nce_args<T>(query, positive, mode, negatives, 1.0, false));
+  return active_set<T>().info_nce_backward_workspace(
+      info_nce_args<T>(query, positive, mode, negatives, 1.0, false));
 }
 
 void info_nce(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
               double inv_temperature, bool normalize, const py::object& row_loss, const py::object& row_max,
               const py::object& row_log_sum) {
   if (has_dtype<float>(query)) {
-    info_nce_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max, row_log_sum);
+    info_nce_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max,
+                          row_log_sum);
   } else if (has_dtype<double>(query)) {
-    info_nce_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max, row_log_sum);
+    info_nce_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max,
+                           row_log_sum);
   } else {
     throw py::type_error("query: expected native float32 or float64");
   }
@@ -368,8 +383,10 @@ void info_nce_backward(const py::array& query, const py::array& positive, int mo
 
 int64_t info_nce_backward_workspace(const py::array& query, const py::array& positive, int mode,
                                     const py::object& negatives) {
-  if (has_dtype<float>(query)) return info_nce_backward_workspace_typed<float>(query, positive, mode, negatives);
-  if (has_dtype<double>(query)) return info_nce_backward_workspace_typed<double>(query, positive, mode, negatives);
+  if (has_dtype<float>(query))
+    return info_nce_backward_workspace_typed<float>(query, positive, mode, negatives);
+  if (has_dtype<double>(query))
+    return info_nce_backward_workspace_typed<double>(query, positive, mode, negatives);
   throw py::type_error("query: expected native float32 or float64");
 }
 
@@ -426,9 +443,12 @@ py::object regression_fast(int kind, py::handle pred_h, py::handle target_h, py:
   }
   // IEEE division: an empty input gives 0 / 0 = nan, as the general path does.
   switch (reduction) {
-    case FastReduction::sum: return py::float_(total);
-    case FastReduction::mean: return py::float_(total / static_cast<double>(pred.size()));
-    default: return py::float_(total / static_cast<double>(pred.shape(0)));
+    case FastReduction::sum:
+      return py::float_(total);
+    case FastReduction::mean:
+      return py::float_(total / static_cast<double>(pred.size()));
+    default:
+      return py::float_(total / static_cast<double>(pred.shape(0)));
   }
 }
 
@@ -447,19 +467,22 @@ py::object cross_entropy_fast(py::handle logits_h, py::handle target_h, py::hand
   }
   py::tuple sums;
   if (has_dtype<float>(logits)) {
-    sums = cross_entropy_typed<float>(logits, target, py::none(), py::none(), -100, 0.0, py::none(), py::none(), 1.0,
-                                      false);
+    sums = cross_entropy_typed<float>(logits, target, py::none(), py::none(), -100, 0.0, py::none(),
+                                      py::none(), 1.0, false);
   } else if (has_dtype<double>(logits)) {
-    sums = cross_entropy_typed<double>(logits, target, py::none(), py::none(), -100, 0.0, py::none(), py::none(), 1.0,
-                                       false);
+    sums = cross_entropy_typed<double>(logits, target, py::none(), py::none(), -100, 0.0, py::none(),
+                                       py::none(), 1.0, false);
   } else {
     return py::none();
   }
   const double loss = sums[0].cast<double>();
   switch (reduction) {
-    case FastReduction::sum: return py::float_(loss);
-    case FastReduction::mean: return py::float_(loss / sums[1].cast<double>());
-    default: return py::float_(loss / static_cast<double>(logits.shape(0)));
+    case FastReduction::sum:
+      return py::float_(loss);
+    case FastReduction::mean:
+      return py::float_(loss / sums[1].cast<double>());
+    default:
+      return py::float_(loss / static_cast<double>(logits.shape(0)));
   }
 }
 
@@ -501,23 +524,24 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("regression", &regression, py::arg("kind"), py::arg("pred"), py::arg("target"),
         py::arg("sample_weight"), py::arg("out"), py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0);
-  m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target_index"),
-        py::arg("target_prob"), py::arg("weight"), py::arg("ignore_index"),
-        py::arg("label_smoothing"), py::arg("out"), py::arg("grad") = py::none(),
-        py::arg("grad_scale") = 1.0, py::arg("grad_divide_by_denominator") = false);
-  m.def("info_nce", &info_nce, py::arg("query"), py::arg("positive"), py::arg("mode"),
-        py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"),
+  m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target_index"), py::arg("target_prob"),
+        py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("out"),
+        py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0,
+        py::arg("grad_divide_by_denominator") = false);
+  m.def("info_nce", &info_nce, py::arg("query"), py::arg("positive"), py::arg("mode"), py::arg("negatives"),
+        py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"),
         py::arg("row_max") = py::none(), py::arg("row_log_sum") = py::none());
   m.def("info_nce_backward", &info_nce_backward, py::arg("query"), py::arg("positive"), py::arg("mode"),
         py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_max"),
-        py::arg("row_log_sum"), py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"), py::arg("d_negatives"),
-        py::arg("workspace") = py::none());
+        py::arg("row_log_sum"), py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"),
+        py::arg("d_negatives"), py::arg("workspace") = py::none());
   m.def("info_nce_backward_workspace", &info_nce_backward_workspace, py::arg("query"), py::arg("positive"),
         py::arg("mode"), py::arg("negatives"));
 
   m.def("regression_fast", &regression_fast, py::arg("kind"), py::arg("pred"), py::arg("target"),
         py::arg("reduction"));
-  m.def("cross_entropy_fast", &cross_entropy_fast, py::arg("logits"), py::arg("target"), py::arg("reduction"));
+  m.def("cross_entropy_fast", &cross_entropy_fast, py::arg("logits"), py::arg("target"),
+        py::arg("reduction"));
 
   m.def("vector_exp", [](const py::array& x) { return vector_math(x, false); }, py::arg("x"));
   m.def("vector_log", [](const py::array& x) { return vector_math(x, true); }, py::arg("x"));

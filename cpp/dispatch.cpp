@@ -67,8 +67,7 @@ unsigned long long xcr0() {
   if ((xcr0() & 0xE6u) != 0xE6u) return false;  // plus opmask, ZMM_Hi256, Hi16_ZMM
   unsigned r[4];
   cpuid(7, 0, r);
-  const bool f = (r[1] >> 16) & 1u, dq = (r[1] >> 17) & 1u, bw = (r[1] >> 30) & 1u,
-             vl = (r[1] >> 31) & 1u;
+  const bool f = (r[1] >> 16) & 1u, dq = (r[1] >> 17) & 1u, bw = (r[1] >> 30) & 1u, vl = (r[1] >> 31) & 1u;
   return f && dq && bw && vl;
 }
 #endif
@@ -134,12 +133,13 @@ void init_dispatch() {
   if (forced != nullptr && forced[0] != '\0') {
     const std::string name(forced);
     if (find_table(name) == nullptr) {
-      throw std::runtime_error("FASTLOSS_ISA=" + name + " is not a path compiled into this build (compiled: " +
-                               join(compiled_isas()) + ")");
+      throw std::runtime_error("FASTLOSS_ISA=" + name +
+                               " is not a path compiled into this build (compiled: " + join(compiled_isas()) +
+                               ")");
     }
     if (!is_available(name)) {
-      throw std::runtime_error("FASTLOSS_ISA=" + name + " cannot run on this CPU (available: " +
-                               join(available_isas()) + ")");
+      throw std::runtime_error("FASTLOSS_ISA=" + name +
+                               " cannot run on this CPU (available: " + join(available_isas()) + ")");
     }
     g_active.store(find_table(name));
   } else {
@@ -152,8 +152,8 @@ const KernelTable& active_table() { return *g_active.load(); }
 
 void set_active_isa(const std::string& name) {
   if (!is_available(name)) {
-    throw std::invalid_argument("isa '" + name + "' is not available on this machine (available: " +
-                                join(available_isas()) + ")");
+    throw std::invalid_argument(
+        "isa '" + name + "' is not available on this machine (available: " + join(available_isas()) + ")");
   }
   g_active.store(find_table(name));
 }

@@ -35,8 +35,8 @@ enum class RegressionKind : int { squared = 0, absolute = 1 };
 // Returns the sum of all (weighted) element losses, accumulated in double.
 template <class T>
 using RegressionFn = double (*)(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
-                                const double* row_weight, T* out, T* grad, double grad_scale,
-                                int num_threads, Interrupt* interrupt);
+                                const double* row_weight, T* out, T* grad, double grad_scale, int num_threads,
+                                Interrupt* interrupt);
 
 // Cross-entropy over rows of logits (rows = N, cols = C). The target is either class indices
 // (target_index, stride in elements; every value is already checked to lie in [0, C) or to equal
@@ -81,9 +81,9 @@ struct InfoNceArgs {
   MatrixView<T> positive;  // N x D (or the keys for in_batch), col_stride == 1
   NegativeMode mode = NegativeMode::in_batch;
   const T* negatives = nullptr;
-  int64_t num_negatives = 0;       // M
-  int64_t negatives_stride0 = 0;   // paired: between queries
-  int64_t negatives_stride1 = 0;   // between negatives; the feature stride is 1
+  int64_t num_negatives = 0;      // M
+  int64_t negatives_stride0 = 0;  // paired: between queries
+  int64_t negatives_stride1 = 0;  // between negatives; the feature stride is 1
   double inv_temperature = 1.0;
   bool normalize = false;
   double* row_loss = nullptr;  // forward: N contiguous outputs, in double

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 
+import fastloss
 import numpy as np
 import pytest
-
-import fastloss
 from fastloss import _core
 
 # Sizes that straddle SIMD lane widths and tails (STYLE.md habit 4).
@@ -122,49 +121,73 @@ def layout(request):
 # larger than a key tile. {file: {test function: keep(params) or None for every case}}
 _EMULATED = {
     "test_regression.py": {
-        "test_known_values": None, "test_known_values_weighted": None, "test_mae_of_equal_inputs_is_zero": None,
+        "test_known_values": None,
+        "test_known_values_weighted": None,
+        "test_mae_of_equal_inputs_is_zero": None,
         "test_sizes": None,  # mse/mae x f32/f64 x 1-D/2-D x SIZES x weighting, every reduction
-        "test_rows_straddle_threads": None, "test_three_dims": None, "test_nan_inf_propagate": None,
+        "test_rows_straddle_threads": None,
+        "test_three_dims": None,
+        "test_nan_inf_propagate": None,
         "test_float32_overflowing_element_is_inf": None,
         "test_layouts": lambda p: p["layout"] in ("contiguous", "strided", "reversed"),
     },
     "test_cross_entropy.py": {
-        "test_known_values": None, "test_known_values_label_smoothing": None,
+        "test_known_values": None,
+        "test_known_values_label_smoothing": None,
         "test_known_values_probability_targets": None,
         "test_classes": None,  # index and probability targets x every option x SIZES classes
-        "test_rows": None, "test_single_sample": None, "test_all_ignored": None,
-        "test_ignore_index_inside_class_range": None, "test_extreme_logits": None,
-        "test_extreme_logits_exact_cases": None, "test_large_uniform_logits_give_log_c": None,
-        "test_nan_inf_propagate": None, "test_minus_inf_logit": None,
+        "test_rows": None,
+        "test_single_sample": None,
+        "test_all_ignored": None,
+        "test_ignore_index_inside_class_range": None,
+        "test_extreme_logits": None,
+        "test_extreme_logits_exact_cases": None,
+        "test_large_uniform_logits_give_log_c": None,
+        "test_nan_inf_propagate": None,
+        "test_minus_inf_logit": None,
         "test_layouts": lambda p: p["layout"] in ("contiguous", "strided", "reversed"),
     },
     "test_info_nce.py": {
-        "test_known_values_in_batch": None, "test_known_values_with_negatives": None,
-        "test_symmetric_known_values": None, "test_batchmean_equals_mean": None,
+        "test_known_values_in_batch": None,
+        "test_known_values_with_negatives": None,
+        "test_symmetric_known_values": None,
+        "test_batchmean_equals_mean": None,
         # SIZES queries; 1000 (several key tiles and query blocks) once per dtype
         "test_in_batch": lambda p: p["n"] != 1000 or not (p["normalize"] or p["symmetric"]),
-        "test_negatives": None, "test_feature_dims": None,
+        "test_negatives": None,
+        "test_feature_dims": None,
         "test_long_queue": lambda p: p["n"] == 9,  # 4099 / 1031 negatives: many key tiles
-        "test_unpaired_equals_paired_with_a_repeated_queue": None, "test_normalize_zero_vector": None,
-        "test_normalize_tiny_norms": None, "test_tiny_temperature": None, "test_large_values": None,
-        "test_nan_propagates": None, "test_inf_propagates": None,
+        "test_unpaired_equals_paired_with_a_repeated_queue": None,
+        "test_normalize_zero_vector": None,
+        "test_normalize_tiny_norms": None,
+        "test_tiny_temperature": None,
+        "test_large_values": None,
+        "test_nan_propagates": None,
+        "test_inf_propagates": None,
     },
     "test_gradients.py": {
-        "test_regression_grad_matches_reference": None, "test_mae_grad_is_zero_where_pred_equals_target": None,
+        "test_regression_grad_matches_reference": None,
+        "test_mae_grad_is_zero_where_pred_equals_target": None,
         "test_mae_grad_at_equal_inputs_is_plus_zero": lambda p: p["layout"] in ("contiguous", "strided"),
-        "test_cross_entropy_grad_matches_reference": None, "test_info_nce_grad_matches_reference": None,
+        "test_cross_entropy_grad_matches_reference": None,
+        "test_info_nce_grad_matches_reference": None,
     },
     "test_minus_inf_tiles.py": {
-        "test_minus_inf_negatives_add_nothing": None, "test_float32_logits_that_overflow_to_minus_inf": None,
+        "test_minus_inf_negatives_add_nothing": None,
+        "test_float32_logits_that_overflow_to_minus_inf": None,
         "test_cross_entropy_rows_of_minus_inf_logits": None,
     },
     "test_vecmath.py": {
-        "test_exp_error_over_its_range": None, "test_exp_flushes_below_the_normal_range_and_saturates_above": None,
-        "test_exp_float64_limits": None, "test_log_error_over_its_range": None, "test_log_special_values": None,
+        "test_exp_error_over_its_range": None,
+        "test_exp_flushes_below_the_normal_range_and_saturates_above": None,
+        "test_exp_float64_limits": None,
+        "test_log_error_over_its_range": None,
+        "test_log_special_values": None,
         "test_every_tail_length": None,
     },
     "test_fast_path.py": {
-        "test_regression_fast_path_equals_general_path": None, "test_cross_entropy_fast_path_equals_general_path": None,
+        "test_regression_fast_path_equals_general_path": None,
+        "test_cross_entropy_fast_path_equals_general_path": None,
     },
 }
 # Which path auto-detection picked and what the CPU has: the point of running emulated.
@@ -185,7 +208,9 @@ def pytest_collection_modifyitems(config, items):
             continue
         modules[filename] = item.module
         if "isa" not in item.fixturenames:
-            raise pytest.UsageError(f"the emulated subset names {item.nodeid}, which does not use the isa fixture")
+            raise pytest.UsageError(
+                f"the emulated subset names {item.nodeid}, which does not use the isa fixture"
+            )
         keep = _EMULATED[filename][name]
         # Under emulation only the path detection picked: the other paths' machine code is the
         # same as natively, where the whole suite runs it.

@@ -63,6 +63,7 @@ def _reduce_rows(rows: np.ndarray, reduction: str, mean_denominator: float, batc
 # ---------------------------------------------------------------------------------------------
 # MSE / MAE
 
+
 def _regression(kind: str, pred, target, reduction="mean", sample_weight=None):
     p = f64(pred)
     t = f64(target)
@@ -97,6 +98,7 @@ def mae_ref(pred, target, reduction="mean", sample_weight=None):
 # ---------------------------------------------------------------------------------------------
 # log-softmax
 
+
 def log_softmax_rows(x: np.ndarray):
     """Rows of float64 logits -> (logp, max, lse), the max-subtracted textbook formula."""
     with np.errstate(**_ERRSTATE):
@@ -110,6 +112,7 @@ def log_softmax_rows(x: np.ndarray):
 
 # ---------------------------------------------------------------------------------------------
 # cross-entropy (PyTorch's torch.nn.functional.cross_entropy, to the letter)
+
 
 def _ce_rows(logits, target, weight=None, ignore_index=-100, label_smoothing=0.0):
     """Row losses, row error scales, the "mean" denominator, N, and whether input was (C,)."""
@@ -155,8 +158,7 @@ def _ce_rows(logits, target, weight=None, ignore_index=-100, label_smoothing=0.0
     return rows, scale, denominator, n, single
 
 
-def cross_entropy_ref(logits, target, reduction="mean", weight=None, ignore_index=-100,
-                      label_smoothing=0.0):
+def cross_entropy_ref(logits, target, reduction="mean", weight=None, ignore_index=-100, label_smoothing=0.0):
     """PyTorch semantics:
 
     index targets:  loss_i = (1-eps) * (-w[t_i] logp[t_i]) + eps/C * (-sum_c w[c] logp[c]),
@@ -165,19 +167,18 @@ def cross_entropy_ref(logits, target, reduction="mean", weight=None, ignore_inde
     prob targets:   loss_i = -sum_c w[c] ((1-eps) p_ic + eps/C) logp_ic; mean = sum / N.
     batchmean:      sum / N.
     """
-    rows, _, denominator, n, single = _ce_rows(logits, target, weight, ignore_index,
-                                               label_smoothing)
+    rows, _, denominator, n, single = _ce_rows(logits, target, weight, ignore_index, label_smoothing)
     out = _reduce_rows(rows, reduction, denominator, n)
     if reduction == "none" and single:
         return np.asarray(rows[0])
     return out
 
 
-def cross_entropy_scale(logits, target, reduction="mean", weight=None, ignore_index=-100,
-                        label_smoothing=0.0):
+def cross_entropy_scale(
+    logits, target, reduction="mean", weight=None, ignore_index=-100, label_smoothing=0.0
+):
     """The error scale of ``cross_entropy_ref``'s result, reduced the same way."""
-    _, scale, denominator, n, single = _ce_rows(logits, target, weight, ignore_index,
-                                                label_smoothing)
+    _, scale, denominator, n, single = _ce_rows(logits, target, weight, ignore_index, label_smoothing)
     if reduction == "none":
         return np.asarray(scale[0]) if single else scale
     return _reduce_abs(scale, reduction, denominator, n)
@@ -194,6 +195,7 @@ def _reduce_abs(scale, reduction, denominator, n):
 
 # ---------------------------------------------------------------------------------------------
 # InfoNCE
+
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """x / max(||x||, 1e-12) along the last axis."""
@@ -212,8 +214,15 @@ def _ce_true_first(logits: np.ndarray, true_index: np.ndarray, dot_mag: np.ndarr
     return rows, scale
 
 
-def _info_nce_rows(query, positive_key, negative_keys=None, temperature=0.07,
-                   negative_mode="unpaired", normalize=False, symmetric=False):
+def _info_nce_rows(
+    query,
+    positive_key,
+    negative_keys=None,
+    temperature=0.07,
+    negative_mode="unpaired",
+    normalize=False,
+    symmetric=False,
+):
     q = f64(query)
     k = f64(positive_key)
     neg = None if negative_keys is None else f64(negative_keys)
@@ -248,8 +257,16 @@ def _info_nce_rows(query, positive_key, negative_keys=None, temperature=0.07,
         return _ce_true_first(logits, np.zeros(n, dtype=np.int64), mag.max(axis=1))
 
 
-def info_nce_ref(query, positive_key, negative_keys=None, temperature=0.07, reduction="mean",
-                 negative_mode="unpaired", normalize=False, symmetric=False):
+def info_nce_ref(
+    query,
+    positive_key,
+    negative_keys=None,
+    temperature=0.07,
+    reduction="mean",
+    negative_mode="unpaired",
+    normalize=False,
+    symmetric=False,
+):
     """InfoNCE from the formulas: explicit float64 logits + cross-entropy.
 
     in-batch: logits = q @ k.T / T, label of row i is i; symmetric averages with the key->query
@@ -258,17 +275,27 @@ def info_nce_ref(query, positive_key, negative_keys=None, temperature=0.07, redu
     paired:   row i = [q_i.k+_i, q_i.n_i1 .. q_i.n_iM] / T, label 0.
     "mean" and "batchmean" average over the N rows.
     """
-    rows, _ = _info_nce_rows(query, positive_key, negative_keys, temperature, negative_mode,
-                             normalize, symmetric)
+    rows, _ = _info_nce_rows(
+        query, positive_key, negative_keys, temperature, negative_mode, normalize, symmetric
+    )
     n = rows.shape[0]
     return _reduce_rows(rows, reduction, n, n)
 
 
-def info_nce_scale(query, positive_key, negative_keys=None, temperature=0.07, reduction="mean",
-                   negative_mode="unpaired", normalize=False, symmetric=False):
+def info_nce_scale(
+    query,
+    positive_key,
+    negative_keys=None,
+    temperature=0.07,
+    reduction="mean",
+    negative_mode="unpaired",
+    normalize=False,
+    symmetric=False,
+):
     """The error scale of ``info_nce_ref``'s result, reduced the same way."""
-    _, scale = _info_nce_rows(query, positive_key, negative_keys, temperature, negative_mode,
-                              normalize, symmetric)
+    _, scale = _info_nce_rows(
+        query, positive_key, negative_keys, temperature, negative_mode, normalize, symmetric
+    )
     if reduction == "none":
         return scale
     n = scale.shape[0]
@@ -307,11 +334,13 @@ def _check_nonfinite(got: np.ndarray, ref: np.ndarray, what: str):
     nan_got, nan_ref = np.isnan(got), np.isnan(ref)
     assert np.array_equal(nan_got, nan_ref), (
         f"{what}: NaN at {np.argwhere(nan_got).tolist()[:10]}, "
-        f"reference NaN at {np.argwhere(nan_ref).tolist()[:10]}")
+        f"reference NaN at {np.argwhere(nan_ref).tolist()[:10]}"
+    )
     inf_got, inf_ref = np.isinf(got), np.isinf(ref)
     assert np.array_equal(inf_got, inf_ref), (
         f"{what}: inf at {np.argwhere(inf_got).tolist()[:10]}, "
-        f"reference inf at {np.argwhere(inf_ref).tolist()[:10]}")
+        f"reference inf at {np.argwhere(inf_ref).tolist()[:10]}"
+    )
     assert np.array_equal(got[inf_got], ref[inf_ref]), f"{what}: sign of inf differs"
 
 
@@ -329,7 +358,8 @@ def assert_rel_close(got, ref, rtol: float, what: str = "result"):
         i = int(np.argmax(err - bound))
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {bad.size} values off; worst got {got[fin][i]!r} "
-            f"ref {ref[fin][i]!r} (|err| {err[i]:.3e} > {bound[i]:.3e}, rtol {rtol})")
+            f"ref {ref[fin][i]!r} (|err| {err[i]:.3e} > {bound[i]:.3e}, rtol {rtol})"
+        )
 
 
 def assert_scaled_close(got, ref, scale, dtype, what: str = "result", ulps: int = ULPS):
@@ -349,7 +379,10 @@ def assert_scaled_close(got, ref, scale, dtype, what: str = "result", ulps: int 
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {bad.size} values off; worst got {got[fin][i]!r} "
             f"ref {ref[fin][i]!r} (|err| {err[i]:.3e} > {bound[i]:.3e} = {ulps} ulps x scale "
-            f"{np.broadcast_to(scale, ref.shape)[fin][i]:.3e})")
+            f"{np.broadcast_to(scale, ref.shape)[fin][i]:.3e})"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Analytic gradients, float64, written from the formulas (appended to tests/reference.py).
 
@@ -383,8 +416,9 @@ def regression_grad_ref(kind: str, pred, target, reduction="mean", sample_weight
     return grad / divisor
 
 
-def cross_entropy_grad_ref(logits, target, reduction="mean", weight=None, ignore_index=-100,
-                           label_smoothing=0.0):
+def cross_entropy_grad_ref(
+    logits, target, reduction="mean", weight=None, ignore_index=-100, label_smoothing=0.0
+):
     """d/d logits. Every target is a distribution q over classes: a smoothed one-hot
     (1 - eps) e_t + eps / C for an index, (1 - eps) P + eps / C for probabilities. With class
     weights w the row loss is sum_c w_c q_c (lse - x_c), whose gradient is
@@ -424,8 +458,16 @@ def _normalize_backward(x, g):
     return (g - x_hat * projection) / floor
 
 
-def info_nce_grad_ref(query, positive_key, negative_keys=None, temperature=0.07, reduction="mean",
-                      negative_mode="unpaired", normalize=False, symmetric=False):
+def info_nce_grad_ref(
+    query,
+    positive_key,
+    negative_keys=None,
+    temperature=0.07,
+    reduction="mean",
+    negative_mode="unpaired",
+    normalize=False,
+    symmetric=False,
+):
     """(d_query, d_positive_key, d_negative_keys) from the materialised logits: with
     P = softmax(logits) and Y the one-hot true class, dL/dlogits = s_i (P - Y) / T per row."""
     q = np.asarray(query, dtype=np.float64)
@@ -454,9 +496,12 @@ def info_nce_grad_ref(query, positive_key, negative_keys=None, temperature=0.07,
         if negative_mode == "unpaired":
             logits = np.concatenate([np.sum(qh * kh, axis=1, keepdims=True), qh @ nh.T], axis=1)
         else:
-            logits = np.concatenate([np.sum(qh * kh, axis=1, keepdims=True),
-                                     np.einsum("nd,nmd->nm", qh, nh)], axis=1)
-        g = softmax_minus_onehot(logits / temperature, np.zeros(n, dtype=np.int64)) * (row_scale / temperature)
+            logits = np.concatenate(
+                [np.sum(qh * kh, axis=1, keepdims=True), np.einsum("nd,nmd->nm", qh, nh)], axis=1
+            )
+        g = softmax_minus_onehot(logits / temperature, np.zeros(n, dtype=np.int64)) * (
+            row_scale / temperature
+        )
         g_pos, g_neg = g[:, :1], g[:, 1:]
         if negative_mode == "unpaired":
             d_qh = g_pos * kh + g_neg @ nh

@@ -9,10 +9,9 @@ aligned copy, on every ISA path.
 
 from __future__ import annotations
 
+import fastloss
 import numpy as np
 import pytest
-
-import fastloss
 
 
 def misaligned(a) -> np.ndarray:
@@ -60,7 +59,7 @@ def assert_same_bits(got, want, what):
         return
     if isinstance(want, tuple):
         assert isinstance(got, tuple) and len(got) == len(want), what
-        for i, (g, w) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(got, want, strict=False)):
             assert_same_bits(g, w, f"{what}[{i}]")
         return
     got, want = np.asarray(got), np.asarray(want)
@@ -99,8 +98,13 @@ def test_regression(isa, loss, dtype, layout):
             for return_grad in (False, True):
                 # No weights: C-contiguous pairs take the C++ fast path.
                 both(loss, [pred, target], layout, reduction=reduction, return_grad=return_grad)
-                both(lambda p, t, w, **kw: loss(p, t, sample_weight=w, **kw), [pred, target, weight], layout,
-                     reduction=reduction, return_grad=return_grad)
+                both(
+                    lambda p, t, w, **kw: loss(p, t, sample_weight=w, **kw),
+                    [pred, target, weight],
+                    layout,
+                    reduction=reduction,
+                    return_grad=return_grad,
+                )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -116,14 +120,29 @@ def test_cross_entropy(isa, dtype, layout):
         for reduction in REDUCTIONS:
             for return_grad in (False, True):
                 # Defaults: C-contiguous logits with int64 labels take the C++ fast path.
-                both(fastloss.cross_entropy, [logits, labels], layout, reduction=reduction,
-                     return_grad=return_grad)
-                both(lambda x, t, w, **kw: fastloss.cross_entropy(x, t, weight=w, **kw),
-                     [logits, labels, weight], layout, reduction=reduction, label_smoothing=0.2,
-                     return_grad=return_grad)
-                both(lambda x, p, w, **kw: fastloss.cross_entropy(x, p, weight=w, **kw),
-                     [logits, probs, weight], layout, reduction=reduction, label_smoothing=0.1,
-                     return_grad=return_grad)
+                both(
+                    fastloss.cross_entropy,
+                    [logits, labels],
+                    layout,
+                    reduction=reduction,
+                    return_grad=return_grad,
+                )
+                both(
+                    lambda x, t, w, **kw: fastloss.cross_entropy(x, t, weight=w, **kw),
+                    [logits, labels, weight],
+                    layout,
+                    reduction=reduction,
+                    label_smoothing=0.2,
+                    return_grad=return_grad,
+                )
+                both(
+                    lambda x, p, w, **kw: fastloss.cross_entropy(x, p, weight=w, **kw),
+                    [logits, probs, weight],
+                    layout,
+                    reduction=reduction,
+                    label_smoothing=0.1,
+                    return_grad=return_grad,
+                )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -135,15 +154,27 @@ def test_info_nce(isa, mode, dtype, layout):
     n, m, d = 7, 300, 9
     q = rng.standard_normal((n, d)).astype(dtype)
     k = rng.standard_normal((n, d)).astype(dtype)
-    neg = {"in-batch": None, "unpaired": rng.standard_normal((m, d)).astype(dtype),
-           "paired": rng.standard_normal((n, 5, d)).astype(dtype)}[mode]
+    neg = {
+        "in-batch": None,
+        "unpaired": rng.standard_normal((m, d)).astype(dtype),
+        "paired": rng.standard_normal((n, 5, d)).astype(dtype),
+    }[mode]
     mode_kwargs = {"negative_mode": "paired"} if mode == "paired" else {}
     for reduction in ("none", "sum", "mean"):
         for normalize in (False, True):
-            for symmetric in ([False, True] if mode == "in-batch" else [False]):
+            for symmetric in [False, True] if mode == "in-batch" else [False]:
                 for return_grad in (False, True):
-                    both(fastloss.info_nce, [q, k, neg], layout, temperature=0.2, reduction=reduction,
-                         normalize=normalize, symmetric=symmetric, return_grad=return_grad, **mode_kwargs)
+                    both(
+                        fastloss.info_nce,
+                        [q, k, neg],
+                        layout,
+                        temperature=0.2,
+                        reduction=reduction,
+                        normalize=normalize,
+                        symmetric=symmetric,
+                        return_grad=return_grad,
+                        **mode_kwargs,
+                    )
 
 
 def test_misaligned_helper_is_misaligned_and_equal():

@@ -13,19 +13,30 @@ import os
 import subprocess
 import sys
 
+import fastloss
 import numpy as np
 import pytest
-
-import fastloss
 from fastloss.cli import main
 
-FORWARD_WORKLOADS = ["mse_small", "mse_large", "mae_large", "ce_small", "ce_large",
-                     "infonce_moco", "infonce_inbatch"]
+FORWARD_WORKLOADS = [
+    "mse_small",
+    "mse_large",
+    "mae_large",
+    "ce_small",
+    "ce_large",
+    "infonce_moco",
+    "infonce_inbatch",
+]
 
 
 def run_cli(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "fastloss", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fastloss", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def score(capsys, *args):
@@ -36,6 +47,7 @@ def score(capsys, *args):
 
 
 # --- --version -------------------------------------------------------------------------------
+
 
 def test_version(capsys):
     assert main(["--version"]) == 0
@@ -48,6 +60,7 @@ def test_no_command_prints_help(capsys):
 
 
 # --- bench -----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory):
@@ -101,6 +114,7 @@ def test_bench_unknown_workload(capsys):
 
 # --- score: results equal the in-memory functions ------------------------------------------------
 
+
 @pytest.fixture
 def regression_files(tmp_path):
     rng = np.random.default_rng(7)
@@ -115,8 +129,9 @@ def regression_files(tmp_path):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "batchmean"])
 def test_score_regression(capsys, regression_files, loss, reduction):
     tmp, pred, target = regression_files
-    code, out, err = score(capsys, loss, tmp / "pred.npy", tmp / "target.npy",
-                           "--reduction", reduction, "--chunk-rows", 8)
+    code, out, err = score(
+        capsys, loss, tmp / "pred.npy", tmp / "target.npy", "--reduction", reduction, "--chunk-rows", 8
+    )
     assert code == 0, err
     expected = getattr(fastloss, loss)(pred, target, reduction=reduction)
     assert float(out) == pytest.approx(expected, rel=1e-12)
@@ -131,8 +146,9 @@ def test_score_default_chunking_float32(capsys, tmp_path):
     code, out, err = score(capsys, "mse", tmp_path / "p.npy", tmp_path / "t.npy")
     assert code == 0, err
     assert float(out) == pytest.approx(fastloss.mse(pred, target), rel=1e-6)
-    code, out, err = score(capsys, "mae", tmp_path / "p.npy", tmp_path / "t.npy",
-                           "--chunk-mb", 0.01)  # ~80 rows a chunk
+    code, out, err = score(
+        capsys, "mae", tmp_path / "p.npy", tmp_path / "t.npy", "--chunk-mb", 0.01
+    )  # ~80 rows a chunk
     assert code == 0, err
     assert float(out) == pytest.approx(fastloss.mae(pred, target), rel=1e-6)
 
@@ -142,9 +158,18 @@ def test_score_sample_weight(capsys, regression_files):
     w = np.random.default_rng(1).uniform(0, 2, size=pred.shape[0])
     np.save(tmp / "w.npy", w)
     for reduction in ("mean", "batchmean", "sum"):
-        code, out, err = score(capsys, "mse", tmp / "pred.npy", tmp / "target.npy",
-                               "--sample-weight", tmp / "w.npy", "--reduction", reduction,
-                               "--chunk-rows", 5)
+        code, out, err = score(
+            capsys,
+            "mse",
+            tmp / "pred.npy",
+            tmp / "target.npy",
+            "--sample-weight",
+            tmp / "w.npy",
+            "--reduction",
+            reduction,
+            "--chunk-rows",
+            5,
+        )
         assert code == 0, err
         expected = fastloss.mse(pred, target, sample_weight=w, reduction=reduction)
         assert float(out) == pytest.approx(expected, rel=1e-12)
@@ -154,8 +179,18 @@ def test_score_sample_weight(capsys, regression_files):
 def test_score_none_out(capsys, regression_files, loss):
     tmp, pred, target = regression_files
     out_path = tmp / "out.npy"
-    code, out, err = score(capsys, loss, tmp / "pred.npy", tmp / "target.npy",
-                           "--reduction", "none", "--out", out_path, "--chunk-rows", 6)
+    code, out, err = score(
+        capsys,
+        loss,
+        tmp / "pred.npy",
+        tmp / "target.npy",
+        "--reduction",
+        "none",
+        "--out",
+        out_path,
+        "--chunk-rows",
+        6,
+    )
     assert code == 0, err
     got = np.load(out_path)
     expected = getattr(fastloss, loss)(pred, target, reduction="none")
@@ -165,8 +200,7 @@ def test_score_none_out(capsys, regression_files, loss):
 
 def test_score_none_printed(capsys, regression_files):
     tmp, pred, target = regression_files
-    code, out, err = score(capsys, "mse", tmp / "pred.npy", tmp / "target.npy",
-                           "--reduction", "none")
+    code, out, err = score(capsys, "mse", tmp / "pred.npy", tmp / "target.npy", "--reduction", "none")
     assert code == 0, err
     assert out.startswith("[")
 
@@ -189,8 +223,15 @@ def ce_files(tmp_path):
 @pytest.mark.parametrize("options", [(), ("weight",), ("weight", "smoothing")])
 def test_score_cross_entropy(capsys, ce_files, reduction, options):
     tmp, logits, labels, weight = ce_files
-    args = ["cross_entropy", tmp / "logits.npy", tmp / "labels.npy", "--reduction", reduction,
-            "--chunk-rows", 9]
+    args = [
+        "cross_entropy",
+        tmp / "logits.npy",
+        tmp / "labels.npy",
+        "--reduction",
+        reduction,
+        "--chunk-rows",
+        9,
+    ]
     kw = {}
     if "weight" in options:
         args += ["--weight", tmp / "weight.npy"]
@@ -209,14 +250,32 @@ def test_score_cross_entropy_ignore_index_and_none(capsys, ce_files):
     labels = np.where(labels == -100, 2, labels)
     labels[5] = 4
     np.save(tmp / "labels4.npy", labels)
-    code, out, err = score(capsys, "cross_entropy", tmp / "logits.npy", tmp / "labels4.npy",
-                           "--ignore-index", 4, "--chunk-rows", 10)
+    code, out, err = score(
+        capsys,
+        "cross_entropy",
+        tmp / "logits.npy",
+        tmp / "labels4.npy",
+        "--ignore-index",
+        4,
+        "--chunk-rows",
+        10,
+    )
     assert code == 0, err
-    assert float(out) == pytest.approx(
-        fastloss.cross_entropy(logits, labels, ignore_index=4), rel=1e-6)
-    code, out, err = score(capsys, "cross_entropy", tmp / "logits.npy", tmp / "labels4.npy",
-                           "--ignore-index", 4, "--reduction", "none", "--out", tmp / "ce.npy",
-                           "--chunk-rows", 10)
+    assert float(out) == pytest.approx(fastloss.cross_entropy(logits, labels, ignore_index=4), rel=1e-6)
+    code, out, err = score(
+        capsys,
+        "cross_entropy",
+        tmp / "logits.npy",
+        tmp / "labels4.npy",
+        "--ignore-index",
+        4,
+        "--reduction",
+        "none",
+        "--out",
+        tmp / "ce.npy",
+        "--chunk-rows",
+        10,
+    )
     assert code == 0, err
     expected = fastloss.cross_entropy(logits, labels, ignore_index=4, reduction="none")
     got = np.load(tmp / "ce.npy")
@@ -228,8 +287,7 @@ def test_score_cross_entropy_probabilities(capsys, ce_files):
     tmp, logits, _, _ = ce_files
     probs = np.random.default_rng(2).dirichlet(np.ones(logits.shape[1]), size=logits.shape[0])
     np.save(tmp / "probs.npy", probs.astype(np.float32))
-    code, out, err = score(capsys, "cross_entropy", tmp / "logits.npy", tmp / "probs.npy",
-                           "--chunk-rows", 8)
+    code, out, err = score(capsys, "cross_entropy", tmp / "logits.npy", tmp / "probs.npy", "--chunk-rows", 8)
     assert code == 0, err
     expected = fastloss.cross_entropy(logits, probs.astype(np.float32))
     assert float(out) == pytest.approx(expected, rel=1e-6)
@@ -244,12 +302,14 @@ def test_score_npz(capsys, tmp_path, saver):
     saver(tmp_path / "b.npz", target=target)
     saver(tmp_path / "c.npz", pred)
     assert list(np.load(tmp_path / "a.npz").files) == ["other", "arr_0"]
-    code, out, err = score(capsys, "mse", tmp_path / "c.npz", f"{tmp_path / 'a.npz'}:other",
-                           "--chunk-rows", 7)
+    code, out, err = score(
+        capsys, "mse", tmp_path / "c.npz", f"{tmp_path / 'a.npz'}:other", "--chunk-rows", 7
+    )
     assert code == 0, err
     assert float(out) == pytest.approx(fastloss.mse(pred, target), rel=1e-12)
-    code, out, err = score(capsys, "mae", f"{tmp_path / 'a.npz'}:arr_0", tmp_path / "b.npz",
-                           "--chunk-rows", 16)
+    code, out, err = score(
+        capsys, "mae", f"{tmp_path / 'a.npz'}:arr_0", tmp_path / "b.npz", "--chunk-rows", 16
+    )
     assert code == 0, err
     assert float(out) == pytest.approx(fastloss.mae(pred, target), rel=1e-12)
     # No key: the archive's first member, as np.load(...).files[0].
@@ -260,22 +320,22 @@ def test_score_npz(capsys, tmp_path, saver):
 
 def test_score_reduction_out_file(capsys, regression_files):
     tmp, pred, target = regression_files
-    code, out, err = score(capsys, "mse", tmp / "pred.npy", tmp / "target.npy",
-                           "--out", tmp / "value.txt")
+    code, out, err = score(capsys, "mse", tmp / "pred.npy", tmp / "target.npy", "--out", tmp / "value.txt")
     assert code == 0, err
-    assert float((tmp / "value.txt").read_text()) == pytest.approx(fastloss.mse(pred, target),
-                                                                    rel=1e-12)
+    assert float((tmp / "value.txt").read_text()) == pytest.approx(fastloss.mse(pred, target), rel=1e-12)
 
 
 def test_score_progress_bar(capsys, regression_files):
     tmp, _, _ = regression_files
-    code, out, err = score(capsys, "mse", tmp / "pred.npy", tmp / "target.npy", "--progress",
-                           "--chunk-rows", 4)
+    code, out, err = score(
+        capsys, "mse", tmp / "pred.npy", tmp / "target.npy", "--progress", "--chunk-rows", 4
+    )
     assert code == 0
     assert "100.0%" in err and "[" in err
 
 
 # --- score: errors are one clear line, never a traceback ---------------------------------------
+
 
 def test_score_bad_loss_name_subprocess(tmp_path):
     proc = run_cli("score", "hinge", tmp_path / "p.npy", tmp_path / "t.npy")
@@ -292,11 +352,27 @@ def test_score_missing_file_subprocess(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("case", ["shape", "label", "not_npy", "npz_key", "none_out_txt",
-                                  "weight_for_mse", "object", "directory", "npz_no_arrays",
-                                  "sample_weight_for_ce", "probability_shape", "target_dtype",
-                                  "sample_weight_shape", "fastloss_error", "out_unwritable",
-                                  "zero_dim"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "shape",
+        "label",
+        "not_npy",
+        "npz_key",
+        "none_out_txt",
+        "weight_for_mse",
+        "object",
+        "directory",
+        "npz_no_arrays",
+        "sample_weight_for_ce",
+        "probability_shape",
+        "target_dtype",
+        "sample_weight_shape",
+        "fastloss_error",
+        "out_unwritable",
+        "zero_dim",
+    ],
+)
 def test_score_errors(capsys, tmp_path, case):
     np.save(tmp_path / "a.npy", np.zeros((4, 3)))
     np.save(tmp_path / "b.npy", np.zeros((4, 2)))
@@ -305,6 +381,7 @@ def test_score_errors(capsys, tmp_path, case):
     (tmp_path / "text.npy").write_text("not an array\n")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     import zipfile
+
     with zipfile.ZipFile(tmp_path / "empty.npz", "w") as zf:
         zf.writestr("notes.txt", "no arrays here")
     np.save(tmp_path / "probs.npy", np.full((4, 2), 0.5))
@@ -315,21 +392,27 @@ def test_score_errors(capsys, tmp_path, case):
     args, message = {
         "directory": (("mse", tmp_path, a), "is a directory"),
         "npz_no_arrays": (("mse", tmp_path / "empty.npz", a), "holds no arrays"),
-        "sample_weight_for_ce": (("cross_entropy", a, tmp_path / "labels.npy", "--sample-weight", a),
-                                 "--sample-weight applies to mse and mae"),
-        "probability_shape": (("cross_entropy", a, tmp_path / "probs.npy"), "must have the shape of the logits"),
+        "sample_weight_for_ce": (
+            ("cross_entropy", a, tmp_path / "labels.npy", "--sample-weight", a),
+            "--sample-weight applies to mse and mae",
+        ),
+        "probability_shape": (
+            ("cross_entropy", a, tmp_path / "probs.npy"),
+            "must have the shape of the logits",
+        ),
         "target_dtype": (("cross_entropy", a, tmp_path / "strings.npy"), "integer class indices or floating"),
         "sample_weight_shape": (("mse", a, a, "--sample-weight", b), "--sample-weight must have shape (4,)"),
         "fastloss_error": (("mse", a, a, "--sample-weight", tmp_path / "negative_w.npy"), "sample_weight"),
         "out_unwritable": (("mse", a, a, "--out", tmp_path / "no" / "such" / "dir.txt"), "cannot write"),
         "zero_dim": (("mse", tmp_path / "scalar.npy", tmp_path / "scalar.npy"), "at least 1 dimension"),
         "shape": (("mse", a, b), "same shape"),
-        "label": (("cross_entropy", a, tmp_path / "labels.npy", "--chunk-rows", 2),
-                  "TARGET value 9 at row 3"),
+        "label": (
+            ("cross_entropy", a, tmp_path / "labels.npy", "--chunk-rows", 2),
+            "TARGET value 9 at row 3",
+        ),
         "not_npy": (("mse", tmp_path / "text.npy", a), "not a valid .npy file"),
         "npz_key": (("mse", f"{tmp_path / 'z.npz'}:y", a), "no array named 'y'"),
-        "none_out_txt": (("mse", a, a, "--reduction", "none", "--out", tmp_path / "o.txt"),
-                         "ending in .npy"),
+        "none_out_txt": (("mse", a, a, "--reduction", "none", "--out", tmp_path / "o.txt"), "ending in .npy"),
         "weight_for_mse": (("mse", a, a, "--weight", a), "cross_entropy only"),
         "object": (("mse", tmp_path / "obj.npy", a), "obj.npy"),
     }[case]
@@ -360,8 +443,17 @@ def test_score_out_of_memory(capsys, tmp_path, monkeypatch):
     assert err == "fastloss score: error: out of memory; try a smaller --chunk-mb\n"
 
 
-@pytest.mark.parametrize("args", [("--threads", "1e3"), ("--chunk-mb", "0"), ("--chunk-mb", "nan"),
-                                  ("--chunk-rows", "0"), ("--ignore-index", "1.5"), ("--nope",)])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--threads", "1e3"),
+        ("--chunk-mb", "0"),
+        ("--chunk-mb", "nan"),
+        ("--chunk-rows", "0"),
+        ("--ignore-index", "1.5"),
+        ("--nope",),
+    ],
+)
 def test_score_usage_errors_exit_2(capsys, tmp_path, args):
     np.save(tmp_path / "a.npy", np.zeros((4, 3)))
     code, out, err = score(capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy", *args)
@@ -373,8 +465,9 @@ def test_score_usage_errors_exit_2(capsys, tmp_path, args):
 def test_score_fastloss_argument_error(capsys, tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((4, 3)))
     np.save(tmp_path / "labels.npy", np.array([0, 1, 2, 1]))
-    code, out, err = score(capsys, "cross_entropy", tmp_path / "a.npy", tmp_path / "labels.npy",
-                           "--label-smoothing", 1.5)
+    code, out, err = score(
+        capsys, "cross_entropy", tmp_path / "a.npy", tmp_path / "labels.npy", "--label-smoothing", 1.5
+    )
     assert code == 1
     assert "--label-smoothing" in err and "Traceback" not in err
 
@@ -382,6 +475,7 @@ def test_score_fastloss_argument_error(capsys, tmp_path):
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux only")
 def test_memory_module_runs():
     from fastloss._bench import memory
+
     res = memory.peak_extra_memory("mse_small", "fastloss", quick=True)
     assert "error" not in res, res
     assert res["extra_bytes"] is not None and res["extra_bytes"] >= 0
@@ -389,14 +483,24 @@ def test_memory_module_runs():
 
 # --- score: scalar options get fastloss's checks, named as options ------------------------------
 
-@pytest.mark.parametrize("loss, option, value", [
-    ("mse", "--threads", 100_000), ("mse", "--threads", 2**31), ("mse", "--threads", 0),
-    ("mse", "--threads", 10**30),
-    ("cross_entropy", "--ignore-index", 2**63), ("cross_entropy", "--ignore-index", -(2**63) - 1),
-    ("cross_entropy", "--ignore-index", 10**400),
-    ("cross_entropy", "--label-smoothing", "1e400"), ("cross_entropy", "--label-smoothing", "nan"),
-    ("cross_entropy", "--label-smoothing", "inf"), ("cross_entropy", "--label-smoothing", "1.5"),
-], ids=lambda v: str(v)[:12])
+
+@pytest.mark.parametrize(
+    "loss, option, value",
+    [
+        ("mse", "--threads", 100_000),
+        ("mse", "--threads", 2**31),
+        ("mse", "--threads", 0),
+        ("mse", "--threads", 10**30),
+        ("cross_entropy", "--ignore-index", 2**63),
+        ("cross_entropy", "--ignore-index", -(2**63) - 1),
+        ("cross_entropy", "--ignore-index", 10**400),
+        ("cross_entropy", "--label-smoothing", "1e400"),
+        ("cross_entropy", "--label-smoothing", "nan"),
+        ("cross_entropy", "--label-smoothing", "inf"),
+        ("cross_entropy", "--label-smoothing", "1.5"),
+    ],
+    ids=lambda v: str(v)[:12],
+)
 def test_score_absurd_scalar_options(capsys, tmp_path, loss, option, value):
     np.save(tmp_path / "a.npy", np.zeros((4, 3)))
     np.save(tmp_path / "labels.npy", np.array([0, 1, 2, 1]))
@@ -415,21 +519,25 @@ def test_score_threads_bound_subprocess(tmp_path):
     proc = run_cli("score", "mse", tmp_path / "a.npy", tmp_path / "a.npy", "--threads", 100_000)
     assert proc.returncode == 1, proc.stderr
     bound = max(1024, fastloss._core.default_num_threads())
-    assert proc.stderr == (f"fastloss score: error: --threads must be in [1, {bound}] (at most max(1024, "
-                           "the machine's cores) threads); got 100000\n")
+    assert proc.stderr == (
+        f"fastloss score: error: --threads must be in [1, {bound}] (at most max(1024, "
+        "the machine's cores) threads); got 100000\n"
+    )
 
 
 def test_score_ignore_index_2_63_subprocess(tmp_path):
     # 61 lines of pybind11's signature before.
     np.save(tmp_path / "a.npy", np.zeros((4, 3)))
     np.save(tmp_path / "labels.npy", np.array([0, 1, 2, 1]))
-    proc = run_cli("score", "cross_entropy", tmp_path / "a.npy", tmp_path / "labels.npy",
-                   "--ignore-index", 2**63)
+    proc = run_cli(
+        "score", "cross_entropy", tmp_path / "a.npy", tmp_path / "labels.npy", "--ignore-index", 2**63
+    )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "--ignore-index" in proc.stderr, proc.stderr
 
 
 # --- score: damaged files are one line ----------------------------------------------------------
+
 
 def _damaged(tmp_path, saver, damage):
     """A (300, 4) float64 archive written by `saver`, damaged as named; returns its path."""
@@ -449,8 +557,9 @@ def _damaged(tmp_path, saver, damage):
 
 
 @pytest.mark.parametrize("saver", [np.savez, np.savez_compressed])
-@pytest.mark.parametrize("damage", ["cut0.02", "cut0.1", "cut0.5", "cut0.97", "last-byte", "flip-data",
-                                    "zero-header"])
+@pytest.mark.parametrize(
+    "damage", ["cut0.02", "cut0.1", "cut0.5", "cut0.97", "last-byte", "flip-data", "zero-header"]
+)
 def test_score_damaged_npz(capsys, tmp_path, saver, damage):
     path = _damaged(tmp_path, saver, damage)
     code, out, err = score(capsys, "mse", path, path, "--chunk-rows", 7)
@@ -472,10 +581,15 @@ def test_score_truncated_npz_subprocess(tmp_path):
     assert proc.stderr.count("\n") == 1, proc.stderr
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("magic", "not a valid .npy file"), ("truncated", "truncated"), ("empty", "not a valid .npy file"),
-    ("header", "not a valid .npy file"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("magic", "not a valid .npy file"),
+        ("truncated", "truncated"),
+        ("empty", "not a valid .npy file"),
+        ("header", "not a valid .npy file"),
+    ],
+)
 def test_score_damaged_npy(capsys, tmp_path, damage, message):
     path = tmp_path / "x.npy"
     np.save(path, np.zeros((100, 4)))
@@ -497,6 +611,7 @@ def test_score_damaged_npy(capsys, tmp_path, damage, message):
 
 # --- score: --out appears only when complete ----------------------------------------------------
 
+
 def _leftovers(directory):
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
@@ -510,8 +625,18 @@ def test_score_failed_none_out_leaves_no_file(capsys, tmp_path, existing):
     out_path = tmp_path / "out.npy"
     if existing:
         np.save(out_path, np.arange(3.0))
-    code, out, err = score(capsys, "cross_entropy", tmp_path / "logits.npy", tmp_path / "labels.npy",
-                           "--reduction", "none", "--out", out_path, "--chunk-rows", 3)
+    code, out, err = score(
+        capsys,
+        "cross_entropy",
+        tmp_path / "logits.npy",
+        tmp_path / "labels.npy",
+        "--reduction",
+        "none",
+        "--out",
+        out_path,
+        "--chunk-rows",
+        3,
+    )
     assert code == 1 and "TARGET value 7 at row 9" in err
     if existing:
         np.testing.assert_array_equal(np.load(out_path), np.arange(3.0))
@@ -533,8 +658,20 @@ def test_score_interrupted_out_leaves_no_file(capsys, tmp_path, monkeypatch, red
         return real_mse(*args, **kwargs)
 
     monkeypatch.setattr(fastloss, "mse", interrupted)
-    code = main(["score", "mse", str(tmp_path / "a.npy"), str(tmp_path / "a.npy"), "--reduction", reduction,
-                 "--out", str(tmp_path / name), "--chunk-rows", "3"])
+    code = main(
+        [
+            "score",
+            "mse",
+            str(tmp_path / "a.npy"),
+            str(tmp_path / "a.npy"),
+            "--reduction",
+            reduction,
+            "--out",
+            str(tmp_path / name),
+            "--chunk-rows",
+            "3",
+        ]
+    )
     assert code == 130 and len(calls) == 2
     assert "interrupted" in capsys.readouterr().err
     assert not (tmp_path / name).exists() and _leftovers(tmp_path) == []
@@ -544,8 +681,16 @@ def test_score_out_mode_follows_umask(capsys, tmp_path):
     np.save(tmp_path / "a.npy", np.ones((4, 3)))
     old = os.umask(0o027)
     try:
-        code, out, err = score(capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy", "--reduction", "none",
-                               "--out", tmp_path / "o.npy")
+        code, out, err = score(
+            capsys,
+            "mse",
+            tmp_path / "a.npy",
+            tmp_path / "a.npy",
+            "--reduction",
+            "none",
+            "--out",
+            tmp_path / "o.npy",
+        )
     finally:
         os.umask(old)
     assert code == 0, err
@@ -562,8 +707,18 @@ def test_score_out_over_its_own_input_subprocess(tmp_path):
     labels = rng.integers(0, 10, 20000)
     np.save(tmp_path / "logits.npy", logits)
     np.save(tmp_path / "labels.npy", labels)
-    proc = run_cli("score", "cross_entropy", tmp_path / "logits.npy", tmp_path / "labels.npy",
-                   "--reduction", "none", "--out", tmp_path / "logits.npy", "--chunk-rows", 100)
+    proc = run_cli(
+        "score",
+        "cross_entropy",
+        tmp_path / "logits.npy",
+        tmp_path / "labels.npy",
+        "--reduction",
+        "none",
+        "--out",
+        tmp_path / "logits.npy",
+        "--chunk-rows",
+        100,
+    )
     assert proc.returncode == 0, proc.stderr
     expected = cross_entropy_rows_ref(logits, labels)
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=1e-12, atol=0)
@@ -577,27 +732,40 @@ def cross_entropy_rows_ref(logits, labels):
 
 # --- score: a result that cannot be printed is an error -----------------------------------------
 
+
 def _score_command(tmp_path, *extra):
     np.save(tmp_path / "p.npy", np.full((5, 2), 3.0))
     np.save(tmp_path / "t.npy", np.ones((5, 2)))
-    return [sys.executable, "-m", "fastloss", "score", "mse", str(tmp_path / "p.npy"), str(tmp_path / "t.npy"),
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fastloss",
+        "score",
+        "mse",
+        str(tmp_path / "p.npy"),
+        str(tmp_path / "t.npy"),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_score_stdout_closed(tmp_path, reduction):
     command = _score_command(tmp_path, "--reduction", reduction)
-    proc = subprocess.run(["/bin/sh", "-c", 'exec "$@" >&-', "sh", *command], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        ["/bin/sh", "-c", 'exec "$@" >&-', "sh", *command], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1
-    assert proc.stderr == ("fastloss score: error: standard output is closed, so the result cannot be "
-                           "printed; write it with --out FILE\n")
+    assert proc.stderr == (
+        "fastloss score: error: standard output is closed, so the result cannot be "
+        "printed; write it with --out FILE\n"
+    )
 
 
 def test_score_stdout_closed_with_out_is_fine(tmp_path):
     command = _score_command(tmp_path, "--out", str(tmp_path / "r.txt"))
-    proc = subprocess.run(["/bin/sh", "-c", 'exec "$@" >&-', "sh", *command], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        ["/bin/sh", "-c", 'exec "$@" >&-', "sh", *command], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert float((tmp_path / "r.txt").read_text()) == 4.0
 
@@ -606,19 +774,23 @@ def test_score_stdout_broken_pipe(tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)  # every write to the pipe fails with EPIPE
     try:
-        proc = subprocess.run(_score_command(tmp_path), stdout=write_end, stderr=subprocess.PIPE, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            _score_command(tmp_path), stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300
+        )
     finally:
         os.close(write_end)
     assert proc.returncode == 1
-    assert proc.stderr == ("fastloss score: error: cannot write the result to standard output (Broken pipe); "
-                           "write it with --out FILE\n")
+    assert proc.stderr == (
+        "fastloss score: error: cannot write the result to standard output (Broken pipe); "
+        "write it with --out FILE\n"
+    )
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_score_stdout_full(tmp_path):
     with open("/dev/full", "w") as full:
-        proc = subprocess.run(_score_command(tmp_path), stdout=full, stderr=subprocess.PIPE, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            _score_command(tmp_path), stdout=full, stderr=subprocess.PIPE, text=True, timeout=300
+        )
     assert proc.returncode == 1
     assert "No space left on device" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

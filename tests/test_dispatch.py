@@ -18,7 +18,6 @@ import subprocess
 import sys
 
 import pytest
-
 from fastloss import _core
 
 # Recorded when pytest imports this file, i.e. before any test runs: the isa fixture switches the
@@ -59,8 +58,9 @@ def paths_the_cpu_has(compiled: list[str], features: dict[str, bool]) -> list[st
 
 
 FEATURES = numpy_cpu_features()
-needs_numpy_features = pytest.mark.skipif(FEATURES is None,
-                                          reason="this NumPy does not expose __cpu_features__")
+needs_numpy_features = pytest.mark.skipif(
+    FEATURES is None, reason="this NumPy does not expose __cpu_features__"
+)
 not_forced = pytest.mark.skipif(bool(FORCED), reason=f"FASTLOSS_ISA={FORCED} forces the path")
 
 
@@ -118,8 +118,9 @@ def run_child(code: str, forced: str | None) -> subprocess.CompletedProcess[str]
     env = {key: value for key, value in os.environ.items() if key != "FASTLOSS_ISA"}
     if forced is not None:
         env["FASTLOSS_ISA"] = forced
-    return subprocess.run([*EMULATOR, sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [*EMULATOR, sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +128,10 @@ def child_runs_on_this_cpu():
     proc = run_child("import fastloss._core as c; print(','.join(c.available_isas()))", None)
     assert proc.returncode == 0, proc.stderr
     if proc.stdout.strip() != ",".join(AVAILABLE):
-        pytest.skip(f"a child process sees other paths ({proc.stdout.strip()}) than this one "
-                    f"({','.join(AVAILABLE)}): set FASTLOSS_EMULATOR to the emulator command")
+        pytest.skip(
+            f"a child process sees other paths ({proc.stdout.strip()}) than this one "
+            f"({','.join(AVAILABLE)}): set FASTLOSS_EMULATOR to the emulator command"
+        )
 
 
 @pytest.mark.parametrize("name", COMPILED)
@@ -136,8 +139,11 @@ def test_forcing_a_compiled_path(child_runs_on_this_cpu, name):
     """A path this CPU runs is the one running; one it cannot run is a clear error at import,
     never an illegal instruction (e.g. FASTLOSS_ISA=avx512 on an AVX2-only CPU)."""
     # mean(k^2 for k in 0..16) = 1496 / 17 = 88, exactly: the forced path also computes.
-    proc = run_child("import numpy as np, fastloss, fastloss._core as c; print(c.active_isa()); "
-                     "print(fastloss.mse(np.arange(17.0), np.zeros(17)))", name)
+    proc = run_child(
+        "import numpy as np, fastloss, fastloss._core as c; print(c.active_isa()); "
+        "print(fastloss.mse(np.arange(17.0), np.zeros(17)))",
+        name,
+    )
     if name in AVAILABLE:
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == [name, "88.0"]

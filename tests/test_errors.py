@@ -22,10 +22,9 @@ import sys
 from contextlib import contextmanager
 from fractions import Fraction
 
+import fastloss
 import numpy as np
 import pytest
-
-import fastloss
 from fastloss import _core
 from reference import cross_entropy_ref
 
@@ -63,8 +62,12 @@ def good_ce():
 
 def good_nce():
     rng = np.random.default_rng(2)
-    return (rng.standard_normal((4, 8)), rng.standard_normal((4, 8)),
-            rng.standard_normal((10, 8)), rng.standard_normal((4, 10, 8)))
+    return (
+        rng.standard_normal((4, 8)),
+        rng.standard_normal((4, 8)),
+        rng.standard_normal((10, 8)),
+        rng.standard_normal((4, 10, 8)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,8 +75,10 @@ def good_nce():
 
 
 @pytest.mark.parametrize("func", REGRESSION)
-@pytest.mark.parametrize("shapes", [((4, 3), (4, 2)), ((4, 3), (3, 4)), ((4, 3), (12,)),
-                                    ((5,), (5, 1)), ((4, 1), (4, 3)), ((7,), (6,))])
+@pytest.mark.parametrize(
+    "shapes",
+    [((4, 3), (4, 2)), ((4, 3), (3, 4)), ((4, 3), (12,)), ((5,), (5, 1)), ((4, 1), (4, 3)), ((7,), (6,))],
+)
 def test_regression_shape_mismatch_names_both_shapes(func, shapes):
     a, b = shapes
     with raises(ValueError, shape_re(a), shape_re(b), r"pred|target"):
@@ -95,8 +100,9 @@ def test_regression_bad_reduction(func, reduction):
 
 
 @pytest.mark.parametrize("func", REGRESSION)
-@pytest.mark.parametrize("weight", [np.ones(3), np.ones(5), np.ones((4, 1)), np.ones((4, 3)),
-                                    np.float64(1.0)])
+@pytest.mark.parametrize(
+    "weight", [np.ones(3), np.ones(5), np.ones((4, 1)), np.ones((4, 3)), np.float64(1.0)]
+)
 def test_sample_weight_wrong_shape(func, weight):
     pred, target = good_regression()
     with raises(ValueError, r"sample_weight"):
@@ -125,15 +131,19 @@ def test_sample_weight_bad_dtype(func):
 
 @pytest.mark.parametrize("func", REGRESSION)
 @pytest.mark.parametrize("which", ["pred", "target"])
-@pytest.mark.parametrize("bad", [
-    np.ones((4, 3), dtype=np.complex64),
-    np.ones((4, 3), dtype=np.complex128),
-    np.full((4, 3), None, dtype=object),
-    np.ones((4, 3)).astype(object),
-    np.full((4, 3), "x"),
-    np.full((4, 3), b"x"),
-    np.full((4, 3), np.datetime64("2020-01-01")),
-], ids=["complex64", "complex128", "object-none", "object-float", "str", "bytes", "datetime"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.ones((4, 3), dtype=np.complex64),
+        np.ones((4, 3), dtype=np.complex128),
+        np.full((4, 3), None, dtype=object),
+        np.ones((4, 3)).astype(object),
+        np.full((4, 3), "x"),
+        np.full((4, 3), b"x"),
+        np.full((4, 3), np.datetime64("2020-01-01")),
+    ],
+    ids=["complex64", "complex128", "object-none", "object-float", "str", "bytes", "datetime"],
+)
 def test_regression_bad_dtypes(func, which, bad):
     pred, target = good_regression()
     args = {"pred": pred, "target": target}
@@ -146,14 +156,12 @@ def test_regression_bad_dtypes(func, which, bad):
 # cross_entropy
 
 
-@pytest.mark.parametrize("bad_value, position", [(13, 6), (5, 0), (-1, 9), (-101, 3),
-                                                 (2**40, 8)])
+@pytest.mark.parametrize("bad_value, position", [(13, 6), (5, 0), (-1, 9), (-101, 3), (2**40, 8)])
 def test_ce_label_out_of_range_names_value_and_position(bad_value, position):
     logits = np.zeros((10, 5))
     target = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 4])
     target[position] = bad_value
-    with raises(ValueError, r"target", rf"(?<![\d.]){bad_value}(?![\d.])",
-                rf"(?<![\d.]){position}(?![\d.])"):
+    with raises(ValueError, r"target", rf"(?<![\d.]){bad_value}(?![\d.])", rf"(?<![\d.]){position}(?![\d.])"):
         fastloss.cross_entropy(logits, target)
 
 
@@ -188,16 +196,20 @@ def test_ce_logits_bad_ndim(shape):
         fastloss.cross_entropy(logits, np.zeros(shape[:1] if shape else (), dtype=np.int64))
 
 
-@pytest.mark.parametrize("target", [
-    np.zeros(5, dtype=np.int64),  # N mismatch
-    np.zeros(7, dtype=np.int64),
-    np.zeros((6, 1), dtype=np.int64),
-    np.zeros((6, 4)),  # probabilities of the wrong shape
-    np.zeros((6, 6)),
-    np.zeros((5, 5)),
-    np.zeros((6, 5, 1)),
-    np.int64(0),  # a scalar for (N, C) logits
-], ids=["n5", "n7", "n-by-1", "prob-6x4", "prob-6x6", "prob-5x5", "prob-3d", "scalar"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        np.zeros(5, dtype=np.int64),  # N mismatch
+        np.zeros(7, dtype=np.int64),
+        np.zeros((6, 1), dtype=np.int64),
+        np.zeros((6, 4)),  # probabilities of the wrong shape
+        np.zeros((6, 6)),
+        np.zeros((5, 5)),
+        np.zeros((6, 5, 1)),
+        np.int64(0),  # a scalar for (N, C) logits
+    ],
+    ids=["n5", "n7", "n-by-1", "prob-6x4", "prob-6x6", "prob-5x5", "prob-3d", "scalar"],
+)
 def test_ce_target_wrong_shape(target):
     logits, _ = good_ce()
     with raises(ValueError, r"target"):
@@ -236,15 +248,19 @@ def test_ce_integer_target_of_logits_shape_is_rejected():
 def test_ce_bad_dtypes(which, kind):
     logits, target = good_ce()
     base = logits if which == "logits" else target
-    bad = {"complex": base.astype(np.complex128), "object": base.astype(object),
-           "str": base.astype(str)}[kind]
+    bad = {"complex": base.astype(np.complex128), "object": base.astype(object), "str": base.astype(str)}[
+        kind
+    ]
     args = {"logits": logits, "target": target, which: bad}
     with raises(TypeError, which):
         fastloss.cross_entropy(args["logits"], args["target"])
 
 
-@pytest.mark.parametrize("weight", [np.ones(4), np.ones(6), np.ones((5, 1)), np.ones((1, 5)),
-                                    np.float64(1.0)], ids=["4", "6", "5x1", "1x5", "scalar"])
+@pytest.mark.parametrize(
+    "weight",
+    [np.ones(4), np.ones(6), np.ones((5, 1)), np.ones((1, 5)), np.float64(1.0)],
+    ids=["4", "6", "5x1", "1x5", "scalar"],
+)
 def test_ce_weight_wrong_shape(weight):
     logits, target = good_ce()
     with raises(ValueError, r"weight"):
@@ -392,8 +408,11 @@ def test_nce_bad_dtypes(which, kind):
     q, k, neg, _ = good_nce()
     args = {"query": q, "positive_key": k, "negative_keys": neg}
     base = args[which]
-    args[which] = {"complex": base.astype(np.complex128), "object": base.astype(object),
-                   "str": base.astype(str)}[kind]
+    args[which] = {
+        "complex": base.astype(np.complex128),
+        "object": base.astype(object),
+        "str": base.astype(str),
+    }[kind]
     with raises(TypeError, which):
         fastloss.info_nce(args["query"], args["positive_key"], args["negative_keys"])
 
@@ -465,25 +484,65 @@ def scalar_call(param):
 BAD_SCALARS = (
     [("ignore_index", v, ValueError) for v in HUGE_INTS + [np.uint64(2**64 - 1)]]
     + [("ignore_index", v, TypeError) for v in BOOLS + NOT_NUMBERS + [1.5, 2.0, np.float64(1), math.nan]]
-    + [("label_smoothing", v, ValueError) for v in HUGE_INTS + [
-        Fraction(10**400), Fraction(-(10**400)), np.longdouble("1e4000"), math.nan, np.float32("nan"),
-        math.inf, -math.inf, np.float16("inf"), 2, -1, np.int64(2), 1 + 1e-16 * 3]]
+    + [
+        ("label_smoothing", v, ValueError)
+        for v in HUGE_INTS
+        + [
+            Fraction(10**400),
+            Fraction(-(10**400)),
+            np.longdouble("1e4000"),
+            math.nan,
+            np.float32("nan"),
+            math.inf,
+            -math.inf,
+            np.float16("inf"),
+            2,
+            -1,
+            np.int64(2),
+            1 + 1e-16 * 3,
+        ]
+    ]
     + [("label_smoothing", v, TypeError) for v in BOOLS + NOT_NUMBERS]
-    + [("temperature", v, ValueError) for v in [v for v in HUGE_INTS if v < 0 or v > sys.float_info.max] + [
-        Fraction(10**400), np.longdouble("1e4000"), 0, 0.0, -0.0, -1, math.nan, math.inf, -math.inf,
-        np.float64("nan"), np.float32("inf"), 5e-324, 1e-310, sys.float_info.min / 2, np.uint64(0)]]
+    + [
+        ("temperature", v, ValueError)
+        for v in [v for v in HUGE_INTS if v < 0 or v > sys.float_info.max]
+        + [
+            Fraction(10**400),
+            np.longdouble("1e4000"),
+            0,
+            0.0,
+            -0.0,
+            -1,
+            math.nan,
+            math.inf,
+            -math.inf,
+            np.float64("nan"),
+            np.float32("inf"),
+            5e-324,
+            1e-310,
+            sys.float_info.min / 2,
+            np.uint64(0),
+        ]
+    ]
     + [("temperature", v, TypeError) for v in BOOLS + NOT_NUMBERS]
-    + [("n", v, ValueError) for v in HUGE_INTS + [0, -1, 100_000, 2**31, np.int64(2**40), np.uint64(2**64 - 1)]]
+    + [
+        ("n", v, ValueError)
+        for v in HUGE_INTS + [0, -1, 100_000, 2**31, np.int64(2**40), np.uint64(2**64 - 1)]
+    ]
     + [("n", v, TypeError) for v in BOOLS + NOT_NUMBERS + [2.0, np.float64(2), math.inf]]
     + [("reduction", v, ValueError) for v in ["x" * 10_000, b"sum", 10**5000, None]]
     + [("negative_mode", v, ValueError) for v in ["x" * 10_000, b"paired", 10**5000, None]]
-    + [(flag, v, TypeError) for flag in ("return_grad", "normalize", "symmetric")
-       for v in [1, 0, np.int64(1), 10**5000, "True", None, 1.0]]
+    + [
+        (flag, v, TypeError)
+        for flag in ("return_grad", "normalize", "symmetric")
+        for v in [1, 0, np.int64(1), 10**5000, "True", None, 1.0]
+    ]
 )
 
 
-@pytest.mark.parametrize("param, value, exc", BAD_SCALARS,
-                         ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(BAD_SCALARS)])
+@pytest.mark.parametrize(
+    "param, value, exc", BAD_SCALARS, ids=[f"{p}-{i}" for i, (p, _, _) in enumerate(BAD_SCALARS)]
+)
 def test_absurd_scalars(param, value, exc, restore_threads):
     threads = fastloss.get_num_threads()
     with raises(exc, rf"(?<![\w-]){param}(?![\w-])") as info:
@@ -526,15 +585,19 @@ def test_ignore_index_accepts_every_int64(value):
     assert got == pytest.approx(cross_entropy_ref(logits, target, ignore_index=int(value)), rel=1e-12)
 
 
-@pytest.mark.parametrize("value", [np.float32(0.25), np.float16(0.25), Fraction(1, 4), np.int64(0), 0, 1,
-                                   np.uint8(1), np.longdouble(0.25)])
+@pytest.mark.parametrize(
+    "value",
+    [np.float32(0.25), np.float16(0.25), Fraction(1, 4), np.int64(0), 0, 1, np.uint8(1), np.longdouble(0.25)],
+)
 def test_label_smoothing_accepts_real_numbers(value):
     logits, target = good_ce()
     got = fastloss.cross_entropy(logits, target, label_smoothing=value)
     assert got == pytest.approx(cross_entropy_ref(logits, target, label_smoothing=float(value)), rel=1e-12)
 
 
-@pytest.mark.parametrize("temperature", [sys.float_info.min, sys.float_info.max, np.float32(1e-38), 2**64, 10**300])
+@pytest.mark.parametrize(
+    "temperature", [sys.float_info.min, sys.float_info.max, np.float32(1e-38), 2**64, 10**300]
+)
 def test_temperature_extremes_accepted(temperature):
     # Every logit is 0 (orthogonal queries and keys), whatever the temperature: each of the N
     # rows is a uniform N-way softmax, loss log(N). 1/temperature is finite, so no 0 * inf.
@@ -549,16 +612,20 @@ def test_temperature_extremes_accepted(temperature):
 # the rest of README's "Errors" table
 
 
-@pytest.mark.parametrize("call, name", [
-    (lambda ragged: fastloss.mse(ragged, [1.0, 2.0]), "pred"),
-    (lambda ragged: fastloss.mae([1.0, 2.0], ragged), "target"),
-    (lambda ragged: fastloss.mse([1.0, 2.0], [1.0, 2.0], sample_weight=ragged), "sample_weight"),
-    (lambda ragged: fastloss.cross_entropy(ragged, [0, 1]), "logits"),
-    (lambda ragged: fastloss.cross_entropy(np.zeros((2, 2)), ragged), "target"),
-    (lambda ragged: fastloss.cross_entropy(np.zeros((2, 2)), [0, 1], weight=ragged), "weight"),
-    (lambda ragged: fastloss.info_nce(ragged, np.zeros((2, 2))), "query"),
-    (lambda ragged: fastloss.info_nce(np.zeros((2, 2)), np.zeros((2, 2)), ragged), "negative_keys"),
-], ids=["pred", "target", "sample_weight", "logits", "ce-target", "weight", "query", "negative_keys"])
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda ragged: fastloss.mse(ragged, [1.0, 2.0]), "pred"),
+        (lambda ragged: fastloss.mae([1.0, 2.0], ragged), "target"),
+        (lambda ragged: fastloss.mse([1.0, 2.0], [1.0, 2.0], sample_weight=ragged), "sample_weight"),
+        (lambda ragged: fastloss.cross_entropy(ragged, [0, 1]), "logits"),
+        (lambda ragged: fastloss.cross_entropy(np.zeros((2, 2)), ragged), "target"),
+        (lambda ragged: fastloss.cross_entropy(np.zeros((2, 2)), [0, 1], weight=ragged), "weight"),
+        (lambda ragged: fastloss.info_nce(ragged, np.zeros((2, 2))), "query"),
+        (lambda ragged: fastloss.info_nce(np.zeros((2, 2)), np.zeros((2, 2)), ragged), "negative_keys"),
+    ],
+    ids=["pred", "target", "sample_weight", "logits", "ce-target", "weight", "query", "negative_keys"],
+)
 def test_unconvertible_arrays(call, name):
     with raises(ValueError, rf"^{name}"):
         call([[1.0, 2.0], [3.0]])
@@ -578,16 +645,24 @@ def test_ce_weight_not_finite(bad):
         fastloss.cross_entropy(logits, target, weight=weight)
 
 
-@pytest.mark.parametrize("call", [
-    lambda big: fastloss.mse(np.broadcast_to(np.float32(0), big), np.broadcast_to(np.float32(1), big),
-                             reduction="none"),
-    lambda big: fastloss.mae(np.broadcast_to(np.float64(0), big), np.broadcast_to(np.float64(1), big),
-                             return_grad=True),
-    lambda big: fastloss.cross_entropy(np.broadcast_to(np.float32(0), big + (4,)),
-                                       np.broadcast_to(np.int64(0), big), reduction="none"),
-    lambda big: fastloss.info_nce(np.broadcast_to(np.float32(1), big + (4,)),
-                                  np.broadcast_to(np.float32(1), big + (4,))),
-], ids=["mse-none", "mae-grad", "ce-none", "info_nce"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda big: fastloss.mse(
+            np.broadcast_to(np.float32(0), big), np.broadcast_to(np.float32(1), big), reduction="none"
+        ),
+        lambda big: fastloss.mae(
+            np.broadcast_to(np.float64(0), big), np.broadcast_to(np.float64(1), big), return_grad=True
+        ),
+        lambda big: fastloss.cross_entropy(
+            np.broadcast_to(np.float32(0), big + (4,)), np.broadcast_to(np.int64(0), big), reduction="none"
+        ),
+        lambda big: fastloss.info_nce(
+            np.broadcast_to(np.float32(1), big + (4,)), np.broadcast_to(np.float32(1), big + (4,))
+        ),
+    ],
+    ids=["mse-none", "mae-grad", "ce-none", "info_nce"],
+)
 def test_allocation_failure_is_memory_error(call):
     # 2**56 rows: no address space holds the output, whatever the overcommit policy.
     with pytest.raises(MemoryError):
@@ -598,10 +673,17 @@ def test_allocation_failure_is_memory_error(call):
 def test_forced_isa_that_cannot_run_is_import_error(isa):
     if isa in _core.available_isas():
         pytest.skip(f"{isa} runs on this machine")
-    code = ("try:\n    import fastloss\nexcept ImportError as e:\n    print('ImportError', e)\n"
-            "else:\n    print('imported')\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "FASTLOSS_ISA": isa})
+    code = (
+        "try:\n    import fastloss\nexcept ImportError as e:\n    print('ImportError', e)\n"
+        "else:\n    print('imported')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "FASTLOSS_ISA": isa},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"ImportError FASTLOSS_ISA={isa} "), proc.stdout
 
@@ -621,9 +703,12 @@ def test_torch_front_end_errors():
         ft.cross_entropy(torch.ones(2, 3), probabilities)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="fastloss.torch.cross_entropy reads target.is_floating_point() before checking "
-                          "that target is a tensor (torch.py is not this change's file)")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AttributeError,
+    reason="fastloss.torch.cross_entropy reads target.is_floating_point() before checking "
+    "that target is a tensor (torch.py is not this change's file)",
+)
 def test_torch_cross_entropy_target_not_a_tensor():
     torch = pytest.importorskip("torch")
     import fastloss.torch as ft
@@ -635,5 +720,4 @@ def test_torch_cross_entropy_target_not_a_tensor():
 def test_process_survives_all_errors():
     # after every error above the library still computes correct numbers
     pred, target = good_regression()
-    assert math.isclose(fastloss.mse(pred, target), float(np.mean((pred - target) ** 2)),
-                        rel_tol=1e-12)
+    assert math.isclose(fastloss.mse(pred, target), float(np.mean((pred - target) ** 2)), rel_tol=1e-12)

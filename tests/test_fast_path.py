@@ -4,10 +4,9 @@ it does not handle rather than compute it."""
 
 from __future__ import annotations
 
+import fastloss
 import numpy as np
 import pytest
-
-import fastloss
 from fastloss import _core
 
 

@@ -7,13 +7,12 @@ import subprocess
 import sys
 import textwrap
 
+import fastloss
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import fastloss
-import reference as ref
 
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
 # float64 gradients agree with the float64 reference to rounding; float32 to a few ulps of the
@@ -72,7 +71,9 @@ def test_mae_grad_at_equal_inputs_is_plus_zero(isa, dtype, layout, reduction):
         for p in (pred, pred_neg_zero):
             _, grad = fastloss.mae(p, layout(target), reduction=reduction, return_grad=True)
             assert np.array_equal(grad, np.zeros_like(grad))
-            assert not np.signbit(grad).any(), f"-0.0 in the MAE gradient at {np.argwhere(np.signbit(grad))[:3]}"
+            assert not np.signbit(grad).any(), (
+                f"-0.0 in the MAE gradient at {np.argwhere(np.signbit(grad))[:3]}"
+            )
 
 
 def test_grad_dtype_follows_the_first_argument():
@@ -102,8 +103,9 @@ def test_cross_entropy_grad_matches_reference(isa, reduction, dtype, target_kind
     else:
         target = rng.random(shape).astype(dtype)
     weight = rng.random(c) + 0.1 if weighted else None
-    loss, grad = fastloss.cross_entropy(logits, target, reduction=reduction, weight=weight,
-                                        label_smoothing=smoothing, return_grad=True)
+    loss, grad = fastloss.cross_entropy(
+        logits, target, reduction=reduction, weight=weight, label_smoothing=smoothing, return_grad=True
+    )
     assert grad.shape == logits.shape and grad.dtype == dtype
     want = ref.cross_entropy_grad_ref(logits, target, reduction, weight, -100, smoothing)
     assert_grad_close(grad, want, dtype)
@@ -148,11 +150,18 @@ def test_info_nce_grad_matches_reference(isa, mode, n, _unused, m, d, reduction,
         negatives = rng.standard_normal((n, m, d)).astype(dtype)
     symmetrics = [False, True] if mode == "in_batch" else [False]
     for symmetric in symmetrics:
-        kwargs = dict(temperature=0.5, reduction=reduction, normalize=normalize, symmetric=symmetric,
-                      negative_mode="paired" if mode == "paired" else "unpaired")
+        kwargs = dict(
+            temperature=0.5,
+            reduction=reduction,
+            normalize=normalize,
+            symmetric=symmetric,
+            negative_mode="paired" if mode == "paired" else "unpaired",
+        )
         loss, grads = fastloss.info_nce(q, k, negatives, return_grad=True, **kwargs)
         want = ref.info_nce_grad_ref(q, k, negatives, **kwargs)
-        for name, got, expected in zip(("d_query", "d_positive_key", "d_negative_keys"), grads, want):
+        for name, got, expected in zip(
+            ("d_query", "d_positive_key", "d_negative_keys"), grads, want, strict=False
+        ):
             if expected is None:
                 assert got is None, name
             else:
@@ -172,7 +181,10 @@ def test_gradients_are_bit_identical_across_threads(restore_threads):
     rng = np.random.default_rng(5)
     logits = rng.standard_normal((20000, 100)).astype(np.float32)
     labels = rng.integers(0, 100, 20000)
-    q, k = rng.standard_normal((300, 64)).astype(np.float32), rng.standard_normal((300, 64)).astype(np.float32)
+    q, k = (
+        rng.standard_normal((300, 64)).astype(np.float32),
+        rng.standard_normal((300, 64)).astype(np.float32),
+    )
     queue = rng.standard_normal((5000, 64)).astype(np.float32)
     results = []
     for threads in (1, 2, 3):
@@ -182,7 +194,7 @@ def test_gradients_are_bit_identical_across_threads(restore_threads):
         results.append((g_ce, g_nce))
     for g_ce, g_nce in results[1:]:
         np.testing.assert_array_equal(g_ce, results[0][0])
-        for a, b in zip(g_nce, results[0][1]):
+        for a, b in zip(g_nce, results[0][1], strict=False):
             np.testing.assert_array_equal(a, b)
 
 
@@ -204,9 +216,15 @@ def total(loss):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31), n=st.integers(1, 5), c=st.integers(1, 6),
-       reduction=st.sampled_from(REDUCTIONS), smoothing=st.sampled_from([0.0, 0.25]),
-       weighted=st.booleans(), soft=st.booleans())
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 5),
+    c=st.integers(1, 6),
+    reduction=st.sampled_from(REDUCTIONS),
+    smoothing=st.sampled_from([0.0, 0.25]),
+    weighted=st.booleans(),
+    soft=st.booleans(),
+)
 def test_cross_entropy_grad_finite_differences(seed, n, c, reduction, smoothing, weighted, soft):
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((n, c))
@@ -219,8 +237,14 @@ def test_cross_entropy_grad_finite_differences(seed, n, c, reduction, smoothing,
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31), kind=st.sampled_from(["mse", "mae"]), n=st.integers(1, 4),
-       f=st.integers(1, 5), reduction=st.sampled_from(REDUCTIONS), weighted=st.booleans())
+@given(
+    seed=st.integers(0, 2**31),
+    kind=st.sampled_from(["mse", "mae"]),
+    n=st.integers(1, 4),
+    f=st.integers(1, 5),
+    reduction=st.sampled_from(REDUCTIONS),
+    weighted=st.booleans(),
+)
 def test_regression_grad_finite_differences(seed, kind, n, f, reduction, weighted):
     rng = np.random.default_rng(seed)
     pred, target = rng.standard_normal((n, f)), rng.standard_normal((n, f))
@@ -232,15 +256,26 @@ def test_regression_grad_finite_differences(seed, kind, n, f, reduction, weighte
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**31), n=st.integers(1, 4), m=st.integers(0, 5), d=st.integers(1, 4),
-       mode=st.sampled_from(["in_batch", "symmetric", "unpaired", "paired"]),
-       reduction=st.sampled_from(["none", "sum", "mean"]), normalize=st.booleans())
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 4),
+    m=st.integers(0, 5),
+    d=st.integers(1, 4),
+    mode=st.sampled_from(["in_batch", "symmetric", "unpaired", "paired"]),
+    reduction=st.sampled_from(["none", "sum", "mean"]),
+    normalize=st.booleans(),
+)
 def test_info_nce_grad_finite_differences(seed, n, m, d, mode, reduction, normalize):
     rng = np.random.default_rng(seed)
     q, k = rng.standard_normal((n, d)), rng.standard_normal((n, d))
     negatives = {"unpaired": rng.standard_normal((m, d)), "paired": rng.standard_normal((n, m, d))}.get(mode)
-    kwargs = dict(temperature=0.7, reduction=reduction, normalize=normalize, symmetric=mode == "symmetric",
-                  negative_mode="paired" if mode == "paired" else "unpaired")
+    kwargs = dict(
+        temperature=0.7,
+        reduction=reduction,
+        normalize=normalize,
+        symmetric=mode == "symmetric",
+        negative_mode="paired" if mode == "paired" else "unpaired",
+    )
     _, (d_q, d_k, d_n) = fastloss.info_nce(q, k, negatives, return_grad=True, **kwargs)
     numeric_q = central_difference(lambda x: total(fastloss.info_nce(x, k, negatives, **kwargs)), q)
     numeric_k = central_difference(lambda x: total(fastloss.info_nce(q, x, negatives, **kwargs)), k)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import math
 
+import fastloss
 import numpy as np
 import pytest
-
-import fastloss
 from conftest import SIZES, to_layout
 from reference import assert_scaled_close, computation_dtype, info_nce_ref, info_nce_scale
 
@@ -64,8 +63,9 @@ def test_known_values_in_batch(isa):
         got = fastloss.info_nce(q, k, temperature=t, reduction="none")
         np.testing.assert_allclose(got, [expected] * 3, rtol=1e-14)
         assert math.isclose(fastloss.info_nce(q, k, temperature=t), expected, rel_tol=1e-14)
-        assert math.isclose(fastloss.info_nce(q, k, temperature=t, reduction="sum"),
-                            3 * expected, rel_tol=1e-14)
+        assert math.isclose(
+            fastloss.info_nce(q, k, temperature=t, reduction="sum"), 3 * expected, rel_tol=1e-14
+        )
 
 
 def test_known_values_with_negatives(isa):
@@ -78,8 +78,7 @@ def test_known_values_with_negatives(isa):
     got = fastloss.info_nce(q, k, queue, temperature=1.0, reduction="none")
     np.testing.assert_allclose(got, [r0, r1], rtol=1e-14)
     paired = np.stack([queue, queue[::-1]])  # row 1: negatives [0,0], [-1,0], [1,1]
-    got = fastloss.info_nce(q, k, paired, temperature=1.0, negative_mode="paired",
-                            reduction="none")
+    got = fastloss.info_nce(q, k, paired, temperature=1.0, negative_mode="paired", reduction="none")
     np.testing.assert_allclose(got, [r0, r1], rtol=1e-14)
 
 
@@ -178,8 +177,7 @@ def test_unpaired_equals_paired_with_a_repeated_queue(isa):
     rng = np.random.default_rng(4)
     q, k, neg, _ = make_case(rng, "unpaired", 6, 17, 16, np.float64)
     a = fastloss.info_nce(q, k, neg, reduction="none")
-    b = fastloss.info_nce(q, k, np.broadcast_to(neg, (6, 17, 16)), negative_mode="paired",
-                          reduction="none")
+    b = fastloss.info_nce(q, k, np.broadcast_to(neg, (6, 17, 16)), negative_mode="paired", reduction="none")
     np.testing.assert_allclose(a, b, rtol=1e-13)
 
 
@@ -203,8 +201,7 @@ def test_normalize_tiny_norms(isa):
     k = np.array([[1.0, 0.0], [0.0, 1.0]])
     got = fastloss.info_nce(q, k, normalize=True, temperature=1.0, reduction="none")
     # row 0: q -> [0.1, 0]: logits [0.1, 0]; row 1: q -> [0, 1]: logits [0, 1]
-    np.testing.assert_allclose(got, [math.log(math.exp(0.1) + 1) - 0.1,
-                                     math.log(1 + math.e) - 1], rtol=1e-12)
+    np.testing.assert_allclose(got, [math.log(math.exp(0.1) + 1) - 0.1, math.log(1 + math.e) - 1], rtol=1e-12)
 
 
 def test_normalize_is_scale_invariant(isa):
@@ -229,8 +226,7 @@ def test_float16_inputs(isa, mode):
             assert got.dtype == np.float32
 
 
-@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.bool_],
-                         ids=["i8", "i32", "i64", "bool"])
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.bool_], ids=["i8", "i32", "i64", "bool"])
 @pytest.mark.parametrize("mode", MODES)
 def test_integer_inputs_are_float64(isa, mode, dtype):
     rng = np.random.default_rng(7)
@@ -265,8 +261,11 @@ def test_layouts(isa, layout, dtype, mode):
 def test_mixed_layouts(isa):
     rng = np.random.default_rng(9)
     q, k, neg, kwargs = make_case(rng, "paired", 7, 33, 16, np.float32)
-    for a, b, c in [("strided", "reversed", "bigendian"), ("fortran", "bigendian", "strided"),
-                    ("reversed", "readonly", "reversed")]:
+    for a, b, c in [
+        ("strided", "reversed", "bigendian"),
+        ("fortran", "bigendian", "strided"),
+        ("reversed", "readonly", "reversed"),
+    ]:
         check(to_layout(q, a), to_layout(k, b), to_layout(neg, c), "none", **kwargs)
 
 
@@ -287,7 +286,7 @@ def test_inputs_are_not_modified(isa):
     copies = [q.copy(), k.copy(), neg.copy()]
     for reduction in REDUCTIONS:
         fastloss.info_nce(q, k, neg, reduction=reduction, normalize=True, **kwargs)
-    for before, after in zip(copies, [q, k, neg]):
+    for before, after in zip(copies, [q, k, neg], strict=False):
         np.testing.assert_array_equal(before, after)
 
 
@@ -304,8 +303,7 @@ def test_tiny_temperature(isa, dtype, mode, temperature):
     for normalize in (False, True):
         for reduction in REDUCTIONS:
             extra = {"symmetric": True} if mode == "in-batch" and normalize else {}
-            got = check(q, k, neg, reduction, temperature=temperature, normalize=normalize,
-                        **kwargs, **extra)
+            got = check(q, k, neg, reduction, temperature=temperature, normalize=normalize, **kwargs, **extra)
             assert np.all(np.isfinite(got)), f"non-finite loss at temperature {temperature}"
 
 
@@ -366,8 +364,9 @@ def test_inf_propagates(isa, dtype):
 # PyTorch: explicit logits + F.cross_entropy
 
 
-def _torch_info_nce(torch, q, k, neg, temperature, reduction, mode="unpaired", normalize=False,
-                    symmetric=False):
+def _torch_info_nce(
+    torch, q, k, neg, temperature, reduction, mode="unpaired", normalize=False, symmetric=False
+):
     import torch.nn.functional as F
 
     q, k = torch.from_numpy(q), torch.from_numpy(k)
@@ -404,11 +403,27 @@ def test_against_torch(isa, dtype, mode, normalize, reduction):
         for t in (0.07, 0.5):
             sym = [False, True] if mode == "in-batch" else [False]
             for symmetric in sym:
-                expected = _torch_info_nce(torch, q, k, neg, t, reduction,
-                                           kwargs.get("negative_mode", "unpaired"), normalize,
-                                           symmetric)
-                got = fastloss.info_nce(q, k, neg, temperature=t, reduction=reduction,
-                                        normalize=normalize, symmetric=symmetric, **kwargs)
+                expected = _torch_info_nce(
+                    torch,
+                    q,
+                    k,
+                    neg,
+                    t,
+                    reduction,
+                    kwargs.get("negative_mode", "unpaired"),
+                    normalize,
+                    symmetric,
+                )
+                got = fastloss.info_nce(
+                    q,
+                    k,
+                    neg,
+                    temperature=t,
+                    reduction=reduction,
+                    normalize=normalize,
+                    symmetric=symmetric,
+                    **kwargs,
+                )
                 if dtype == np.float64:
                     np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11)
                 else:

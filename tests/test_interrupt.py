@@ -19,12 +19,9 @@ import textwrap
 import threading
 import time
 
+import fastloss
 import numpy as np
 import pytest
-
-import fastloss
-from fastloss import _core
-
 from reference import assert_rel_close, cross_entropy_ref, info_nce_grad_ref, info_nce_ref, mse_ref
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and rlimits")
@@ -103,7 +100,9 @@ def _interrupt_child(name: str) -> dict:
 @pytest.mark.parametrize("name", sorted(_LONG_CALLS))
 def test_sigint_interrupts_a_long_call(name):
     report = _interrupt_child(name)
-    assert report["outcome"] == "interrupted", f"{name} ran to completion in {report['at']:.1f} s: not long enough"
+    assert report["outcome"] == "interrupted", (
+        f"{name} ran to completion in {report['at']:.1f} s: not long enough"
+    )
     print(f"{name}: KeyboardInterrupt {report['latency'] * 1e3:.0f} ms after SIGINT")
     # About every 100 ms the kernel's calling thread runs the signal handlers; a second leaves room
     # for a loaded machine.
@@ -130,7 +129,7 @@ def _off_main_thread(fn):
 def _assert_same_bits(got, expected):
     if isinstance(got, tuple):
         assert len(got) == len(expected)
-        for g, e in zip(got, expected):
+        for g, e in zip(got, expected, strict=False):
             _assert_same_bits(g, e)
     elif got is None:
         assert expected is None
@@ -154,19 +153,40 @@ def _long_calls(dtype):
     target = rng.standard_normal((3000, 1500)).astype(dtype)
     tol = 1e-4 if dtype == np.float32 else 1e-10
     return {
-        "info_nce_unpaired": (lambda: fastloss.info_nce(q, k, neg, reduction="none", return_grad=True),
-                              lambda: (info_nce_ref(q, k, neg, reduction="none"), info_nce_grad_ref(q, k, neg, reduction="none")), tol),
-        "info_nce_in_batch": (lambda: fastloss.info_nce(*batch, reduction="sum", normalize=True, symmetric=True,
-                                                        return_grad=True), None, tol),
-        "info_nce_paired": (lambda: fastloss.info_nce(q, k, paired, negative_mode="paired", return_grad=True),
-                            None, tol),
-        "cross_entropy": (lambda: fastloss.cross_entropy(logits, labels, reduction="sum", label_smoothing=0.1,
-                                                         return_grad=True),
-                          lambda: cross_entropy_ref(logits, labels, reduction="sum", label_smoothing=0.1), tol),
+        "info_nce_unpaired": (
+            lambda: fastloss.info_nce(q, k, neg, reduction="none", return_grad=True),
+            lambda: (
+                info_nce_ref(q, k, neg, reduction="none"),
+                info_nce_grad_ref(q, k, neg, reduction="none"),
+            ),
+            tol,
+        ),
+        "info_nce_in_batch": (
+            lambda: fastloss.info_nce(
+                *batch, reduction="sum", normalize=True, symmetric=True, return_grad=True
+            ),
+            None,
+            tol,
+        ),
+        "info_nce_paired": (
+            lambda: fastloss.info_nce(q, k, paired, negative_mode="paired", return_grad=True),
+            None,
+            tol,
+        ),
+        "cross_entropy": (
+            lambda: fastloss.cross_entropy(
+                logits, labels, reduction="sum", label_smoothing=0.1, return_grad=True
+            ),
+            lambda: cross_entropy_ref(logits, labels, reduction="sum", label_smoothing=0.1),
+            tol,
+        ),
         "cross_entropy_fast": (lambda: fastloss.cross_entropy(logits, labels), None, tol),
         "mse": (lambda: fastloss.mse(pred, target, reduction="none", return_grad=True), None, tol),
-        "mae_strided": (lambda: fastloss.mae(pred[:, ::-1], target, reduction="sum"),
-                        lambda: np.abs(pred[:, ::-1].astype(np.float64) - target).sum(), tol),
+        "mae_strided": (
+            lambda: fastloss.mae(pred[:, ::-1], target, reduction="sum"),
+            lambda: np.abs(pred[:, ::-1].astype(np.float64) - target).sum(),
+            tol,
+        ),
         "mse_fast": (lambda: fastloss.mse(pred, target), lambda: mse_ref(pred, target), tol),
     }
 
@@ -188,7 +208,7 @@ def test_long_call_bits_do_not_depend_on_polling(isa, case, dtype, restore_threa
         ref = reference()
         if isinstance(ref, tuple):  # (losses, gradients)
             assert_rel_close(got[0], ref[0], tol, "row losses")
-            for g, r in zip(got[1], ref[1]):
+            for g, r in zip(got[1], ref[1], strict=False):
                 if r is not None:
                     # Relative to the largest entry: most entries are softmax tails near 0.
                     np.testing.assert_allclose(g, r, rtol=0, atol=10 * tol * np.abs(r).max())

@@ -22,9 +22,8 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 import fastloss
+import pytest
 from fastloss import _core
 
 PACKAGE_DIR = Path(fastloss.__file__).resolve().parent
@@ -36,9 +35,11 @@ ON_LINUX_X86_64 = sys.platform.startswith("linux") and platform.machine().lower(
 
 # --- the version lives in python/fastloss/_version.py only ----------------------------------
 
+
 def test_python_m_fastloss_version_prints_the_version():
-    proc = subprocess.run([sys.executable, "-m", "fastloss", "--version"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastloss", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"fastloss {fastloss.__version__}"
 
@@ -52,6 +53,7 @@ def test_one_version_everywhere():
 
 # --- type information ------------------------------------------------------------------------
 
+
 def test_type_information_ships():
     assert (PACKAGE_DIR / "py.typed").is_file()
     assert (PACKAGE_DIR / "_core.pyi").is_file()
@@ -60,16 +62,20 @@ def test_type_information_ships():
 def test_core_stub_names_every_binding():
     tree = ast.parse((PACKAGE_DIR / "_core.pyi").read_text(encoding="utf-8"))
     stubbed = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    stubbed |= {node.target.id for node in tree.body
-                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+    stubbed |= {
+        node.target.id
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
     stubbed = {name for name in stubbed if not name.startswith("_")}
     bound = {name for name in dir(_core) if not name.startswith("_")}
     assert stubbed == bound, f"missing from _core.pyi: {bound - stubbed}; stale in it: {stubbed - bound}"
 
 
 def test_user_script_runs(tmp_path):
-    proc = subprocess.run([sys.executable, str(USER_SCRIPT)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(USER_SCRIPT)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every public function called" in proc.stdout
 
@@ -90,12 +96,19 @@ def test_mypy_strict_accepts_a_user_script(tmp_path):
         # errors out of this check as it does for an installed package: the user script is checked.
         env["MYPYPATH"] = str(PACKAGE_DIR.parent)
         options.append("--follow-imports=silent")
-    proc = subprocess.run([sys.executable, "-m", "mypy", *options, str(USER_SCRIPT)],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", *options, str(USER_SCRIPT)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # --- an installed wheel ----------------------------------------------------------------------
+
 
 def test_imported_from_the_installed_wheel():
     """.ci/run sets FASTLOSS_EXPECT_INSTALLED=1 when it tests a wheel in a fresh venv."""
@@ -126,6 +139,7 @@ def test_repaired_wheel_uses_its_own_libgomp():
 
 # --- one wheel serves every x86-64 CPU -------------------------------------------------------
 
+
 def _build_dirs() -> list[Path]:
     named = os.environ.get("FASTLOSS_BUILD_DIR")
     if named:
@@ -137,25 +151,115 @@ def _build_dirs() -> list[Path]:
 BUILD_DIRS = _build_dirs()
 needs_build = pytest.mark.skipif(
     not (ON_LINUX_X86_64 and BUILD_DIRS and shutil.which("objdump")),
-    reason="needs Linux x86-64, binutils' objdump and a CMake build dir (FASTLOSS_BUILD_DIR or build/*)")
-build_dir_param = pytest.mark.parametrize("build_dir", BUILD_DIRS or [None],
-                                          ids=[p.name for p in BUILD_DIRS] or ["none"])
+    reason="needs Linux x86-64, binutils' objdump and a CMake build dir (FASTLOSS_BUILD_DIR or build/*)",
+)
+build_dir_param = pytest.mark.parametrize(
+    "build_dir", BUILD_DIRS or [None], ids=[p.name for p in BUILD_DIRS] or ["none"]
+)
 
 # VMX instructions begin with "v" too but are not AVX.
-_VMX = {"verr", "verw", "vmcall", "vmclear", "vmfunc", "vmlaunch", "vmptrld", "vmptrst", "vmread",
-        "vmresume", "vmwrite", "vmxoff", "vmxon"}
+_VMX = {
+    "verr",
+    "verw",
+    "vmcall",
+    "vmclear",
+    "vmfunc",
+    "vmlaunch",
+    "vmptrld",
+    "vmptrst",
+    "vmread",
+    "vmresume",
+    "vmwrite",
+    "vmxoff",
+    "vmxon",
+}
 # Beyond the x86-64 baseline (SSE2) without a "v": SSE3, SSSE3, SSE4.1/4.2, POPCNT, LZCNT, BMI1/2, MOVBE.
 # (Not tzcnt: compilers emit "rep bsf" for ctz, which objdump shows as tzcnt and old CPUs run as bsf.)
 _NOT_BASELINE = {
-    "addsubpd", "addsubps", "haddpd", "haddps", "hsubpd", "hsubps", "lddqu", "movddup", "movshdup", "movsldup",
-    "pabsb", "pabsd", "pabsw", "palignr", "phaddd", "phaddw", "phsubd", "phsubw", "pmaddubsw", "pmulhrsw",
-    "pshufb", "psignb", "psignd", "psignw", "blendpd", "blendps", "blendvpd", "blendvps", "dppd", "dpps",
-    "extractps", "insertps", "movntdqa", "mpsadbw", "packusdw", "pblendvb", "pblendw", "pcmpeqq", "pextrb",
-    "pextrd", "pextrq", "phminposuw", "pinsrb", "pinsrd", "pinsrq", "pmaxsb", "pmaxsd", "pmaxud", "pmaxuw",
-    "pminsb", "pminsd", "pminud", "pminuw", "pmovsxbw", "pmovsxdq", "pmovzxbw", "pmovzxdq", "pmuldq",
-    "pmulld", "ptest", "roundpd", "roundps", "roundsd", "roundss", "pcmpgtq", "pcmpestri", "pcmpistri",
-    "crc32", "popcnt", "lzcnt", "andn", "bextr", "blsi", "blsmsk", "blsr", "bzhi", "mulx", "pdep",
-    "pext", "rorx", "sarx", "shlx", "shrx", "movbe",
+    "addsubpd",
+    "addsubps",
+    "haddpd",
+    "haddps",
+    "hsubpd",
+    "hsubps",
+    "lddqu",
+    "movddup",
+    "movshdup",
+    "movsldup",
+    "pabsb",
+    "pabsd",
+    "pabsw",
+    "palignr",
+    "phaddd",
+    "phaddw",
+    "phsubd",
+    "phsubw",
+    "pmaddubsw",
+    "pmulhrsw",
+    "pshufb",
+    "psignb",
+    "psignd",
+    "psignw",
+    "blendpd",
+    "blendps",
+    "blendvpd",
+    "blendvps",
+    "dppd",
+    "dpps",
+    "extractps",
+    "insertps",
+    "movntdqa",
+    "mpsadbw",
+    "packusdw",
+    "pblendvb",
+    "pblendw",
+    "pcmpeqq",
+    "pextrb",
+    "pextrd",
+    "pextrq",
+    "phminposuw",
+    "pinsrb",
+    "pinsrd",
+    "pinsrq",
+    "pmaxsb",
+    "pmaxsd",
+    "pmaxud",
+    "pmaxuw",
+    "pminsb",
+    "pminsd",
+    "pminud",
+    "pminuw",
+    "pmovsxbw",
+    "pmovsxdq",
+    "pmovzxbw",
+    "pmovzxdq",
+    "pmuldq",
+    "pmulld",
+    "ptest",
+    "roundpd",
+    "roundps",
+    "roundsd",
+    "roundss",
+    "pcmpgtq",
+    "pcmpestri",
+    "pcmpistri",
+    "crc32",
+    "popcnt",
+    "lzcnt",
+    "andn",
+    "bextr",
+    "blsi",
+    "blsmsk",
+    "blsr",
+    "bzhi",
+    "mulx",
+    "pdep",
+    "pext",
+    "rorx",
+    "sarx",
+    "shlx",
+    "shrx",
+    "movbe",
 }
 
 
@@ -174,7 +278,9 @@ def _beyond_baseline(instruction: str) -> bool:
     if re.match(r"k(add|and|mov|not|or|shift|test|unpck|xnor|xor)", mnemonic):
         return True
     # AT&T may add an operand-size suffix (popcntq, crc32b, movbel).
-    return mnemonic in _NOT_BASELINE or (mnemonic[-1:] in ("b", "w", "l", "q") and mnemonic[:-1] in _NOT_BASELINE)
+    return mnemonic in _NOT_BASELINE or (
+        mnemonic[-1:] in ("b", "w", "l", "q") and mnemonic[:-1] in _NOT_BASELINE
+    )
 
 
 @dataclass
@@ -204,8 +310,13 @@ def _parse_objdump(listing: str) -> list[_Function]:
 
 
 def _objdump(path: Path) -> list[_Function]:
-    out = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", str(path)], capture_output=True,
-                         text=True, check=True, timeout=600).stdout
+    out = subprocess.run(
+        ["objdump", "-d", "-C", "--no-show-raw-insn", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
     return _parse_objdump(out)
 
 
@@ -228,8 +339,11 @@ def _object(build_dir: Path, isa: str) -> Path:
 
 
 def _offenders(functions: dict[str, list[str]]) -> dict[str, list[str]]:
-    return {name: [ins for ins in body if _beyond_baseline(ins)][:5] for name, body in functions.items()
-            if any(_beyond_baseline(ins) for ins in body)}
+    return {
+        name: [ins for ins in body if _beyond_baseline(ins)][:5]
+        for name, body in functions.items()
+        if any(_beyond_baseline(ins) for ins in body)
+    }
 
 
 def test_instruction_classifier():
@@ -239,9 +353,21 @@ def test_instruction_classifier():
     assert _beyond_baseline("kmovw %k1,%eax")
     assert _beyond_baseline("roundsd $0x4,%xmm1,%xmm0")
     assert _beyond_baseline("popcnt %rdi,%rax")
-    for plain in ("movsd (%rdi),%xmm0", "addsd %xmm1,%xmm0", "mulpd %xmm1,%xmm0", "sqrtsd %xmm0,%xmm0",
-                  "cvttsd2si %xmm0,%rax", "rep stos %rax,%es:(%rdi)", "xgetbv", "cpuid", "lea 0x8(%rax),%rdx",
-                  "movq %xmm0,%rax", "ucomisd %xmm1,%xmm0", "pxor %xmm0,%xmm0", "call 1234 <exp@plt>"):
+    for plain in (
+        "movsd (%rdi),%xmm0",
+        "addsd %xmm1,%xmm0",
+        "mulpd %xmm1,%xmm0",
+        "sqrtsd %xmm0,%xmm0",
+        "cvttsd2si %xmm0,%rax",
+        "rep stos %rax,%es:(%rdi)",
+        "xgetbv",
+        "cpuid",
+        "lea 0x8(%rax),%rdx",
+        "movq %xmm0,%rax",
+        "ucomisd %xmm1,%xmm0",
+        "pxor %xmm0,%xmm0",
+        "call 1234 <exp@plt>",
+    ):
         assert not _beyond_baseline(plain), plain
 
 
@@ -275,8 +401,11 @@ def test_linked_module_has_no_avx_outside_the_simd_paths(build_dir):
     assert modules, f"no _core*.so in {build_dir}"
     functions = _disassemble(modules[0])
     assert any("::scalar::" in name for name in functions), "the module has no symbols (stripped?)"
-    offenders = {name: ins for name, ins in _offenders(functions).items()
-                 if not re.search(r"::avx(2|512)::|::avx(2|512)_table\(", name)}
+    offenders = {
+        name: ins
+        for name, ins in _offenders(functions).items()
+        if not re.search(r"::avx(2|512)::|::avx(2|512)_table\(", name)
+    }
     assert not offenders, f"code outside the SIMD paths uses instructions beyond x86-64: {offenders}"
 
 
@@ -312,8 +441,9 @@ def test_checked_build_is_the_installed_module():
 
 
 def _readelf(*args: str) -> str:
-    return subprocess.run(["readelf", "-W", *args], capture_output=True, text=True, check=True,
-                          timeout=120).stdout
+    return subprocess.run(
+        ["readelf", "-W", *args], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
 
 
 @dataclass
@@ -328,11 +458,15 @@ def _sections(path: Path) -> dict[int, _Section]:
     """{section index: section}."""
     sections = {}
     for line in _readelf("-S", str(path)).splitlines():
-        m = re.match(r"^\s*\[\s*(\d+)\]\s+(\S+)\s+\S+\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+[0-9a-f]+\s+"
-                     r"(?:([A-Za-z]+)\s+)?\d+\s+\d+\s+\d+$", line)
+        m = re.match(
+            r"^\s*\[\s*(\d+)\]\s+(\S+)\s+\S+\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+[0-9a-f]+\s+"
+            r"(?:([A-Za-z]+)\s+)?\d+\s+\d+\s+\d+$",
+            line,
+        )
         if m:
-            sections[int(m.group(1))] = _Section(m.group(2), int(m.group(3), 16), int(m.group(4), 16),
-                                                 m.group(5) or "")
+            sections[int(m.group(1))] = _Section(
+                m.group(2), int(m.group(3), 16), int(m.group(4), 16), m.group(5) or ""
+            )
     assert sections, f"readelf -S listed no sections of {path}"
     return sections
 
@@ -352,8 +486,9 @@ def _symbols(path: Path) -> list[_Symbol]:
         m = re.match(r"^\s*\d+:\s+([0-9a-f]+)\s+(\d+)\s+(\w+)\s+\w+\s+\w+\s+(\w+)\s+(\S+)", line)
         if m:
             index = int(m.group(4)) if m.group(4).isdigit() else None
-            symbols.append(_Symbol(m.group(5).split("@")[0], int(m.group(1), 16), int(m.group(2)),
-                                   m.group(3), index))
+            symbols.append(
+                _Symbol(m.group(5).split("@")[0], int(m.group(1), 16), int(m.group(2)), m.group(3), index)
+            )
     return symbols
 
 
@@ -362,9 +497,14 @@ def _relocations(path: Path) -> dict[int, int]:
     (pointers to symbols defined elsewhere are left out)."""
     targets = {}
     for line in _readelf("-r", str(path)).splitlines():
-        relative = re.match(r"^([0-9a-f]+)\s+[0-9a-f]+\s+R_X86_64_(?:RELATIVE|IRELATIVE)\s+([0-9a-f]+)$", line)
-        symbolic = re.match(r"^([0-9a-f]+)\s+[0-9a-f]+\s+R_X86_64_(?:64|GLOB_DAT|JUMP_SLOT)\s+([0-9a-f]+)\s+\S+"
-                            r"\s+\+\s+([0-9a-f]+)$", line)
+        relative = re.match(
+            r"^([0-9a-f]+)\s+[0-9a-f]+\s+R_X86_64_(?:RELATIVE|IRELATIVE)\s+([0-9a-f]+)$", line
+        )
+        symbolic = re.match(
+            r"^([0-9a-f]+)\s+[0-9a-f]+\s+R_X86_64_(?:64|GLOB_DAT|JUMP_SLOT)\s+([0-9a-f]+)\s+\S+"
+            r"\s+\+\s+([0-9a-f]+)$",
+            line,
+        )
         if relative:
             targets[int(relative.group(1), 16)] = int(relative.group(2), 16)
         elif symbolic and int(symbolic.group(2), 16) != 0:
@@ -450,17 +590,23 @@ def _before_dispatch(module: Path, core_objects: list[Path]) -> tuple[list[_Func
         section = sections.get(name)
         if section is None:
             return {}
-        return {at: to for at, to in relocations.items() if section.address <= at < section.address + section.size}
+        return {
+            at: to for at, to in relocations.items() if section.address <= at < section.address + section.size
+        }
 
     init_array = within(".init_array")
-    assert len(init_array) == sections[".init_array"].size // 8 if ".init_array" in sections else not init_array
+    assert (
+        len(init_array) == sections[".init_array"].size // 8 if ".init_array" in sections else not init_array
+    )
     slots = {**within(".got"), **within(".got.plt")}
     by_name: dict[str, list[int]] = {}
     for function in functions:
         by_name.setdefault(function.name, []).append(function.start)
     core_names = {f.name for path in core_objects for f in _objdump(path)}
     missing = sorted(name for name in core_names if name not in by_name)
-    assert not missing, f"functions of {[p.name for p in core_objects]} not found in {module.name}: {missing[:5]}"
+    assert not missing, (
+        f"functions of {[p.name for p in core_objects]} not found in {module.name}: {missing[:5]}"
+    )
     roots = [*by_name["PyInit__core"], *by_name.get("_init", []), *init_array.values()]
     roots += [start for name in sorted(core_names) for start in by_name[name]]
     return functions, _reachable(functions, roots, slots)
@@ -468,33 +614,44 @@ def _before_dispatch(module: Path, core_objects: list[Path]) -> tuple[list[_Func
 
 def test_reachability_follows_code_and_the_got_but_not_data():
     """_reachable on a made-up listing: what it must find, and where it must stop."""
-    listing = "\n".join([
-        "0000000000001000 <root>:",
-        "    1000:\tcall   1100 <helper>",
-        "    1005:\tlea    0x1f4(%rip),%rax        # 1200 <callback>",
-        "    100c:\tmov    0x1fed(%rip),%rdx        # 3000 <table>",
-        "    1013:\tcall   *0x8(%rdx)",
-        "0000000000001100 <helper>:",
-        "    1100:\tjne    1180 <helper.cold>",
-        "    1106:\tjmp    1f00 <external@plt>",
-        "0000000000001180 <helper.cold>:",
-        "    1180:\tud2",
-        "0000000000001200 <callback>:",
-        "    1200:\tcall   *0x1dfa(%rip)        # 4000 <_GLOBAL_OFFSET_TABLE_+0x18>",
-        "0000000000001300 <via_got>:",
-        "    1300:\tvmovups (%rdi),%ymm0",
-        "0000000000001400 <only_in_the_table>:",
-        "    1400:\tvzeroupper",
-        "0000000000001f00 <external@plt>:",
-        "    1f00:\tjmp    *0x2100(%rip)        # 4008 <_GLOBAL_OFFSET_TABLE_+0x20>",
-    ])
+    listing = "\n".join(
+        [
+            "0000000000001000 <root>:",
+            "    1000:\tcall   1100 <helper>",
+            "    1005:\tlea    0x1f4(%rip),%rax        # 1200 <callback>",
+            "    100c:\tmov    0x1fed(%rip),%rdx        # 3000 <table>",
+            "    1013:\tcall   *0x8(%rdx)",
+            "0000000000001100 <helper>:",
+            "    1100:\tjne    1180 <helper.cold>",
+            "    1106:\tjmp    1f00 <external@plt>",
+            "0000000000001180 <helper.cold>:",
+            "    1180:\tud2",
+            "0000000000001200 <callback>:",
+            "    1200:\tcall   *0x1dfa(%rip)        # 4000 <_GLOBAL_OFFSET_TABLE_+0x18>",
+            "0000000000001300 <via_got>:",
+            "    1300:\tvmovups (%rdi),%ymm0",
+            "0000000000001400 <only_in_the_table>:",
+            "    1400:\tvzeroupper",
+            "0000000000001f00 <external@plt>:",
+            "    1f00:\tjmp    *0x2100(%rip)        # 4008 <_GLOBAL_OFFSET_TABLE_+0x20>",
+        ]
+    )
     functions = _parse_objdump(listing)
     assert [(f.name, f.start, f.end, len(f.instructions)) for f in functions[:2]] == [
-        ("root", 0x1000, 0x1014, 4), ("helper", 0x1100, 0x1107, 2)]
+        ("root", 0x1000, 0x1014, 4),
+        ("helper", 0x1100, 0x1107, 2),
+    ]
     # The GOT slot 0x4000 points at via_got (slot 0x4008 is external); the table at 0x3000 holds
     # only_in_the_table, but the table is data and is not followed.
     reached = _reachable(functions, [0x1000], {0x4000: 0x1300, 0x3010: 0x1400})
-    assert [f.name for f in reached] == ["root", "helper", "helper.cold", "callback", "via_got", "external@plt"]
+    assert [f.name for f in reached] == [
+        "root",
+        "helper",
+        "helper.cold",
+        "callback",
+        "via_got",
+        "external@plt",
+    ]
     assert list(_offenders({f.name: _opcodes(f.instructions) for f in reached})) == ["via_got"]
     assert [f.name for f in _reachable(functions, [0x1400], {})] == ["only_in_the_table"]
 
@@ -507,9 +664,14 @@ def test_nothing_reachable_before_dispatch_uses_avx(build_dir):
     instruction beyond x86-64 or live in an avx2/avx512 namespace."""
     functions, reached = _before_dispatch(_module(build_dir), _core_objects(build_dir))
     names = {f.name for f in reached}
-    for needed in ("PyInit__core", "pybind11_init__core(pybind11::module_&)", "fastloss::init_dispatch()",
-                   "fastloss::(anonymous namespace)::cpu_has_avx2_fma()",
-                   "fastloss::(anonymous namespace)::cpu_has_avx512()", "pybind11_exec__core(_object*)"):
+    for needed in (
+        "PyInit__core",
+        "pybind11_init__core(pybind11::module_&)",
+        "fastloss::init_dispatch()",
+        "fastloss::(anonymous namespace)::cpu_has_avx2_fma()",
+        "fastloss::(anonymous namespace)::cpu_has_avx512()",
+        "pybind11_exec__core(_object*)",
+    ):
         assert needed in names, f"{needed} is not among the {len(names)} functions reached"
     assert 100 < len(reached) < len(functions), (len(reached), len(functions))
     in_isa_namespaces = sorted(name for name in names if re.search(r"fastloss::avx(2|512)::", name))
@@ -544,14 +706,17 @@ _INIT_SECTIONS = re.compile(r"^\.(init_array|ctors|preinit_array)\b")
 
 
 def _static_initialisers(sections: list[str], symbols: list[str]) -> list[str]:
-    return ([s for s in sections if _INIT_SECTIONS.match(s)]
-            + [s for s in symbols if s.startswith(("_GLOBAL__sub_I_", "_GLOBAL__I_"))])
+    return [s for s in sections if _INIT_SECTIONS.match(s)] + [
+        s for s in symbols if s.startswith(("_GLOBAL__sub_I_", "_GLOBAL__I_"))
+    ]
 
 
 def test_static_initialiser_check_can_fail():
     assert _static_initialisers([".text", ".init_array", ".rela.init_array"], []) == [".init_array"]
-    assert _static_initialisers([".ctors.65535"], ["_GLOBAL__sub_I_avx2.cpp"]) == [".ctors.65535",
-                                                                                  "_GLOBAL__sub_I_avx2.cpp"]
+    assert _static_initialisers([".ctors.65535"], ["_GLOBAL__sub_I_avx2.cpp"]) == [
+        ".ctors.65535",
+        "_GLOBAL__sub_I_avx2.cpp",
+    ]
     assert _static_initialisers([".text", ".data.rel.ro", ".init"], ["_ZN8fastloss10avx2_tableE"]) == []
 
 
@@ -561,7 +726,9 @@ def test_isa_objects_have_no_static_initialisers(build_dir):
     """Nothing in an ISA object runs at load time: a static initialiser compiled with -mavx512f
     runs on every CPU that imports fastloss."""
     for isa, path in _isa_objects(build_dir).items():
-        found = _static_initialisers([s.name for s in _sections(path).values()], [s.name for s in _symbols(path)])
+        found = _static_initialisers(
+            [s.name for s in _sections(path).values()], [s.name for s in _symbols(path)]
+        )
         assert not found, f"{isa}.cpp.o has static initialisers: {found}"
 
 
@@ -591,9 +758,13 @@ def test_kernel_tables_are_data(build_dir):
                 continue
             table = [s for s in symbols if s.name == _table_symbol(isa) and s.section is not None]
             assert table, f"no {_table_symbol(isa)} defined in {path.name}"
-            assert all(_is_data(s, sections) for s in table), \
-                f"{isa}_table in {path.name}: {[(s.kind, sections[s.section].name) for s in table if s.section is not None]}"
-        kernel = next(s for s in symbols if s.kind == "FUNC" and "apply_exp" in s.name and s.section is not None)
+            assert all(_is_data(s, sections) for s in table), (
+                f"{isa}_table in {path.name}: "
+                f"{[(s.kind, sections[s.section].name) for s in table if s.section is not None]}"
+            )
+        kernel = next(
+            s for s in symbols if s.kind == "FUNC" and "apply_exp" in s.name and s.section is not None
+        )
         assert not _is_data(kernel, sections), kernel
 
 
@@ -606,9 +777,14 @@ def _foreign_functions(isa: str, names: list[str]) -> list[str]:
 
 
 def test_foreign_function_check_can_fail():
-    names = ["_ZN8fastloss4avx29apply_expIfEEvPKT_PS2_l", "_ZZN8fastloss4avx213cross_entropyIfEEvvENKUllPdE_clEll",
-             "_ZNK8fastloss4avx23fooEv", "_ZNSt6vectorIdSaIdEE17_M_realloc_insertIJRKdEEEvN9__gnu_cxx17__normal_"
-             "iteratorIPdS1_EEDpOT_", "_ZN8fastloss6scalar9apply_logEPKdPdl", "_ZN8fastloss6avx5129apply_logEPKdPdl"]
+    names = [
+        "_ZN8fastloss4avx29apply_expIfEEvPKT_PS2_l",
+        "_ZZN8fastloss4avx213cross_entropyIfEEvvENKUllPdE_clEll",
+        "_ZNK8fastloss4avx23fooEv",
+        "_ZNSt6vectorIdSaIdEE17_M_realloc_insertIJRKdEEEvN9__gnu_cxx17__normal_iteratorIPdS1_EEDpOT_",
+        "_ZN8fastloss6scalar9apply_logEPKdPdl",
+        "_ZN8fastloss6avx5129apply_logEPKdPdl",
+    ]
     assert _foreign_functions("avx2", names) == names[3:]
     assert _foreign_functions("avx512", names) == names[:5]
 

@@ -7,12 +7,11 @@ integer/bool inputs (computed in float64) within 1e-12 relative.
 
 from __future__ import annotations
 
+import fastloss
 import numpy as np
 import pytest
-
-import fastloss
 from conftest import SIZES, to_layout
-from reference import (REGRESSION_RTOL, assert_rel_close, computation_dtype, mae_ref, mse_ref)
+from reference import REGRESSION_RTOL, assert_rel_close, computation_dtype, mae_ref, mse_ref
 
 LOSSES = {"mse": (fastloss.mse, mse_ref), "mae": (fastloss.mae, mae_ref)}
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
@@ -24,8 +23,7 @@ def make_pair(rng, shape, dtype):
         return rng.random(shape) < 0.5, rng.random(shape) < 0.5
     if dtype.kind in "iu":
         lo = 0 if dtype.kind == "u" else -50
-        return (rng.integers(lo, 50, shape).astype(dtype),
-                rng.integers(lo, 50, shape).astype(dtype))
+        return (rng.integers(lo, 50, shape).astype(dtype), rng.integers(lo, 50, shape).astype(dtype))
     return (rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype))
 
 
@@ -149,8 +147,11 @@ def test_three_dims(isa, loss, reduction):
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("dtype", [np.float16, np.int8, np.int32, np.int64, np.uint8, np.bool_],
-                         ids=["f16", "i8", "i32", "i64", "u8", "bool"])
+@pytest.mark.parametrize(
+    "dtype",
+    [np.float16, np.int8, np.int32, np.int64, np.uint8, np.bool_],
+    ids=["f16", "i8", "i32", "i64", "u8", "bool"],
+)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_dtypes(isa, loss, dtype, reduction, weighted):
     rng = np.random.default_rng(11)
@@ -218,7 +219,7 @@ def test_inputs_are_not_modified(isa, loss):
     copies = [pred.copy(), target.copy(), w.copy()]
     for reduction in REDUCTIONS:
         LOSSES[loss][0](pred, target, reduction=reduction, sample_weight=w)
-    for before, after in zip(copies, [pred, target, w]):
+    for before, after in zip(copies, [pred, target, w], strict=False):
         np.testing.assert_array_equal(before, after)
 
 
@@ -269,7 +270,7 @@ def test_float32_overflowing_element_is_inf(isa, loss):
 @pytest.mark.slow
 def test_float32_sum_of_1e8_elements(isa):
     n = 100_000_000
-    block = (np.arange(1000, dtype=np.float32) * np.float32(0.001) + np.float32(0.25))
+    block = np.arange(1000, dtype=np.float32) * np.float32(0.001) + np.float32(0.25)
     pred = np.tile(block, n // block.size)  # 400 MB
     target = np.full(n, 0.5, dtype=np.float32)  # 400 MB
     diff = block.astype(np.float64) - 0.5
@@ -298,8 +299,9 @@ def test_against_torch(isa, loss, reduction, dtype):
     torch_func = F.mse_loss if loss == "mse" else F.l1_loss
     for shape in [(1,), (17,), (33, 9), (4, 3, 65)]:
         pred, target = make_pair(rng, shape, dtype)
-        expected = torch_func(torch.from_numpy(pred), torch.from_numpy(target),
-                              reduction=reduction).double().numpy()
+        expected = (
+            torch_func(torch.from_numpy(pred), torch.from_numpy(target), reduction=reduction).double().numpy()
+        )
         got = LOSSES[loss][0](pred, target, reduction=reduction)
         # torch accumulates float32 in float32 here; compare at float32 precision then
         rtol = 1e-12 if dtype == np.float64 else 1e-5

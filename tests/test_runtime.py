@@ -11,10 +11,9 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import fastloss
 import numpy as np
 import pytest
-
-import fastloss
 from fastloss import _core
 from reference import cross_entropy_ref, info_nce_ref, mae_ref, mse_ref
 
@@ -26,8 +25,7 @@ def run_python(code: str, env_update=None, env_remove=()):
     for key in env_remove:
         env.pop(key, None)
     env.update(env_update or {})
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
 
 
 def bits(result):
@@ -65,8 +63,10 @@ def test_available_isas_include_scalar():
 
 def test_forced_isa_is_the_one_running():
     for name in _core.available_isas():
-        proc = run_python("import fastloss, fastloss._core as c; print(c.active_isa()); "
-                          "fastloss.show_config()", env_update={"FASTLOSS_ISA": name})
+        proc = run_python(
+            "import fastloss, fastloss._core as c; print(c.active_isa()); fastloss.show_config()",
+            env_update={"FASTLOSS_ISA": name},
+        )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.splitlines()[0] == name, proc.stdout
 
@@ -91,8 +91,10 @@ def test_num_threads_accepts_numpy_integers(restore_threads):
 
 
 def test_default_num_threads_is_cpu_count():
-    proc = run_python("import os, fastloss; print(fastloss.get_num_threads(), os.cpu_count())",
-                      env_remove=("OMP_NUM_THREADS",))
+    proc = run_python(
+        "import os, fastloss; print(fastloss.get_num_threads(), os.cpu_count())",
+        env_remove=("OMP_NUM_THREADS",),
+    )
     assert proc.returncode == 0, proc.stderr
     got, cpus = proc.stdout.split()
     assert int(got) == int(cpus)
@@ -110,14 +112,20 @@ def regression_calls(dtype):
     calls = []
     for func in (fastloss.mse, fastloss.mae):
         for reduction in REDUCTIONS:
-            calls.append((f"{func.__name__}-{reduction}",
-                          lambda f=func, r=reduction: f(pred, target, reduction=r)))
-            calls.append((f"{func.__name__}-{reduction}-weighted",
-                          lambda f=func, r=reduction: f(pred, target, reduction=r,
-                                                        sample_weight=w)))
+            calls.append(
+                (f"{func.__name__}-{reduction}", lambda f=func, r=reduction: f(pred, target, reduction=r))
+            )
+            calls.append(
+                (
+                    f"{func.__name__}-{reduction}-weighted",
+                    lambda f=func, r=reduction: f(pred, target, reduction=r, sample_weight=w),
+                )
+            )
     # a reference value for one of them, so that a wrong-but-deterministic result fails too
-    expected = {"mse-sum": mse_ref(pred, target, "sum"),
-                "mae-mean-weighted": mae_ref(pred, target, "mean", w)}
+    expected = {
+        "mse-sum": mse_ref(pred, target, "sum"),
+        "mae-mean-weighted": mae_ref(pred, target, "mean", w),
+    }
     return calls, expected
 
 
@@ -130,12 +138,21 @@ def cross_entropy_calls():
     w = rng.random(100) + 0.5
     calls = []
     for reduction in REDUCTIONS:
-        calls.append((f"ce-{reduction}", lambda r=reduction: fastloss.cross_entropy(
-            logits, target, reduction=r, weight=w, label_smoothing=0.1)))
-        calls.append((f"ce-prob-{reduction}", lambda r=reduction: fastloss.cross_entropy(
-            logits, probs, reduction=r, weight=w)))
-    expected = {"ce-mean": cross_entropy_ref(logits, target, "mean", weight=w,
-                                             label_smoothing=0.1)}
+        calls.append(
+            (
+                f"ce-{reduction}",
+                lambda r=reduction: fastloss.cross_entropy(
+                    logits, target, reduction=r, weight=w, label_smoothing=0.1
+                ),
+            )
+        )
+        calls.append(
+            (
+                f"ce-prob-{reduction}",
+                lambda r=reduction: fastloss.cross_entropy(logits, probs, reduction=r, weight=w),
+            )
+        )
+    expected = {"ce-mean": cross_entropy_ref(logits, target, "mean", weight=w, label_smoothing=0.1)}
     return calls, expected
 
 
@@ -149,14 +166,29 @@ def info_nce_calls():
     big_k = rng.standard_normal((1000, 64)).astype(np.float32)
     calls = []
     for reduction in ("none", "sum", "mean"):
-        calls.append((f"nce-unpaired-{reduction}", lambda r=reduction: fastloss.info_nce(
-            q, k, queue, reduction=r, normalize=True, temperature=0.05)))
-        calls.append((f"nce-paired-{reduction}", lambda r=reduction: fastloss.info_nce(
-            q, k, paired, negative_mode="paired", reduction=r)))
-        calls.append((f"nce-inbatch-{reduction}", lambda r=reduction: fastloss.info_nce(
-            big_q, big_k, reduction=r, symmetric=True)))
-    expected = {"nce-unpaired-mean": info_nce_ref(q, k, queue, reduction="mean", normalize=True,
-                                                  temperature=0.05)}
+        calls.append(
+            (
+                f"nce-unpaired-{reduction}",
+                lambda r=reduction: fastloss.info_nce(
+                    q, k, queue, reduction=r, normalize=True, temperature=0.05
+                ),
+            )
+        )
+        calls.append(
+            (
+                f"nce-paired-{reduction}",
+                lambda r=reduction: fastloss.info_nce(q, k, paired, negative_mode="paired", reduction=r),
+            )
+        )
+        calls.append(
+            (
+                f"nce-inbatch-{reduction}",
+                lambda r=reduction: fastloss.info_nce(big_q, big_k, reduction=r, symmetric=True),
+            )
+        )
+    expected = {
+        "nce-unpaired-mean": info_nce_ref(q, k, queue, reduction="mean", normalize=True, temperature=0.05)
+    }
     return calls, expected
 
 
@@ -198,7 +230,7 @@ def test_eight_python_threads_get_the_single_threaded_result(isa, restore_thread
     rng = np.random.default_rng(3)
     workers = 8
     jobs = []
-    for i in range(workers):
+    for _ in range(workers):
         pred = rng.standard_normal((400, 1000)).astype(np.float32)
         target = rng.standard_normal((400, 1000)).astype(np.float32)
         logits = rng.standard_normal((5000, 100))
@@ -206,14 +238,16 @@ def test_eight_python_threads_get_the_single_threaded_result(isa, restore_thread
         q = rng.standard_normal((100, 64)).astype(np.float32)
         k = rng.standard_normal((100, 64)).astype(np.float32)
         queue = rng.standard_normal((2000, 64)).astype(np.float32)
-        jobs.append([
-            lambda p=pred, t=target: fastloss.mse(p, t, reduction="sum"),
-            lambda p=pred, t=target: fastloss.mae(p, t, reduction="none"),
-            lambda x=logits, y=labels: fastloss.cross_entropy(x, y, label_smoothing=0.1),
-            lambda x=logits, y=labels: fastloss.cross_entropy(x, y, reduction="none"),
-            lambda a=q, b=k, c=queue: fastloss.info_nce(a, b, c, reduction="none"),
-            lambda a=q, b=k: fastloss.info_nce(a, b, symmetric=True),
-        ])
+        jobs.append(
+            [
+                lambda p=pred, t=target: fastloss.mse(p, t, reduction="sum"),
+                lambda p=pred, t=target: fastloss.mae(p, t, reduction="none"),
+                lambda x=logits, y=labels: fastloss.cross_entropy(x, y, label_smoothing=0.1),
+                lambda x=logits, y=labels: fastloss.cross_entropy(x, y, reduction="none"),
+                lambda a=q, b=k, c=queue: fastloss.info_nce(a, b, c, reduction="none"),
+                lambda a=q, b=k: fastloss.info_nce(a, b, symmetric=True),
+            ]
+        )
     fastloss.set_num_threads(1)
     expected = [[bits(call()) for call in calls] for calls in jobs]
     # the single-threaded results are right, not just repeatable
@@ -301,9 +335,11 @@ def test_info_nce_memory_is_not_the_logits_matrix():
     mib = 1024 * 1024
     growth = r["after"] - r["before"]
     growth_np = r["after_np"] - r["before_np"]
-    print(f"info_nce(N=256, M=65536, D=128, float32): peak memory grew {growth / mib:.2f} MiB; "
-          f"numpy q @ queue.T grew it {growth_np / mib:.2f} MiB "
-          f"(the logits are {256 * 65536 * 4 / mib:.0f} MiB); VmHWM reset: {r['reset']}")
+    print(
+        f"info_nce(N=256, M=65536, D=128, float32): peak memory grew {growth / mib:.2f} MiB; "
+        f"numpy q @ queue.T grew it {growth_np / mib:.2f} MiB "
+        f"(the logits are {256 * 65536 * 4 / mib:.0f} MiB); VmHWM reset: {r['reset']}"
+    )
     # the measurement is only meaningful if the peak started at the current RSS
     assert r["before"] - r["rss"] < 2 * mib, r
     # ... and it can see a materialised logits matrix

@@ -11,10 +11,9 @@ import sys
 import textwrap
 import threading
 
+import fastloss
 import numpy as np
 import pytest
-
-import fastloss
 
 # ---------------------------------------------------------------------------------------------
 # No leak: RSS flat over 10^5 calls of each function
@@ -57,24 +56,37 @@ def _leak_loops():
     # Each loop body runs every variant of one function: plain, with return_grad, "none", the
     # options path, and a call that raises (exceptions raised in the binding must not leak).
     return {
-        "mse": lambda: (fastloss.mse(p, t), fastloss.mse(p, t, return_grad=True),
-                        fastloss.mse(p, t, reduction="none", sample_weight=w, return_grad=True),
-                        _expect_value_error(fastloss.mse, p, t[:2])),
-        "mae": lambda: (fastloss.mae(p, t), fastloss.mae(p, t, return_grad=True),
-                        fastloss.mae(p, t, reduction="none", sample_weight=w, return_grad=True),
-                        _expect_value_error(fastloss.mae, p, t, sample_weight=-w)),
-        "cross_entropy": lambda: (fastloss.cross_entropy(p, labels),
-                                  fastloss.cross_entropy(p, labels, return_grad=True),
-                                  fastloss.cross_entropy(p, labels, reduction="none", weight=np.ones(3),
-                                                         label_smoothing=0.1, return_grad=True),
-                                  fastloss.cross_entropy(p, np.abs(t) / 3, return_grad=True),
-                                  _expect_value_error(fastloss.cross_entropy, p, bad)),
-        "info_nce": lambda: (fastloss.info_nce(q, k, neg), fastloss.info_nce(q, k, neg, return_grad=True),
-                             fastloss.info_nce(q, k, normalize=True, symmetric=True, reduction="none",
-                                               return_grad=True),
-                             _expect_value_error(fastloss.info_nce, q, k, temperature=0.0)),
-        "threads": lambda: (fastloss.set_num_threads(1 + fastloss.get_num_threads() % 2),
-                            _expect_value_error(fastloss.set_num_threads, 0)),
+        "mse": lambda: (
+            fastloss.mse(p, t),
+            fastloss.mse(p, t, return_grad=True),
+            fastloss.mse(p, t, reduction="none", sample_weight=w, return_grad=True),
+            _expect_value_error(fastloss.mse, p, t[:2]),
+        ),
+        "mae": lambda: (
+            fastloss.mae(p, t),
+            fastloss.mae(p, t, return_grad=True),
+            fastloss.mae(p, t, reduction="none", sample_weight=w, return_grad=True),
+            _expect_value_error(fastloss.mae, p, t, sample_weight=-w),
+        ),
+        "cross_entropy": lambda: (
+            fastloss.cross_entropy(p, labels),
+            fastloss.cross_entropy(p, labels, return_grad=True),
+            fastloss.cross_entropy(
+                p, labels, reduction="none", weight=np.ones(3), label_smoothing=0.1, return_grad=True
+            ),
+            fastloss.cross_entropy(p, np.abs(t) / 3, return_grad=True),
+            _expect_value_error(fastloss.cross_entropy, p, bad),
+        ),
+        "info_nce": lambda: (
+            fastloss.info_nce(q, k, neg),
+            fastloss.info_nce(q, k, neg, return_grad=True),
+            fastloss.info_nce(q, k, normalize=True, symmetric=True, reduction="none", return_grad=True),
+            _expect_value_error(fastloss.info_nce, q, k, temperature=0.0),
+        ),
+        "threads": lambda: (
+            fastloss.set_num_threads(1 + fastloss.get_num_threads() % 2),
+            _expect_value_error(fastloss.set_num_threads, 0),
+        ),
     }
 
 
@@ -92,10 +104,13 @@ def test_rss_flat_over_100k_calls(name, restore_threads, record_property):
     growth = after - before
     record_property("rss_before", before)
     record_property("rss_after", after)
-    print(f"{name}: RSS {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB over {LEAK_CALLS} loops "
-          f"({growth / LEAK_CALLS:+.2f} bytes per loop)")
+    print(
+        f"{name}: RSS {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB over {LEAK_CALLS} loops "
+        f"({growth / LEAK_CALLS:+.2f} bytes per loop)"
+    )
     assert growth < LEAK_BOUND_BYTES, (
-        f"{name}: RSS grew by {growth} bytes over {LEAK_CALLS} loops ({growth / LEAK_CALLS:.1f} bytes each)")
+        f"{name}: RSS grew by {growth} bytes over {LEAK_CALLS} loops ({growth / LEAK_CALLS:.1f} bytes each)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,8 +143,14 @@ def _thread_calls():
         lambda: fastloss.mae(p32.T, t32.T, reduction="sum", return_grad=True),
         lambda: fastloss.mae(p64, t64, sample_weight=w),
         lambda: fastloss.cross_entropy(logits, labels),
-        lambda: fastloss.cross_entropy(logits, labels, weight=np.linspace(0.5, 2, 37), label_smoothing=0.2,
-                                       reduction="none", return_grad=True),
+        lambda: fastloss.cross_entropy(
+            logits,
+            labels,
+            weight=np.linspace(0.5, 2, 37),
+            label_smoothing=0.2,
+            reduction="none",
+            return_grad=True,
+        ),
         lambda: fastloss.cross_entropy(logits, np.abs(logits) / 100, return_grad=True),
         lambda: fastloss.info_nce(q, k, queue, temperature=0.1, return_grad=True),
         lambda: fastloss.info_nce(q, k, normalize=True, symmetric=True, reduction="none", return_grad=True),
@@ -145,8 +166,9 @@ def same_bits(a, b) -> bool:
         return a is b
     if isinstance(a, float):
         return isinstance(b, float) and np.float64(a).tobytes() == np.float64(b).tobytes()
-    return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
-            and a.tobytes() == b.tobytes())
+    return (
+        isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    )
 
 
 def test_16_threads_with_changing_thread_count_give_the_same_bits(restore_threads):
@@ -187,7 +209,9 @@ def test_16_threads_with_changing_thread_count_give_the_same_bits(restore_thread
         thread.join(JOIN_TIMEOUT_S)
     stop.set()
     mutator.join(JOIN_TIMEOUT_S)
-    stuck = [i for i, thread in enumerate(threads) if thread.is_alive()] + (["changer"] if mutator.is_alive() else [])
+    stuck = [i for i, thread in enumerate(threads) if thread.is_alive()] + (
+        ["changer"] if mutator.is_alive() else []
+    )
     assert not stuck, f"threads {stuck} still running after {JOIN_TIMEOUT_S} s (deadlock?)"
     assert not errors, "\n".join(errors[:20])
     assert counts == [ROUNDS * len(calls)] * N_THREADS
@@ -195,6 +219,7 @@ def test_16_threads_with_changing_thread_count_give_the_same_bits(restore_thread
 
 # ---------------------------------------------------------------------------------------------
 # 64-bit sizes
+
 
 @pytest.mark.slow
 def test_sum_over_more_than_2_to_the_31_elements_is_exact():
@@ -208,9 +233,12 @@ def test_sum_over_more_than_2_to_the_31_elements_is_exact():
 
 def _run_isolated(code: str, timeout: float = 120.0) -> str:
     """Runs `code` in a fresh interpreter, so a segfault fails this test instead of the suite."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, (
+        f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
     return proc.stdout
 
 
@@ -220,14 +248,15 @@ ABSURD_CASES = {
     "mse_grad": "fastloss.mse(b(1, (H,)), b(0, (H,)), return_grad=True)",
     "mae_grad": "fastloss.mae(b(1, (H,)), b(0, (H,)), reduction='sum', return_grad=True)",
     "mse_sample_weight": "fastloss.mse(b(1, (H,)), b(0, (H,)), sample_weight=b(1, (H,)))",
-    "ce_grad": "fastloss.cross_entropy(b(0, (2**20, H // 2**20)), np.zeros(2**20, np.int64), return_grad=True)",
+    "ce_grad": "fastloss.cross_entropy(b(0, (2**20, H // 2**20)), np.zeros(2**20, np.int64), "
+    "return_grad=True)",
     "ce_probabilities": "fastloss.cross_entropy(b(0, (2**20, H // 2**20)), b(0.5, (2**20, H // 2**20)), "
-                        "return_grad=True)",
+    "return_grad=True)",
     "info_nce_query": "fastloss.info_nce(b(1, (2**20, H // 2**20)), b(1, (2**20, H // 2**20)))",
     "info_nce_queue": "fastloss.info_nce(np.ones((2, 8), np.float32), np.ones((2, 8), np.float32), "
-                      "b(1, (H // 8, 8)))",
+    "b(1, (H // 8, 8)))",
     "info_nce_paired": "fastloss.info_nce(np.ones((2, 8), np.float32), np.ones((2, 8), np.float32), "
-                       "b(1, (2, H // 16, 8)), negative_mode='paired', return_grad=True)",
+    "b(1, (2, H // 16, 8)), negative_mode='paired', return_grad=True)",
 }
 
 
@@ -260,4 +289,6 @@ def test_absurd_sizes_raise_memory_or_value_error(size):
     lines = _run_isolated(code).split("\n")
     got = dict(line.split(" ", 1) for line in lines if line)
     assert set(got) == set(ABSURD_CASES)
-    assert {name: outcome for name, outcome in got.items() if outcome not in ("MemoryError", "ValueError")} == {}
+    assert {
+        name: outcome for name, outcome in got.items() if outcome not in ("MemoryError", "ValueError")
+    } == {}

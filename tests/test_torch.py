@@ -31,7 +31,8 @@ def test_cross_entropy_gradcheck(reduction, soft):
     target = torch.softmax(leaf(6, 5, seed=4).detach(), 1) if soft else torch.tensor([0, 4, -100, 2, 1, 3])
     weight = torch.rand(5, dtype=torch.float64) + 0.1
     assert torch.autograd.gradcheck(
-        lambda a: ft.cross_entropy(a, target, weight, reduction=reduction, label_smoothing=0.2), (x,))
+        lambda a: ft.cross_entropy(a, target, weight, reduction=reduction, label_smoothing=0.2), (x,)
+    )
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -44,8 +45,16 @@ def test_info_nce_gradcheck(reduction, normalize, mode):
 
     def f(*args):
         neg = args[2] if len(args) == 3 else None
-        return ft.info_nce(args[0], args[1], neg, 0.5, reduction,
-                           "paired" if mode == "paired" else "unpaired", normalize, mode == "symmetric")
+        return ft.info_nce(
+            args[0],
+            args[1],
+            neg,
+            0.5,
+            reduction,
+            "paired" if mode == "paired" else "unpaired",
+            normalize,
+            mode == "symmetric",
+        )
 
     assert torch.autograd.gradcheck(f, inputs)
 
@@ -92,7 +101,7 @@ def test_info_nce_module_matches_info_nce_pytorch_formulation(mode):
         t.grad = None
     torch_info_nce(q, k, n, 0.1, "none", mode).backward(up)
     torch.testing.assert_close(ours, torch_info_nce(q, k, n, 0.1, "none", mode), rtol=1e-5, atol=1e-5)
-    for a, t in zip(got, (q, k, n)):
+    for a, t in zip(got, (q, k, n), strict=False):
         torch.testing.assert_close(a, t.grad, rtol=1e-4, atol=1e-6)
 
 
@@ -105,8 +114,11 @@ def test_modules_match_torch_modules():
     pairs = [
         (ft.MSELoss(), torch.nn.MSELoss(), t),
         (ft.L1Loss(reduction="sum"), torch.nn.L1Loss(reduction="sum"), t),
-        (ft.CrossEntropyLoss(weight=w, label_smoothing=0.1, ignore_index=3),
-         torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1, ignore_index=3), y),
+        (
+            ft.CrossEntropyLoss(weight=w, label_smoothing=0.1, ignore_index=3),
+            torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1, ignore_index=3),
+            y,
+        ),
     ]
     for ours, theirs, target in pairs:
         a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
@@ -160,6 +172,7 @@ def test_training_loop_lowers_the_loss():
 # ---------------------------------------------------------------------------------------------
 # Only first-order reverse mode is supported: everything else raises, never a silent zero.
 
+
 def _fixture_calls():
     """(name, fastloss.torch call, the same loss written in torch ops, inputs that require grad)."""
     g = torch.Generator().manual_seed(12)
@@ -171,10 +184,18 @@ def _fixture_calls():
     return [
         ("mse_loss", lambda a: ft.mse_loss(a, t), lambda a: F.mse_loss(a, t), x),
         ("l1_loss", lambda a: ft.l1_loss(a, t, "sum"), lambda a: F.l1_loss(a, t, reduction="sum"), x),
-        ("cross_entropy", lambda a: ft.cross_entropy(a, labels, weight, label_smoothing=0.1),
-         lambda a: F.cross_entropy(a, labels, weight, label_smoothing=0.1), x),
-        ("info_nce", lambda a: ft.info_nce(a, t, negatives, 0.5, normalize=True),
-         lambda a: torch_info_nce(a, t, negatives, 0.5, "mean", "unpaired"), x),
+        (
+            "cross_entropy",
+            lambda a: ft.cross_entropy(a, labels, weight, label_smoothing=0.1),
+            lambda a: F.cross_entropy(a, labels, weight, label_smoothing=0.1),
+            x,
+        ),
+        (
+            "info_nce",
+            lambda a: ft.info_nce(a, t, negatives, 0.5, normalize=True),
+            lambda a: torch_info_nce(a, t, negatives, 0.5, "mean", "unpaired"),
+            x,
+        ),
     ]
 
 
@@ -206,7 +227,7 @@ def test_double_backward_raises(name):
     # Mixed with a term torch can differentiate twice, the fastloss term still refuses rather
     # than contributing a zero to the Hessian.
     with pytest.raises(RuntimeError, match=message):
-        torch.autograd.grad(ours(a) + (a ** 3).sum(), a, create_graph=True)
+        torch.autograd.grad(ours(a) + (a**3).sum(), a, create_graph=True)
     # ... and first order is unaffected by the guard.
     (ga,) = torch.autograd.grad(ours(a), a)
     torch.testing.assert_close(ga, gb.detach(), rtol=1e-10, atol=1e-12)

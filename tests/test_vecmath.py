@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fastloss import _core
 
 # The bounds stated in cpp/simd/vecmath.inl, plus half an ulp for rounding the reference.
@@ -53,11 +52,13 @@ def test_exp_float64_limits(isa):
 
 
 def test_log_error_over_its_range(isa):
-    x = np.concatenate([
-        np.exp(np.linspace(np.log(np.finfo(np.float64).tiny), 709.78, 1_000_003)),
-        np.linspace(0.5, 2.0, 1_000_003),
-        1.0 + np.linspace(-1e-6, 1e-6, 10_007),
-    ])
+    x = np.concatenate(
+        [
+            np.exp(np.linspace(np.log(np.finfo(np.float64).tiny), 709.78, 1_000_003)),
+            np.linspace(0.5, 2.0, 1_000_003),
+            1.0 + np.linspace(-1e-6, 1e-6, 10_007),
+        ]
+    )
     got = _core.vector_log(x)
     assert ulp_error(got, np.log(x.astype(np.longdouble)), np.float64) <= LOG_MAX_ULP
 
@@ -74,5 +75,7 @@ def test_log_special_values(isa):
 def test_every_tail_length(isa, n):
     x = np.linspace(-3, 3, n)
     np.testing.assert_allclose(_core.vector_exp(x), np.exp(x), rtol=4e-16)
-    np.testing.assert_allclose(_core.vector_exp(x.astype(np.float32)), np.exp(x).astype(np.float32), rtol=3e-7)
+    np.testing.assert_allclose(
+        _core.vector_exp(x.astype(np.float32)), np.exp(x).astype(np.float32), rtol=3e-7
+    )
     np.testing.assert_allclose(_core.vector_log(x + 4), np.log(x + 4), rtol=4e-16)

@@ -63,7 +63,9 @@ RowSums row_exp_sum(const T* x, int64_t cols, int64_t stride, T* exps) {
     row_max = S::reduce_max(max_vec);
     const V shift = S::set1(row_max);
     const bool finite = S::reduce_add(probe) == T(0);
-    auto exp_shifted = [&](V v) { return finite ? S::exp_nonpositive(S::sub(v, shift)) : S::exp(S::sub(v, shift)); };
+    auto exp_shifted = [&](V v) {
+      return finite ? S::exp_nonpositive(S::sub(v, shift)) : S::exp(S::sub(v, shift));
+    };
     // Runs of at most kRun vectors are summed in T lanes (each lane adds <= kRun values in
     // [0, 1]: relative error <= kRun ulp, ~sqrt(kRun) typical), then folded into float64.
     constexpr int kRun = 16;
@@ -188,7 +190,8 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
       int64_t c = 0;
       for (; c + L <= cols; c += L) S::store(g + c, S::sub(S::mul(scale, S::load(g + c)), offset));
       if (c < cols) {
-        S::store_partial(g + c, S::sub(S::mul(scale, S::load_partial(g + c, cols - c, T(0))), offset), cols - c);
+        S::store_partial(g + c, S::sub(S::mul(scale, S::load_partial(g + c, cols - c, T(0))), offset),
+                         cols - c);
       }
     } else {
       for (int64_t c = 0; c < cols; ++c) {
@@ -249,9 +252,10 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
             const int64_t r = g0 + k;
             const bool ignored = a.target_prob.data == nullptr &&
                                  load_unaligned(a.target_index + r * a.target_index_stride) == a.ignore_index;
-            const RowSums sums = ignored ? RowSums{0.0, 1.0}
-                                         : row_exp_sum(a.logits.data + r * a.logits.row_stride, cols,
-                                                       a.logits.col_stride, a.grad != nullptr ? a.grad + r * cols : nullptr);
+            const RowSums sums =
+                ignored ? RowSums{0.0, 1.0}
+                        : row_exp_sum(a.logits.data + r * a.logits.row_stride, cols, a.logits.col_stride,
+                                      a.grad != nullptr ? a.grad + r * cols : nullptr);
             row_max[k] = sums.max;
             exp_sum[k] = sums.sum;
           }

@@ -8,10 +8,10 @@
 // depends only on M); every chunk's partial state is merged in chunk order, so results have the
 // same bits for any thread count. Included inside an ISA namespace.
 
-constexpr int64_t kKeyTile = 256;      // keys packed at a time: kKeyTile x D stays in L2
-constexpr int64_t kQueryBlock = 96;    // queries per work item (a multiple of every micro-kernel's rows)
-constexpr int64_t kChunkKeys = 1024;   // keys per chunk, at least
-constexpr int64_t kMaxChunks = 16;     // so chunk partials stay O(16 N)
+constexpr int64_t kKeyTile = 256;     // keys packed at a time: kKeyTile x D stays in L2
+constexpr int64_t kQueryBlock = 96;   // queries per work item (a multiple of every micro-kernel's rows)
+constexpr int64_t kChunkKeys = 1024;  // keys per chunk, at least
+constexpr int64_t kMaxChunks = 16;    // so chunk partials stay O(16 N)
 constexpr double kNormFloor = 1e-12;
 
 inline int64_t min_i64(int64_t x, int64_t y) { return x < y ? x : y; }
@@ -108,7 +108,9 @@ struct QueryFactors {
   Buffer<double> positive_logit;     // q . k+ scaled (explicit negatives only)
 
   QueryFactors(const InfoNceArgs<T>& a)
-      : query_inv_norm(a.query.rows), query_scale(a.query.rows), positive_inv_norm(a.query.rows),
+      : query_inv_norm(a.query.rows),
+        query_scale(a.query.rows),
+        positive_inv_norm(a.query.rows),
         positive_logit(a.query.rows) {
     if (!query_inv_norm.ok() || !query_scale.ok() || !positive_inv_norm.ok() || !positive_logit.ok()) {
       throw std::bad_alloc();
@@ -151,13 +153,16 @@ struct TileScratch {
   static constexpr int64_t kNR = Simd<T>::kMicroVecs * Simd<T>::kLanes;
   static constexpr int64_t kMR = Simd<T>::kMicroRows;
   int64_t dim;
-  Buffer<T> packed;            // kKeyTile / NR panels of dim x NR
-  Buffer<double> key_inv_norm; // kKeyTile
-  Buffer<T> key_scale;         // kKeyTile: key_inv_norm in T, for the vector loops
-  Buffer<T> logits;            // kQueryBlock x kKeyTile
+  Buffer<T> packed;             // kKeyTile / NR panels of dim x NR
+  Buffer<double> key_inv_norm;  // kKeyTile
+  Buffer<T> key_scale;          // kKeyTile: key_inv_norm in T, for the vector loops
+  Buffer<T> logits;             // kQueryBlock x kKeyTile
 
   explicit TileScratch(int64_t d)
-      : dim(d), packed(kKeyTile * (d > 0 ? d : 1)), key_inv_norm(kKeyTile), key_scale(kKeyTile),
+      : dim(d),
+        packed(kKeyTile * (d > 0 ? d : 1)),
+        key_inv_norm(kKeyTile),
+        key_scale(kKeyTile),
         logits(kQueryBlock * kKeyTile) {}
   bool ok() const { return packed.ok() && key_inv_norm.ok() && key_scale.ok() && logits.ok(); }
 };
@@ -165,7 +170,8 @@ struct TileScratch {
 // Packs keys [j0, j0 + cols) of a shared stream into panels: panel p holds dim rows of NR keys.
 // Keys past `cols` are zero, so their logits are computed but never read.
 template <class T>
-void pack_keys(const InfoNceArgs<T>& a, const KeyStream<T>& keys, int64_t j0, int64_t cols, TileScratch<T>* s) {
+void pack_keys(const InfoNceArgs<T>& a, const KeyStream<T>& keys, int64_t j0, int64_t cols,
+               TileScratch<T>* s) {
   constexpr int64_t NR = TileScratch<T>::kNR;
   const int64_t dim = s->dim;
   const int64_t panels = ceil_div(cols, NR);
@@ -280,7 +286,8 @@ struct OnlineLogSumExp {
 
 // Paired negatives: query i against its own M keys, one dot product each (no reuse to block for).
 template <class T>
-double paired_logit(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int64_t i, int64_t j, double* key_inv) {
+double paired_logit(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int64_t i, int64_t j,
+                    double* key_inv) {
   const int64_t dim = a.query.cols;
   const T* key = a.negatives + i * a.negatives_stride0 + j * a.negatives_stride1;
   *key_inv = a.normalize ? inverse_norm(key, dim) : 1.0;
@@ -404,7 +411,8 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
 template <class T, class G>
 void add_row_gradient(const T* x, const G* g, int64_t dim, bool normalize, double inv_norm, T* out) {
   if (!normalize) {
-    for (int64_t k = 0; k < dim; ++k) out[k] = static_cast<T>(static_cast<double>(out[k]) + static_cast<double>(g[k]));
+    for (int64_t k = 0; k < dim; ++k)
+      out[k] = static_cast<T>(static_cast<double>(out[k]) + static_cast<double>(g[k]));
     return;
   }
   double projection = 0.0;
@@ -415,7 +423,8 @@ void add_row_gradient(const T* x, const G* g, int64_t dim, bool normalize, doubl
   }
   for (int64_t k = 0; k < dim; ++k) {
     const double x_hat = static_cast<double>(load_unaligned(x + k)) * inv_norm;
-    out[k] = static_cast<T>(static_cast<double>(out[k]) + inv_norm * (static_cast<double>(g[k]) - x_hat * projection));
+    out[k] = static_cast<T>(static_cast<double>(out[k]) +
+                            inv_norm * (static_cast<double>(g[k]) - x_hat * projection));
   }
 }
 
@@ -431,8 +440,8 @@ void axpy_row(double coef, const T* x, int64_t dim, double* acc) {
 // one) and only the real rows are added back. Columns past a multiple of NR take a plain loop,
 // so nothing outside the operands is read or written.
 template <class T>
-void gemm_accumulate(int64_t rows, int64_t depth, const T* const* a_rows, int64_t a_stride, const T* b, int64_t ldb,
-                     T* c, int64_t ldc, int64_t dim) {
+void gemm_accumulate(int64_t rows, int64_t depth, const T* const* a_rows, int64_t a_stride, const T* b,
+                     int64_t ldb, T* c, int64_t ldc, int64_t dim) {
   constexpr int64_t MR = Simd<T>::kMicroRows;
   constexpr int64_t NR = Simd<T>::kMicroVecs * Simd<T>::kLanes;
   const int64_t full_cols = dim / NR * NR;
@@ -603,8 +612,8 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
         // d k_hat[j0 .. j0 + cols) += coef_key^T (cols x rows) . queries (rows x dim)
         const T* ck_rows[kKeyTile];
         for (int64_t j = 0; j < cols; ++j) ck_rows[j] = coef_key.get() + j;
-        gemm_accumulate<T>(cols, rows, ck_rows, kKeyTile, a.query.data + i0 * a.query.row_stride, a.query.row_stride,
-                           d_key_hat.get(), dim, dim);
+        gemm_accumulate<T>(cols, rows, ck_rows, kKeyTile, a.query.data + i0 * a.query.row_stride,
+                           a.query.row_stride, d_key_hat.get(), dim, dim);
       }
       for (int64_t j = 0; j < cols; ++j) {
         add_row_gradient(keys.base + (j0 + j) * keys.stride, d_key_hat.get() + j * dim, dim, a.normalize,
@@ -632,7 +641,8 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
       for (int64_t k = 0; k < dim; ++k) {
         d_positive_row[k] = coef_pos * f.query_inv_norm[i] * static_cast<double>(load_unaligned(q + k));
       }
-      add_row_gradient(p, d_positive_row.get(), dim, a.normalize, f.positive_inv_norm[i], g.d_positive + i * dim);
+      add_row_gradient(p, d_positive_row.get(), dim, a.normalize, f.positive_inv_norm[i],
+                       g.d_positive + i * dim);
     }
     add_row_gradient(q, d_query_row.get(), dim, a.normalize, f.query_inv_norm[i], g.d_query + i * dim);
   }

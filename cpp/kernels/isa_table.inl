@@ -1,5 +1,5 @@
-// Builds one ISA's KernelTable (constant data) from the kernel families. Included last by cpp/kernels/<isa>.cpp,
-// inside that ISA's namespace, after FASTLOSS_ISA_NAME is defined.
+// Builds one ISA's KernelTable (constant data) from the kernel families. Included last by
+// cpp/kernels/<isa>.cpp, inside that ISA's namespace, after FASTLOSS_ISA_NAME is defined.
 
 template <class T>
 void apply_exp(const T* in, T* out, int64_t count) {
@@ -14,7 +14,12 @@ inline void apply_log(const double* in, double* out, int64_t count) { vector_log
 
 template <class T>
 constexpr KernelSet<T> kernel_set() {
-  return {&apply_exp<T>, &apply_log, &regression<T>, &cross_entropy<T>, &info_nce<T>, &info_nce_backward<T>,
+  return {&apply_exp<T>,
+          &apply_log,
+          &regression<T>,
+          &cross_entropy<T>,
+          &info_nce<T>,
+          &info_nce_backward<T>,
           &info_nce_backward_workspace<T>};
 }
 

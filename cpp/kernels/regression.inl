@@ -66,11 +66,17 @@ double regression_contiguous(const T* p, const T* t, int64_t count, double weigh
     S::accumulate(acc, e);
     if (o != nullptr) {
       const V out = weighted ? S::mul(e, out_scale) : e;
-      if (n == L) S::store(o + j, out); else S::store_partial(o + j, out, n);
+      if (n == L)
+        S::store(o + j, out);
+      else
+        S::store_partial(o + j, out, n);
     }
     if (g != nullptr) {
       const V grad = S::mul(grad_factor, element_grad_vec<T, Kind>(pv, tv));
-      if (n == L) S::store(g + j, grad); else S::store_partial(g + j, grad, n);
+      if (n == L)
+        S::store(g + j, grad);
+      else
+        S::store_partial(g + j, grad, n);
     }
   };
   int64_t j = 0;
@@ -90,9 +96,8 @@ double regression_contiguous(const T* p, const T* t, int64_t count, double weigh
 // Sums the element losses of row `row`, columns [c0, c1); writes them to `out` and the scaled
 // element gradients to `grad` when those are not null (both row-major rows x cols).
 template <class T, RegressionKind Kind>
-double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target, int64_t row,
-                           int64_t c0, int64_t c1, double weight, bool weighted, T* out, T* grad,
-                           double grad_scale) {
+double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target, int64_t row, int64_t c0,
+                           int64_t c1, double weight, bool weighted, T* out, T* grad, double grad_scale) {
   const T* p = pred.data + row * pred.row_stride;
   const T* t = target.data + row * target.row_stride;
   const int64_t ps = pred.col_stride;
@@ -129,8 +134,8 @@ double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& targe
 }
 
 template <class T, RegressionKind Kind>
-double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* row_weight, T* out,
-                       T* grad, double grad_scale, int num_threads, Interrupt* interrupt) {
+double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* row_weight, T* out, T* grad,
+                       double grad_scale, int num_threads, Interrupt* interrupt) {
   const int64_t rows = pred.rows;
   const int64_t cols = pred.cols;
   if (rows == 0 || cols == 0) return 0.0;
@@ -143,11 +148,11 @@ double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* r
     return regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt);
   }
   // A block is either a run of whole rows or, for rows longer than a block, a slice of one row.
-  const int64_t slices_per_row = cols >= kRegressionBlock ? (cols + kRegressionBlock - 1) / kRegressionBlock : 1;
+  const int64_t slices_per_row =
+      cols >= kRegressionBlock ? (cols + kRegressionBlock - 1) / kRegressionBlock : 1;
   const int64_t rows_per_block = cols >= kRegressionBlock ? 1 : kRegressionBlock / cols;
-  const int64_t num_blocks = cols >= kRegressionBlock
-                                 ? rows * slices_per_row
-                                 : (rows + rows_per_block - 1) / rows_per_block;
+  const int64_t num_blocks =
+      cols >= kRegressionBlock ? rows * slices_per_row : (rows + rows_per_block - 1) / rows_per_block;
   double total = 0.0;
   deterministic_sum<1>(
       num_blocks, rows * cols, num_threads, interrupt,
@@ -157,8 +162,8 @@ double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* r
           const int64_t c0 = (b % slices_per_row) * kRegressionBlock;
           const int64_t c1 = c0 + kRegressionBlock < cols ? c0 + kRegressionBlock : cols;
           sum[0] = regression_row_part<T, Kind>(pred, target, row, c0, c1,
-                                                weighted ? load_unaligned(row_weight + row) : 1.0, weighted, out, grad,
-                                                grad_scale);
+                                                weighted ? load_unaligned(row_weight + row) : 1.0, weighted,
+                                                out, grad, grad_scale);
           return;
         }
         const int64_t r0 = b * rows_per_block;
@@ -166,8 +171,8 @@ double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* r
         double block = 0.0;
         for (int64_t r = r0; r < r1; ++r) {
           block += regression_row_part<T, Kind>(pred, target, r, 0, cols,
-                                                weighted ? load_unaligned(row_weight + r) : 1.0, weighted, out, grad,
-                                                grad_scale);
+                                                weighted ? load_unaligned(row_weight + r) : 1.0, weighted,
+                                                out, grad, grad_scale);
         }
         sum[0] = block;
       },
@@ -176,9 +181,8 @@ double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* r
 }
 
 template <class T>
-double regression(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
-                  const double* row_weight, T* out, T* grad, double grad_scale, int num_threads,
-                  Interrupt* interrupt) {
+double regression(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target, const double* row_weight,
+                  T* out, T* grad, double grad_scale, int num_threads, Interrupt* interrupt) {
   if (kind == RegressionKind::squared) {
     return regression_kind<T, RegressionKind::squared>(pred, target, row_weight, out, grad, grad_scale,
                                                        num_threads, interrupt);

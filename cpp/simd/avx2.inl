@@ -17,7 +17,8 @@ struct Simd<float> {
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static __m256i prefix_mask(int64_t n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   static V load_partial(const float* p, int64_t n, float fill) {
     const __m256i mask = prefix_mask(n);
@@ -118,11 +119,12 @@ struct Simd<double> {
     const V negative = _mm256_and_pd(_mm256_cmp_pd(a, zero(), _CMP_LT_OQ), one);
     return select(is_nan(a), a, _mm256_sub_pd(positive, negative));
   }
-  // 2^n for integral-valued n in [-1022, 1023] (normal results only): adding 2^52 + 2^51 puts n in the low mantissa
-  // bits (AVX2 has no double -> int64 conversion).
+  // 2^n for integral-valued n in [-1022, 1023] (normal results only): adding 2^52 + 2^51 puts n in the low
+  // mantissa bits (AVX2 has no double -> int64 conversion).
   static V pow2(V n) {
     const __m256d magic = _mm256_set1_pd(6755399441055744.0);
-    const __m256i bits = _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(n, magic)), _mm256_castpd_si256(magic));
+    const __m256i bits =
+        _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(n, magic)), _mm256_castpd_si256(magic));
     return _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(bits, _mm256_set1_epi64x(1023)), 52));
   }
   // v * 2^n for integral-valued n in [-1022, 1023].
@@ -144,9 +146,11 @@ struct Simd<double> {
     const __m256i bits = _mm256_castpd_si256(x);
     const __m256d two52 = _mm256_set1_pd(4503599627370496.0);
     const __m256i field = _mm256_srli_epi64(bits, 52);
-    const V biased = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(field, _mm256_castpd_si256(two52))), two52);
-    *mantissa = _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFLL)),
-                                                    _mm256_set1_epi64x(0x3FF0000000000000LL)));
+    const V biased =
+        _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(field, _mm256_castpd_si256(two52))), two52);
+    *mantissa =
+        _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFLL)),
+                                            _mm256_set1_epi64x(0x3FF0000000000000LL)));
     return _mm256_sub_pd(biased, _mm256_set1_pd(1023.0));
   }
   static V log(V x);

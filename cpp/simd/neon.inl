@@ -31,7 +31,9 @@ struct Simd<float> {
   static V set1(float x) { return vdupq_n_f32(x); }
   // Input arrays may be misaligned (kernels/unaligned.inl): vld1q_f32 and vld1q_lane_f32 may
   // assume a float's alignment, a byte load assumes none and is the same single ldr.
-  static V load(const float* p) { return vreinterpretq_f32_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(p))); }
+  static V load(const float* p) {
+    return vreinterpretq_f32_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(p)));
+  }
   // Lanes [0, n) from p, the rest `fill`; n <= 0 gives all fill, n >= 4 a full load.
   static V load_partial(const float* p, int64_t n, float fill) {
     if (n >= 4) return load(p);
@@ -105,7 +107,9 @@ struct Simd<double> {
   static V zero() { return vdupq_n_f64(0.0); }
   static V set1(double x) { return vdupq_n_f64(x); }
   // Misaligned inputs: as Simd<float>::load.
-  static V load(const double* p) { return vreinterpretq_f64_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(p))); }
+  static V load(const double* p) {
+    return vreinterpretq_f64_u8(vld1q_u8(reinterpret_cast<const uint8_t*>(p)));
+  }
   static V load_partial(const double* p, int64_t n, double fill) {
     if (n >= 2) return load(p);
     V v = vdupq_n_f64(fill);
@@ -156,8 +160,8 @@ struct Simd<double> {
   // straight from u64), m by putting 1's exponent on x's mantissa.
   static V split_exponent(V x, V* mantissa) {
     const uint64x2_t bits = vreinterpretq_u64_f64(x);
-    *mantissa = vreinterpretq_f64_u64(vorrq_u64(vandq_u64(bits, vdupq_n_u64(0x000FFFFFFFFFFFFFull)),
-                                                vdupq_n_u64(0x3FF0000000000000ull)));
+    *mantissa = vreinterpretq_f64_u64(
+        vorrq_u64(vandq_u64(bits, vdupq_n_u64(0x000FFFFFFFFFFFFFull)), vdupq_n_u64(0x3FF0000000000000ull)));
     return vsubq_f64(vcvtq_f64_u64(vshrq_n_u64(bits, 52)), vdupq_n_f64(1023.0));
   }
   static V log(V x);

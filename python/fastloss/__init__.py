@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import Optional, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
-def show_config(file: Optional[TextIO] = None) -> None:
+def show_config(file: TextIO | None = None) -> None:
     """Prints the version, the active CPU path, the available paths, threads and compiler."""
     lines = [
         f"fastloss {__version__}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -26,20 +26,21 @@ from ._validation import (
 Reduction = Literal["none", "sum", "mean", "batchmean"]
 # The reductions that return a Python float ("none" returns an ndarray).
 ScalarReduction = Literal["sum", "mean", "batchmean"]
-LossResult = Union[float, np.ndarray]
+LossResult = float | np.ndarray
 # info_nce's gradient: (d_query, d_positive_key, d_negative_keys); the last is None without negatives.
-InfoNceGrads = tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]
+InfoNceGrads = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 # With return_grad=True: (loss, grad); for info_nce, (loss, (d_query, d_positive_key, d_negative_keys)).
-LossAndGrad = Union[LossResult, tuple[LossResult, np.ndarray]]
-InfoNceLossAndGrad = Union[LossResult, tuple[LossResult, InfoNceGrads]]
+LossAndGrad = LossResult | tuple[LossResult, np.ndarray]
+InfoNceLossAndGrad = LossResult | tuple[LossResult, InfoNceGrads]
 
 _SQUARED, _ABSOLUTE = 0, 1
 _IN_BATCH, _UNPAIRED, _PAIRED = 0, 1, 2
 NEGATIVE_MODES = ("unpaired", "paired")
 
 
-def _gradient_buffers(shape: tuple[int, ...], dtype: np.dtype, original: np.ndarray,
-                      fill: Any = np.empty) -> tuple[np.ndarray, np.ndarray]:
+def _gradient_buffers(
+    shape: tuple[int, ...], dtype: np.dtype, original: np.ndarray, fill: Any = np.empty
+) -> tuple[np.ndarray, np.ndarray]:
     """(the buffer a kernel writes, in the computation dtype; the gradient returned, in the
     argument's dtype by as_input_dtype's rule), both allocated before any work, so that a call
     that cannot hold its gradient fails at once. They are one array unless the dtypes differ
@@ -55,8 +56,9 @@ def _finish_gradient(grad: np.ndarray, returned: np.ndarray) -> np.ndarray:
     return returned
 
 
-def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, sample_weight: Any,
-                return_grad: Any) -> LossAndGrad:
+def _regression(
+    kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, sample_weight: Any, return_grad: Any
+) -> LossAndGrad:
     reduction = check_reduction(reduction)
     return_grad = check_flag(return_grad, "return_grad")
     pred_array = as_real_array(pred, "pred")
@@ -95,22 +97,58 @@ def _regression(kind: int, pred: ArrayLike, target: ArrayLike, reduction: Any, s
 
 
 @overload
-def mse(pred: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
-        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[False] = ...) -> float: ...
+def mse(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: ScalarReduction = ...,
+    sample_weight: ArrayLike | None = ...,
+    return_grad: Literal[False] = ...,
+) -> float: ...
 @overload
-def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
-        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[False] = ...) -> np.ndarray: ...
+def mse(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Literal["none"],
+    sample_weight: ArrayLike | None = ...,
+    return_grad: Literal[False] = ...,
+) -> np.ndarray: ...
 @overload
-def mse(pred: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
-        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[True]) -> tuple[float, np.ndarray]: ...
+def mse(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: ScalarReduction = ...,
+    sample_weight: ArrayLike | None = ...,
+    return_grad: Literal[True],
+) -> tuple[float, np.ndarray]: ...
 @overload
-def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
-        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+def mse(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Literal["none"],
+    sample_weight: ArrayLike | None = ...,
+    return_grad: Literal[True],
+) -> tuple[np.ndarray, np.ndarray]: ...
 @overload
-def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = ...,
-        sample_weight: Optional[ArrayLike] = ..., return_grad: bool = ...) -> LossAndGrad: ...
-def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
-        sample_weight: Optional[ArrayLike] = None, return_grad: bool = False) -> LossAndGrad:
+def mse(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Reduction = ...,
+    sample_weight: ArrayLike | None = ...,
+    return_grad: bool = ...,
+) -> LossAndGrad: ...
+def mse(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: ArrayLike | None = None,
+    return_grad: bool = False,
+) -> LossAndGrad:
     """Mean squared error: element loss ``(pred - target) ** 2``.
 
     Args:
@@ -138,22 +176,58 @@ def mse(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
 
 
 @overload
-def mae(pred: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
-        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[False] = ...) -> float: ...
+def mae(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: ScalarReduction = ...,
+    sample_weight: ArrayLike | None = ...,
+    return_grad: Literal[False] = ...,
+) -> float: ...
 @overload
-def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
-        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[False] = ...) -> np.ndarray: ...
+def mae(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Literal["none"],
+    sample_weight: ArrayLike | None = ...,
+    return_grad: Literal[False] = ...,
+) -> np.ndarray: ...
 @overload
-def mae(pred: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
-        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[True]) -> tuple[float, np.ndarray]: ...
+def mae(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: ScalarReduction = ...,
+    sample_weight: ArrayLike | None = ...,
+    return_grad: Literal[True],
+) -> tuple[float, np.ndarray]: ...
 @overload
-def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
-        sample_weight: Optional[ArrayLike] = ..., return_grad: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+def mae(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Literal["none"],
+    sample_weight: ArrayLike | None = ...,
+    return_grad: Literal[True],
+) -> tuple[np.ndarray, np.ndarray]: ...
 @overload
-def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = ...,
-        sample_weight: Optional[ArrayLike] = ..., return_grad: bool = ...) -> LossAndGrad: ...
-def mae(pred: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
-        sample_weight: Optional[ArrayLike] = None, return_grad: bool = False) -> LossAndGrad:
+def mae(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Reduction = ...,
+    sample_weight: ArrayLike | None = ...,
+    return_grad: bool = ...,
+) -> LossAndGrad: ...
+def mae(
+    pred: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Reduction = "mean",
+    sample_weight: ArrayLike | None = None,
+    return_grad: bool = False,
+) -> LossAndGrad:
     """Mean absolute error: element loss ``|pred - target|``.
 
     Same arguments, reductions and dtypes as :func:`mse` (``"mean"`` matches
@@ -171,33 +245,77 @@ def _class_indices(target: np.ndarray, expected_shape: tuple[int, ...]) -> np.nd
         raise ValueError(f"target: class indices must have shape {expected_shape}; got {target.shape}")
     if target.dtype.kind == "u" and target.size and target.max() > np.iinfo(np.int64).max:
         position = int(np.argmax(target > np.iinfo(np.int64).max))
-        raise ValueError(f"target: class index {int(target.reshape(-1)[position])} at position {position} is out of range")
+        raise ValueError(
+            f"target: class index {int(target.reshape(-1)[position])} at position {position} is out of range"
+        )
     return to_kernel_layout(target.reshape(-1), np.dtype(np.int64))
 
 
 @overload
-def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
-                  weight: Optional[ArrayLike] = ..., ignore_index: int = ...,
-                  label_smoothing: float = ..., return_grad: Literal[False] = ...) -> float: ...
+def cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: ScalarReduction = ...,
+    weight: ArrayLike | None = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    return_grad: Literal[False] = ...,
+) -> float: ...
 @overload
-def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
-                  weight: Optional[ArrayLike] = ..., ignore_index: int = ...,
-                  label_smoothing: float = ..., return_grad: Literal[False] = ...) -> np.ndarray: ...
+def cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Literal["none"],
+    weight: ArrayLike | None = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    return_grad: Literal[False] = ...,
+) -> np.ndarray: ...
 @overload
-def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: ScalarReduction = ...,
-                  weight: Optional[ArrayLike] = ..., ignore_index: int = ...,
-                  label_smoothing: float = ..., return_grad: Literal[True]) -> tuple[float, np.ndarray]: ...
+def cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: ScalarReduction = ...,
+    weight: ArrayLike | None = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    return_grad: Literal[True],
+) -> tuple[float, np.ndarray]: ...
 @overload
-def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Literal["none"],
-                  weight: Optional[ArrayLike] = ..., ignore_index: int = ...,
-                  label_smoothing: float = ..., return_grad: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+def cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Literal["none"],
+    weight: ArrayLike | None = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    return_grad: Literal[True],
+) -> tuple[np.ndarray, np.ndarray]: ...
 @overload
-def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction = ...,
-                  weight: Optional[ArrayLike] = ..., ignore_index: int = ...,
-                  label_smoothing: float = ..., return_grad: bool = ...) -> LossAndGrad: ...
-def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction = "mean",
-                  weight: Optional[ArrayLike] = None, ignore_index: int = -100,
-                  label_smoothing: float = 0.0, return_grad: bool = False) -> LossAndGrad:
+def cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Reduction = ...,
+    weight: ArrayLike | None = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    return_grad: bool = ...,
+) -> LossAndGrad: ...
+def cross_entropy(
+    logits: ArrayLike,
+    target: ArrayLike,
+    *,
+    reduction: Reduction = "mean",
+    weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    return_grad: bool = False,
+) -> LossAndGrad:
     """Cross-entropy of softmax(logits) against class indices or class probabilities.
 
     Semantics are those of ``torch.nn.functional.cross_entropy``, computed with a stable
@@ -222,8 +340,14 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
         losses (a 0-d array for ``(C,)`` logits) in the computation dtype. With ``return_grad``:
         ``(loss, grad)``, ``grad`` shaped like ``logits``.
     """
-    if (weight is None and return_grad is False and type(ignore_index) is int and ignore_index == -100
-            and type(label_smoothing) is float and label_smoothing == 0.0):
+    if (
+        weight is None
+        and return_grad is False
+        and type(ignore_index) is int
+        and ignore_index == -100
+        and type(label_smoothing) is float
+        and label_smoothing == 0.0
+    ):
         # The common call: C-contiguous logits, int64 labels, a plain reduction, no options.
         result = _core.cross_entropy_fast(logits, target, reduction)
         if result is not None:
@@ -268,7 +392,9 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     if weight is not None:
         weight_array = as_real_array(weight, "weight")
         if weight_array.shape != (classes,):
-            raise ValueError(f"weight: expected shape ({classes},) (one weight per class); got {weight_array.shape}")
+            raise ValueError(
+                f"weight: expected shape ({classes},) (one weight per class); got {weight_array.shape}"
+            )
         class_weight = np.ascontiguousarray(weight_array, dtype=np.float64)
         if not np.isfinite(class_weight).all():
             raise ValueError("weight: every class weight must be finite")
@@ -278,12 +404,20 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, reduction: Reduction 
     by_denominator = reduction == "mean" and target_index is not None
     divisor = float(rows) if reduction in ("mean", "batchmean") and not by_denominator else 1.0
     out = np.empty(rows, dtype=dtype) if reduction == "none" else None
-    grad, returned_grad = (_gradient_buffers(logits_array.shape, dtype, logits_array) if return_grad
-                           else (None, None))
+    grad, returned_grad = (
+        _gradient_buffers(logits_array.shape, dtype, logits_array) if return_grad else (None, None)
+    )
     loss_sum, denominator = _core.cross_entropy(
-        logits2d, target_index, target_prob, class_weight, ignore_index, smoothing, out,
+        logits2d,
+        target_index,
+        target_prob,
+        class_weight,
+        ignore_index,
+        smoothing,
+        out,
         None if grad is None else grad.reshape(rows, classes),
-        1.0 / divisor if divisor else np.inf, by_denominator,
+        1.0 / divisor if divisor else np.inf,
+        by_denominator,
     )
     if out is not None:
         loss: LossResult = out.reshape(()) if single else out
@@ -302,34 +436,82 @@ def _matrix(value: ArrayLike, name: str) -> np.ndarray:
 
 
 @overload
-def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = ..., *,
-             temperature: float = ..., reduction: ScalarReduction = ...,
-             negative_mode: Literal["unpaired", "paired"] = ..., normalize: bool = ...,
-             symmetric: bool = ..., return_grad: Literal[False] = ...) -> float: ...
+def info_nce(
+    query: ArrayLike,
+    positive_key: ArrayLike,
+    negative_keys: ArrayLike | None = ...,
+    *,
+    temperature: float = ...,
+    reduction: ScalarReduction = ...,
+    negative_mode: Literal["unpaired", "paired"] = ...,
+    normalize: bool = ...,
+    symmetric: bool = ...,
+    return_grad: Literal[False] = ...,
+) -> float: ...
 @overload
-def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = ..., *,
-             temperature: float = ..., reduction: Literal["none"],
-             negative_mode: Literal["unpaired", "paired"] = ..., normalize: bool = ...,
-             symmetric: bool = ..., return_grad: Literal[False] = ...) -> np.ndarray: ...
+def info_nce(
+    query: ArrayLike,
+    positive_key: ArrayLike,
+    negative_keys: ArrayLike | None = ...,
+    *,
+    temperature: float = ...,
+    reduction: Literal["none"],
+    negative_mode: Literal["unpaired", "paired"] = ...,
+    normalize: bool = ...,
+    symmetric: bool = ...,
+    return_grad: Literal[False] = ...,
+) -> np.ndarray: ...
 @overload
-def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = ..., *,
-             temperature: float = ..., reduction: ScalarReduction = ...,
-             negative_mode: Literal["unpaired", "paired"] = ..., normalize: bool = ...,
-             symmetric: bool = ..., return_grad: Literal[True]) -> tuple[float, InfoNceGrads]: ...
+def info_nce(
+    query: ArrayLike,
+    positive_key: ArrayLike,
+    negative_keys: ArrayLike | None = ...,
+    *,
+    temperature: float = ...,
+    reduction: ScalarReduction = ...,
+    negative_mode: Literal["unpaired", "paired"] = ...,
+    normalize: bool = ...,
+    symmetric: bool = ...,
+    return_grad: Literal[True],
+) -> tuple[float, InfoNceGrads]: ...
 @overload
-def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = ..., *,
-             temperature: float = ..., reduction: Literal["none"],
-             negative_mode: Literal["unpaired", "paired"] = ..., normalize: bool = ...,
-             symmetric: bool = ..., return_grad: Literal[True]) -> tuple[np.ndarray, InfoNceGrads]: ...
+def info_nce(
+    query: ArrayLike,
+    positive_key: ArrayLike,
+    negative_keys: ArrayLike | None = ...,
+    *,
+    temperature: float = ...,
+    reduction: Literal["none"],
+    negative_mode: Literal["unpaired", "paired"] = ...,
+    normalize: bool = ...,
+    symmetric: bool = ...,
+    return_grad: Literal[True],
+) -> tuple[np.ndarray, InfoNceGrads]: ...
 @overload
-def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = ..., *,
-             temperature: float = ..., reduction: Reduction = ...,
-             negative_mode: Literal["unpaired", "paired"] = ..., normalize: bool = ...,
-             symmetric: bool = ..., return_grad: bool = ...) -> InfoNceLossAndGrad: ...
-def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike] = None, *,
-             temperature: float = 0.07, reduction: Reduction = "mean",
-             negative_mode: Literal["unpaired", "paired"] = "unpaired", normalize: bool = False,
-             symmetric: bool = False, return_grad: bool = False) -> InfoNceLossAndGrad:
+def info_nce(
+    query: ArrayLike,
+    positive_key: ArrayLike,
+    negative_keys: ArrayLike | None = ...,
+    *,
+    temperature: float = ...,
+    reduction: Reduction = ...,
+    negative_mode: Literal["unpaired", "paired"] = ...,
+    normalize: bool = ...,
+    symmetric: bool = ...,
+    return_grad: bool = ...,
+) -> InfoNceLossAndGrad: ...
+def info_nce(
+    query: ArrayLike,
+    positive_key: ArrayLike,
+    negative_keys: ArrayLike | None = None,
+    *,
+    temperature: float = 0.07,
+    reduction: Reduction = "mean",
+    negative_mode: Literal["unpaired", "paired"] = "unpaired",
+    normalize: bool = False,
+    symmetric: bool = False,
+    return_grad: bool = False,
+) -> InfoNceLossAndGrad:
     """InfoNCE: a (K+1)-way cross-entropy whose true class is the positive key.
 
     Row ``i``'s logits are ``[q_i . k+_i, q_i . k_1, ..., q_i . k_M] / temperature`` with the true
@@ -356,8 +538,15 @@ def info_nce(query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[
     """
     reduction = check_reduction(reduction)
     return_grad = check_flag(return_grad, "return_grad")
-    problem = InfoNceProblem(query, positive_key, negative_keys, temperature=temperature,
-                             negative_mode=negative_mode, normalize=normalize, symmetric=symmetric)
+    problem = InfoNceProblem(
+        query,
+        positive_key,
+        negative_keys,
+        temperature=temperature,
+        negative_mode=negative_mode,
+        normalize=normalize,
+        symmetric=symmetric,
+    )
     if return_grad:
         # Every buffer before any work: an allocation that fails does so now, not after the forward pass.
         problem.allocate_backward()
@@ -381,14 +570,19 @@ class _InfoNceBuffers:
         query, positive, negatives = problem._originals
         self.query = _gradient_buffers(query.shape, problem.dtype, query, fill=np.zeros)
         self.positive = _gradient_buffers(positive.shape, problem.dtype, positive, fill=np.zeros)
-        self.negatives = (None if negatives is None
-                          else _gradient_buffers(negatives.shape, problem.dtype, negatives, fill=np.zeros))
+        self.negatives = (
+            None
+            if negatives is None
+            else _gradient_buffers(negatives.shape, problem.dtype, negatives, fill=np.zeros)
+        )
         # One scratch serves both directions of a symmetric call: they run one after the other.
-        size = _core.info_nce_backward_workspace(problem.query, problem.positive, problem.mode, problem.negatives)
+        size = _core.info_nce_backward_workspace(
+            problem.query, problem.positive, problem.mode, problem.negatives
+        )
         self.workspace = np.empty(size, dtype=problem.dtype)
 
 
-def _stats_rows(stats: Optional[np.ndarray]) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+def _stats_rows(stats: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     return (None, None) if stats is None else (stats[0], stats[1])
 
 
@@ -397,8 +591,17 @@ class InfoNceProblem:
     per-row log-sum-exps, and a backward pass for any per-row upstream gradient (which is what
     ``reduction="none"`` needs under autograd)."""
 
-    def __init__(self, query: ArrayLike, positive_key: ArrayLike, negative_keys: Optional[ArrayLike], *,
-                 temperature: Any, negative_mode: Any, normalize: Any, symmetric: Any) -> None:
+    def __init__(
+        self,
+        query: ArrayLike,
+        positive_key: ArrayLike,
+        negative_keys: ArrayLike | None,
+        *,
+        temperature: Any,
+        negative_mode: Any,
+        normalize: Any,
+        symmetric: Any,
+    ) -> None:
         check_choice(negative_mode, "negative_mode", NEGATIVE_MODES)
         tau = check_temperature(temperature)
         self.normalize = check_flag(normalize, "normalize")
@@ -417,7 +620,9 @@ class InfoNceProblem:
         self.mode = _IN_BATCH
         if negative_keys is not None:
             if self.symmetric:
-                raise ValueError("symmetric=True is defined for in-batch negatives only: pass negative_keys=None")
+                raise ValueError(
+                    "symmetric=True is defined for in-batch negatives only: pass negative_keys=None"
+                )
             negatives_array = as_real_array(negative_keys, "negative_keys")
             if negative_mode == "unpaired":
                 self.mode = _UNPAIRED
@@ -428,7 +633,11 @@ class InfoNceProblem:
                     )
             else:
                 self.mode = _PAIRED
-                if negatives_array.ndim != 3 or negatives_array.shape[0] != rows or negatives_array.shape[2] != dim:
+                if (
+                    negatives_array.ndim != 3
+                    or negatives_array.shape[0] != rows
+                    or negatives_array.shape[2] != dim
+                ):
                     raise ValueError(
                         f"negative_keys must have shape ({rows}, M, {dim}) with negative_mode='paired'; got "
                         f"{negatives_array.shape}"
@@ -440,12 +649,14 @@ class InfoNceProblem:
         self.query = to_kernel_layout(query_array, self.dtype, contiguous_rows=True)
         self.positive = to_kernel_layout(positive_array, self.dtype, contiguous_rows=True)
         self.negatives = (
-            None if negatives_array is None else to_kernel_layout(negatives_array, self.dtype, contiguous_rows=True)
+            None
+            if negatives_array is None
+            else to_kernel_layout(negatives_array, self.dtype, contiguous_rows=True)
         )
         # Each direction's per-row log-sum-exp as (max, log of the scaled sum), for backward.
-        self._row_stats: Optional[np.ndarray] = None
-        self._key_stats: Optional[np.ndarray] = None
-        self._backward_buffers: Optional[_InfoNceBuffers] = None
+        self._row_stats: np.ndarray | None = None
+        self._key_stats: np.ndarray | None = None
+        self._backward_buffers: _InfoNceBuffers | None = None
 
     def allocate_backward(self) -> None:
         """Allocates what backward() writes (the gradients and the kernel's scratch), so a call can
@@ -458,11 +669,27 @@ class InfoNceProblem:
         self._row_stats = np.empty((2, self.rows)) if keep_for_backward else None
         key_loss = np.empty(self.rows, dtype=np.float64) if self.symmetric else row_loss
         self._key_stats = np.empty((2, self.rows)) if keep_for_backward and self.symmetric else None
-        _core.info_nce(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
-                       row_loss, *_stats_rows(self._row_stats))
+        _core.info_nce(
+            self.query,
+            self.positive,
+            self.mode,
+            self.negatives,
+            self.inv_tau,
+            self.normalize,
+            row_loss,
+            *_stats_rows(self._row_stats),
+        )
         if self.symmetric:
-            _core.info_nce(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize, key_loss,
-                           *_stats_rows(self._key_stats))
+            _core.info_nce(
+                self.positive,
+                self.query,
+                _IN_BATCH,
+                None,
+                self.inv_tau,
+                self.normalize,
+                key_loss,
+                *_stats_rows(self._key_stats),
+            )
             row_loss = 0.5 * (row_loss + key_loss)
         return row_loss
 
@@ -479,13 +706,36 @@ class InfoNceProblem:
             buffers = _InfoNceBuffers(self)
         d_query, d_positive, workspace = buffers.query[0], buffers.positive[0], buffers.workspace
         d_negatives = None if buffers.negatives is None else buffers.negatives[0]
-        _core.info_nce_backward(self.query, self.positive, self.mode, self.negatives, self.inv_tau, self.normalize,
-                                *_stats_rows(self._row_stats), row_grad, d_query, d_positive, d_negatives,
-                                workspace)
+        _core.info_nce_backward(
+            self.query,
+            self.positive,
+            self.mode,
+            self.negatives,
+            self.inv_tau,
+            self.normalize,
+            *_stats_rows(self._row_stats),
+            row_grad,
+            d_query,
+            d_positive,
+            d_negatives,
+            workspace,
+        )
         if self.symmetric:
             # The keys -> queries direction: the two arrays swap roles.
-            _core.info_nce_backward(self.positive, self.query, _IN_BATCH, None, self.inv_tau, self.normalize,
-                                    *_stats_rows(self._key_stats), row_grad, d_positive, d_query, None, workspace)
+            _core.info_nce_backward(
+                self.positive,
+                self.query,
+                _IN_BATCH,
+                None,
+                self.inv_tau,
+                self.normalize,
+                *_stats_rows(self._key_stats),
+                row_grad,
+                d_positive,
+                d_query,
+                None,
+                workspace,
+            )
         return (
             _finish_gradient(*buffers.query),
             _finish_gradient(*buffers.positive),

@@ -84,7 +84,9 @@ def check_real(value: Any, name: str, low: float, high: float, *, expected: str 
     return number
 
 
-def check_int(value: Any, name: str, low: int = INT64_MIN, high: int = INT64_MAX, *, expected: str = "") -> int:
+def check_int(
+    value: Any, name: str, low: int = INT64_MIN, high: int = INT64_MAX, *, expected: str = ""
+) -> int:
     """A Python or NumPy integer (not a bool) in ``[low, high]``, as an int: by default the int64
     range the kernels take. ``expected`` words the range in the message."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
@@ -97,13 +99,23 @@ def check_int(value: Any, name: str, low: int = INT64_MIN, high: int = INT64_MAX
 
 def check_threads(value: Any, name: str) -> int:
     """A thread count for set_num_threads (and the CLI's --threads)."""
-    return check_int(value, name, 1, MAX_THREADS,
-                     expected=f"in [1, {MAX_THREADS}] (at most max(1024, the machine's cores) threads)")
+    return check_int(
+        value,
+        name,
+        1,
+        MAX_THREADS,
+        expected=f"in [1, {MAX_THREADS}] (at most max(1024, the machine's cores) threads)",
+    )
 
 
 def check_temperature(value: Any, name: str = "temperature") -> float:
-    return check_real(value, name, MIN_TEMPERATURE, sys.float_info.max,
-                      expected=f"finite and >= {MIN_TEMPERATURE!r} (so that 1/{name} is finite)")
+    return check_real(
+        value,
+        name,
+        MIN_TEMPERATURE,
+        sys.float_info.max,
+        expected=f"finite and >= {MIN_TEMPERATURE!r} (so that 1/{name} is finite)",
+    )
 
 
 def check_label_smoothing(value: Any, name: str = "label_smoothing") -> float:
@@ -161,7 +173,9 @@ def sample_weights(value: Any, rows: int) -> np.ndarray | None:
         return None
     weights = as_real_array(value, "sample_weight")
     if weights.shape != (rows,):
-        raise ValueError(f"sample_weight: expected shape ({rows},) (one weight per row of pred); got {weights.shape}")
+        raise ValueError(
+            f"sample_weight: expected shape ({rows},) (one weight per row of pred); got {weights.shape}"
+        )
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     if not np.isfinite(weights).all():
         raise ValueError("sample_weight: every weight must be finite")

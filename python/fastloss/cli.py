@@ -36,9 +36,9 @@ import tempfile
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
-from typing import IO, Any, List, Optional, Protocol, Sequence, cast
+from typing import IO, Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -72,6 +72,7 @@ class _BenchRunner(Protocol):
 
 
 # --- arrays on disk, read by rows ------------------------------------------------------------
+
 
 class RowSource:
     """Rows ``[start, stop)`` of an array on disk, read in increasing order."""
@@ -129,8 +130,9 @@ class MappedSource(RowSource):
 class StreamSource(RowSource):
     """A compressed ``.npz`` member decompressed as it is read: rows in order only."""
 
-    def __init__(self, label: str, spec: str, fh: IO[bytes], shape: Iterable[int],
-                 dtype: npt.DTypeLike) -> None:
+    def __init__(
+        self, label: str, spec: str, fh: IO[bytes], shape: Iterable[int], dtype: npt.DTypeLike
+    ) -> None:
         super().__init__(label, spec, shape, dtype)
         self.fh = fh
         self.pos = 0
@@ -202,8 +204,10 @@ def _read_npy_header(fh: IO[bytes], what: str) -> tuple[tuple[int, ...], bool, n
         # SyntaxError or tokenize.TokenError from NumPy's parser: each means "not an .npy file"
         raise CliError(f"{what} is not a valid .npy file ({exc})") from None
     if dtype.hasobject:
-        raise CliError(f"{what} holds Python objects (dtype {dtype}); only numeric arrays are "
-                       "read (pickles are never loaded)")
+        raise CliError(
+            f"{what} holds Python objects (dtype {dtype}); only numeric arrays are "
+            "read (pickles are never loaded)"
+        )
     return shape, fortran, dtype
 
 
@@ -217,12 +221,15 @@ def _map_npy(label: str, spec: str, path: str, offset: int, what: str) -> Mapped
     # Python ints: a corrupt header's shape may overflow int64.
     nbytes = math.prod(shape) * dtype.itemsize
     if data_offset + nbytes > os.path.getsize(path):
-        raise CliError(f"{what} is truncated: its header promises {nbytes} bytes of data ("
-                       f"{'x'.join(map(str, shape)) or 'scalar'} {dtype})")
+        raise CliError(
+            f"{what} is truncated: its header promises {nbytes} bytes of data ("
+            f"{'x'.join(map(str, shape)) or 'scalar'} {dtype})"
+        )
     if nbytes == 0:
         return MappedSource(label, spec, np.empty(shape, dtype))
-    arr = np.memmap(path, dtype=dtype, mode="r", offset=data_offset, shape=shape,
-                    order="F" if fortran else "C")
+    arr = np.memmap(
+        path, dtype=dtype, mode="r", offset=data_offset, shape=shape, order="F" if fortran else "C"
+    )
     return MappedSource(label, spec, arr)
 
 
@@ -238,7 +245,7 @@ def _zip_data_offset(path: str, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + int(name_len) + int(extra_len)
 
 
-def _open_npz(label: str, spec: str, path: str, key: Optional[str]) -> RowSource:
+def _open_npz(label: str, spec: str, path: str, key: str | None) -> RowSource:
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
@@ -267,8 +274,10 @@ def _open_npz(label: str, spec: str, path: str, key: Optional[str]) -> RowSource
     shape, fortran, dtype = _read_npy_header(fh, what)
     if fortran and len(shape) > 1:
         # Rows of a Fortran-order array are not contiguous in the stream: read it whole.
-        print(f"{PROG} score: note: {what} is a compressed Fortran-order array; reading it "
-              "into memory whole", file=sys.stderr)
+        print(
+            f"{PROG} score: note: {what} is a compressed Fortran-order array; reading it into memory whole",
+            file=sys.stderr,
+        )
         nbytes = math.prod(shape) * dtype.itemsize
         data = _read_member(fh, nbytes, what)
         fh.close()
@@ -311,6 +320,7 @@ def _load_small(label: str, spec: str) -> np.ndarray:
 
 # --- progress on stderr ----------------------------------------------------------------------
 
+
 class Progress:
     """``[#####.....]  48%  1.20/2.50 GiB  612 MiB/s`` on stderr, redrawn at most 10x/s."""
 
@@ -334,11 +344,13 @@ class Progress:
         frac = self.done / self.total if self.total else 1.0
         width = 30
         filled = int(frac * width)
-        gib = 2.0 ** 30
-        speed = self.done * self.row_bytes / max(now - self.t0, 1e-9) / 2.0 ** 20
-        sys.stderr.write(f"\r{self.title} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{100 * frac:5.1f}%  {self.done * self.row_bytes / gib:.2f}/"
-                         f"{self.total * self.row_bytes / gib:.2f} GiB  {speed:.0f} MiB/s")
+        gib = 2.0**30
+        speed = self.done * self.row_bytes / max(now - self.t0, 1e-9) / 2.0**20
+        sys.stderr.write(
+            f"\r{self.title} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{100 * frac:5.1f}%  {self.done * self.row_bytes / gib:.2f}/"
+            f"{self.total * self.row_bytes / gib:.2f} GiB  {speed:.0f} MiB/s"
+        )
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -348,6 +360,7 @@ class Progress:
 
 
 # --- score -----------------------------------------------------------------------------------
+
 
 def _divide(num: float, den: float) -> float:
     """IEEE division, as fastloss's reductions do it: x/0 is +-inf, 0/0 is nan."""
@@ -359,7 +372,7 @@ def _divide(num: float, den: float) -> float:
 def _chunk_rows(args: argparse.Namespace, row_bytes: int) -> int:
     if args.chunk_rows:
         return int(args.chunk_rows)
-    return max(1, int(args.chunk_mb * 2 ** 20) // max(1, row_bytes))
+    return max(1, int(args.chunk_mb * 2**20) // max(1, row_bytes))
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -373,18 +386,22 @@ def _score(args: argparse.Namespace) -> int:
     if args.label_smoothing is not None:
         check_label_smoothing(args.label_smoothing, "--label-smoothing")
     if args.reduction == "none" and args.out and not args.out.lower().endswith(".npy"):
-        raise CliError(f"--out {args.out!r}: reduction 'none' writes an .npy file; "
-                       "give a name ending in .npy")
+        raise CliError(
+            f"--out {args.out!r}: reduction 'none' writes an .npy file; give a name ending in .npy"
+        )
     if args.loss != "cross_entropy":
-        for opt, name in ((args.weight, "--weight"), (args.ignore_index, "--ignore-index"),
-                          (args.label_smoothing, "--label-smoothing")):
+        for opt, name in (
+            (args.weight, "--weight"),
+            (args.ignore_index, "--ignore-index"),
+            (args.label_smoothing, "--label-smoothing"),
+        ):
             if opt is not None:
                 raise CliError(f"{name} applies to cross_entropy only, not {args.loss}")
     elif args.sample_weight is not None:
         raise CliError("--sample-weight applies to mse and mae; cross_entropy takes --weight")
 
     args.output = OutputFile(args.out) if args.out else None
-    sources: List[RowSource] = []
+    sources: list[RowSource] = []
     try:
         try:
             pred = open_array("PRED", args.pred)
@@ -419,8 +436,11 @@ class OutputFile:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            fd, self.temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                             dir=os.path.dirname(os.path.abspath(path)))
+            fd, self.temp = tempfile.mkstemp(
+                prefix=f".{os.path.basename(path)}.",
+                suffix=".tmp",
+                dir=os.path.dirname(os.path.abspath(path)),
+            )
         except OSError as exc:
             raise CliError(f"--out {path!r}: cannot write ({exc.strerror or exc})") from None
         os.close(fd)
@@ -442,15 +462,21 @@ class OutputFile:
             pass
 
 
-def _run_chunks(args: argparse.Namespace, pred: RowSource, target: RowSource, call: ChunkCall,
-                result_shape: tuple[int, ...]) -> tuple[float, np.ndarray | None]:
+def _run_chunks(
+    args: argparse.Namespace,
+    pred: RowSource,
+    target: RowSource,
+    call: ChunkCall,
+    result_shape: tuple[int, ...],
+) -> tuple[float, np.ndarray | None]:
     """Feed row chunks to ``call(p, t, start, stop)``; for ``reduction none`` gather its
     outputs into ``--out`` (an open_memmap) or an in-memory array. Returns the summed reduction
     values (``None`` for ``none``) and the ``none`` output."""
     n_rows = pred.shape[0]
     step = _chunk_rows(args, pred.row_bytes + target.row_bytes)
-    progress = Progress(n_rows, pred.row_bytes + target.row_bytes, f"{PROG} score {args.loss}",
-                        _progress_enabled(args))
+    progress = Progress(
+        n_rows, pred.row_bytes + target.row_bytes, f"{PROG} score {args.loss}", _progress_enabled(args)
+    )
     total = 0.0
     out: np.ndarray | None = None
     try:
@@ -512,13 +538,16 @@ def _open_output(args: argparse.Namespace, shape: tuple[int, ...], dtype: npt.DT
     return np.empty(shape, dtype=dtype)
 
 
-def _score_regression(fastloss: ModuleType, args: argparse.Namespace, pred: RowSource,
-                      target: RowSource) -> tuple[Any, np.ndarray | None]:
+def _score_regression(
+    fastloss: ModuleType, args: argparse.Namespace, pred: RowSource, target: RowSource
+) -> tuple[Any, np.ndarray | None]:
     if pred.ndim == 0 or target.ndim == 0:
         raise CliError("PRED and TARGET must have at least 1 dimension; got 0-d arrays")
     if pred.shape != target.shape:
-        raise CliError(f"PRED and TARGET must have the same shape (no broadcasting); got PRED "
-                       f"{pred.shape} and TARGET {target.shape}")
+        raise CliError(
+            f"PRED and TARGET must have the same shape (no broadcasting); got PRED "
+            f"{pred.shape} and TARGET {target.shape}"
+        )
     f = fastloss.mse if args.loss == "mse" else fastloss.mae
     n_rows = pred.shape[0]
     per_row = int(np.prod(pred.shape[1:], dtype=np.int64))
@@ -526,8 +555,10 @@ def _score_regression(fastloss: ModuleType, args: argparse.Namespace, pred: RowS
     if args.sample_weight is not None:
         weights = _load_small("--sample-weight", args.sample_weight)
         if weights.shape != (n_rows,):
-            raise CliError(f"--sample-weight must have shape ({n_rows},) (one weight per row of "
-                           f"PRED); got {weights.shape}")
+            raise CliError(
+                f"--sample-weight must have shape ({n_rows},) (one weight per row of "
+                f"PRED); got {weights.shape}"
+            )
     red = "none" if args.reduction == "none" else "sum"
 
     def call(p: np.ndarray, t: np.ndarray, start: int, stop: int) -> Any:
@@ -545,8 +576,9 @@ def _score_regression(fastloss: ModuleType, args: argparse.Namespace, pred: RowS
     return _divide(total, den), None
 
 
-def _score_cross_entropy(fastloss: ModuleType, args: argparse.Namespace, logits: RowSource,
-                         target: RowSource) -> tuple[Any, np.ndarray | None]:
+def _score_cross_entropy(
+    fastloss: ModuleType, args: argparse.Namespace, logits: RowSource, target: RowSource
+) -> tuple[Any, np.ndarray | None]:
     kw: dict[str, Any] = {
         "ignore_index": -100 if args.ignore_index is None else args.ignore_index,
         "label_smoothing": 0.0 if args.label_smoothing is None else args.label_smoothing,
@@ -557,9 +589,9 @@ def _score_cross_entropy(fastloss: ModuleType, args: argparse.Namespace, logits:
     if logits.ndim == 1:
         # One sample of C logits: nothing to stream.
         try:
-            value = fastloss.cross_entropy(np.asarray(logits.whole()),
-                                           np.asarray(target.whole()),
-                                           reduction=args.reduction, **kw)
+            value = fastloss.cross_entropy(
+                np.asarray(logits.whole()), np.asarray(target.whole()), reduction=args.reduction, **kw
+            )
         except (ValueError, TypeError) as exc:
             raise CliError(str(exc)) from None
         out = None
@@ -569,21 +601,26 @@ def _score_cross_entropy(fastloss: ModuleType, args: argparse.Namespace, logits:
             value = out
         return value, out
     if logits.ndim != 2:
-        raise CliError(f"cross_entropy PRED (logits) must be (N, C) or (C,); got shape "
-                       f"{logits.shape}")
+        raise CliError(f"cross_entropy PRED (logits) must be (N, C) or (C,); got shape {logits.shape}")
     n_rows, n_classes = logits.shape
     soft = target.dtype.kind == "f"
     if soft:
         if target.shape != logits.shape:
-            raise CliError(f"cross_entropy TARGET with probabilities must have the shape of the "
-                           f"logits {logits.shape}; got {target.shape}")
+            raise CliError(
+                f"cross_entropy TARGET with probabilities must have the shape of the "
+                f"logits {logits.shape}; got {target.shape}"
+            )
     elif target.dtype.kind in "iu":
         if target.shape != (n_rows,):
-            raise CliError(f"cross_entropy TARGET (class indices) must have shape ({n_rows},) "
-                           f"for logits {logits.shape}; got {target.shape}")
+            raise CliError(
+                f"cross_entropy TARGET (class indices) must have shape ({n_rows},) "
+                f"for logits {logits.shape}; got {target.shape}"
+            )
     else:
-        raise CliError(f"cross_entropy TARGET must hold integer class indices or floating "
-                       f"probabilities; got dtype {target.dtype}")
+        raise CliError(
+            f"cross_entropy TARGET must hold integer class indices or floating "
+            f"probabilities; got dtype {target.dtype}"
+        )
     red = "none" if args.reduction == "none" else "sum"
     denominator = [0.0]
     w64 = None if weight is None else np.asarray(weight, dtype=np.float64)
@@ -598,7 +635,7 @@ def _score_cross_entropy(fastloss: ModuleType, args: argparse.Namespace, logits:
         if not soft and args.reduction == "mean":
             yv = np.asarray(y)
             kept = yv[yv != kw["ignore_index"]]  # labels are valid: fastloss checked them
-            denominator[0] += (float(w64[kept].sum()) if w64 is not None else float(kept.size))
+            denominator[0] += float(w64[kept].sum()) if w64 is not None else float(kept.size)
         return res
 
     total, out = _run_chunks(args, logits, target, call, (n_rows,))
@@ -616,8 +653,10 @@ def _check_labels(y: np.ndarray, start: int, n_classes: int, ignore_index: int) 
     bad = np.flatnonzero(((y < 0) | (y >= n_classes)) & (y != ignore_index))
     if bad.size:
         i = int(bad[0])
-        raise CliError(f"TARGET value {y[i]} at row {start + i} is not a class index in "
-                       f"[0, {n_classes}) nor ignore_index ({ignore_index})")
+        raise CliError(
+            f"TARGET value {y[i]} at row {start + i} is not a class index in "
+            f"[0, {n_classes}) nor ignore_index ({ignore_index})"
+        )
 
 
 def _emit(args: argparse.Namespace, value: Any, out_map: np.ndarray | None) -> str:
@@ -649,8 +688,7 @@ def _emit(args: argparse.Namespace, value: Any, out_map: np.ndarray | None) -> s
 def _print_result(text: str) -> None:
     """The result on stdout: one that cannot be written there is an error, never a silent exit 0."""
     if sys.stdout is None:  # started with stdout closed (``>&-``)
-        raise CliError("standard output is closed, so the result cannot be printed; write it "
-                       "with --out FILE")
+        raise CliError("standard output is closed, so the result cannot be printed; write it with --out FILE")
     try:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
@@ -663,8 +701,9 @@ def _print_result(text: str) -> None:
             os.close(devnull)
         except (OSError, ValueError, AttributeError):
             pass
-        raise CliError(f"cannot write the result to standard output ({exc.strerror or exc}); "
-                       "write it with --out FILE") from None
+        raise CliError(
+            f"cannot write the result to standard output ({exc.strerror or exc}); write it with --out FILE"
+        ) from None
 
 
 def _progress_enabled(args: argparse.Namespace) -> bool:
@@ -674,6 +713,7 @@ def _progress_enabled(args: argparse.Namespace) -> bool:
 
 
 # --- the parser ------------------------------------------------------------------------------
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -704,10 +744,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     bench = sub.add_parser(
-        "bench", help="benchmark fastloss against NumPy and any installed peer",
+        "bench",
+        help="benchmark fastloss against NumPy and any installed peer",
         description="Run the four losses (float32) on seeded synthetic data against the NumPy "
-                    "reference, the fastest NumPy formulation, PyTorch and JAX when installed; "
-                    "print medians, speedups and agreement with a float64 reference.")
+        "reference, the fastest NumPy formulation, PyTorch and JAX when installed; "
+        "print medians, speedups and agreement with a float64 reference.",
+    )
     try:
         # fastloss._bench is bench/, installed by CMake (not in python/fastloss): mypy finds it untyped
         # in site-packages, or not at all where fastloss is not installed; _BenchRunner types its use.
@@ -720,45 +762,69 @@ def build_parser() -> argparse.ArgumentParser:
         bench.set_defaults(func=lambda args: bench_runner.run(args))
 
     score = sub.add_parser(
-        "score", help="a loss of two .npy/.npz files of any size, streamed by rows",
+        "score",
+        help="a loss of two .npy/.npz files of any size, streamed by rows",
         description="Compute LOSS(PRED, TARGET) from .npy files (memory-mapped) or .npz archives "
-                    "(FILE.npz for the first array, FILE.npz:KEY for a named one), in row chunks "
-                    "so any size fits in memory.")
-    score.add_argument("loss", metavar="LOSS", choices=LOSSES,
-                       help=f"one of: {', '.join(LOSSES)}")
-    score.add_argument("pred", metavar="PRED",
-                       help="predictions (cross_entropy: logits, (N, C) or (C,))")
-    score.add_argument("target", metavar="TARGET",
-                       help="targets (cross_entropy: class indices (N,) or probabilities (N, C))")
-    score.add_argument("--reduction", choices=REDUCTIONS, default="mean",
-                       help="default mean; 'none' streams one loss per element (per row for "
-                            "cross_entropy) into --out FILE.npy")
-    score.add_argument("--out", metavar="FILE",
-                       help="write the result to FILE (.npy, or text for a reduction) instead "
-                            "of printing it")
-    score.add_argument("--sample-weight", metavar="FILE",
-                       help="mse/mae: (N,) weights, one per row (.npy/.npz)")
-    score.add_argument("--weight", metavar="FILE",
-                       help="cross_entropy: (C,) class weights (.npy/.npz)")
-    score.add_argument("--ignore-index", type=int, metavar="I",
-                       help="cross_entropy: label to ignore (default -100)")
-    score.add_argument("--label-smoothing", type=float, metavar="EPS",
-                       help="cross_entropy: label smoothing in [0, 1] (default 0)")
-    score.add_argument("--threads", type=int, metavar="N",
-                       help="kernel threads (default: all cores)")
-    score.add_argument("--chunk-mb", type=_positive_float, default=64.0, metavar="MB",
-                       help="input bytes per chunk (default 64)")
-    score.add_argument("--chunk-rows", type=_positive_int, metavar="ROWS",
-                       help="rows per chunk (overrides --chunk-mb)")
-    score.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="progress bar on stderr (default: when stderr is a terminal)")
+        "(FILE.npz for the first array, FILE.npz:KEY for a named one), in row chunks "
+        "so any size fits in memory.",
+    )
+    score.add_argument("loss", metavar="LOSS", choices=LOSSES, help=f"one of: {', '.join(LOSSES)}")
+    score.add_argument("pred", metavar="PRED", help="predictions (cross_entropy: logits, (N, C) or (C,))")
+    score.add_argument(
+        "target", metavar="TARGET", help="targets (cross_entropy: class indices (N,) or probabilities (N, C))"
+    )
+    score.add_argument(
+        "--reduction",
+        choices=REDUCTIONS,
+        default="mean",
+        help="default mean; 'none' streams one loss per element (per row for "
+        "cross_entropy) into --out FILE.npy",
+    )
+    score.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the result to FILE (.npy, or text for a reduction) instead of printing it",
+    )
+    score.add_argument(
+        "--sample-weight", metavar="FILE", help="mse/mae: (N,) weights, one per row (.npy/.npz)"
+    )
+    score.add_argument("--weight", metavar="FILE", help="cross_entropy: (C,) class weights (.npy/.npz)")
+    score.add_argument(
+        "--ignore-index", type=int, metavar="I", help="cross_entropy: label to ignore (default -100)"
+    )
+    score.add_argument(
+        "--label-smoothing",
+        type=float,
+        metavar="EPS",
+        help="cross_entropy: label smoothing in [0, 1] (default 0)",
+    )
+    score.add_argument("--threads", type=int, metavar="N", help="kernel threads (default: all cores)")
+    score.add_argument(
+        "--chunk-mb",
+        type=_positive_float,
+        default=64.0,
+        metavar="MB",
+        help="input bytes per chunk (default 64)",
+    )
+    score.add_argument(
+        "--chunk-rows", type=_positive_int, metavar="ROWS", help="rows per chunk (overrides --chunk-mb)"
+    )
+    score.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
     score.set_defaults(func=_score_main)
     return ap
 
 
 def _no_bench(exc: Exception) -> int:
-    print(f"{PROG} bench: error: the benchmark suite (fastloss._bench) is not installed with this "
-          f"fastloss ({exc}); reinstall fastloss from its source", file=sys.stderr)
+    print(
+        f"{PROG} bench: error: the benchmark suite (fastloss._bench) is not installed with this "
+        f"fastloss ({exc}); reinstall fastloss from its source",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -780,7 +846,7 @@ def _score_main(args: argparse.Namespace) -> int:
         return 1
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastloss`` command; returns the exit code."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

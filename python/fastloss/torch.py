@@ -17,7 +17,8 @@ product) and forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp``)
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -103,12 +104,19 @@ def _no_forward_mode(ctx: Any, *tangents: Any) -> Any:
 
 class _RegressionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, target: torch.Tensor, reduction: str,  # noqa: A002
-                loss_fn: Any) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        reduction: str,  # noqa: A002
+        loss_fn: Any,
+    ) -> torch.Tensor:
         pred = _to_numpy(input, "input")
         tgt = _to_numpy(target, "target")
         if input.dtype != target.dtype:
-            raise TypeError(f"input and target must have the same dtype; got {input.dtype} and {target.dtype}")
+            raise TypeError(
+                f"input and target must have the same dtype; got {input.dtype} and {target.dtype}"
+            )
         ctx.api_name = _REGRESSION_NAMES[loss_fn]
         ctx.reduction = reduction
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
@@ -125,8 +133,12 @@ class _RegressionFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         d_input = _scaled(grad, grad_output, ctx.reduction)
         # The element loss depends on pred - target, so the target's gradient is the negative.
-        return (d_input if ctx.needs_input_grad[0] else None,
-                -d_input if ctx.needs_input_grad[1] else None, None, None)
+        return (
+            d_input if ctx.needs_input_grad[0] else None,
+            -d_input if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+        )
 
 
 _REGRESSION_NAMES = {_losses.mse: "mse_loss", _losses.mae: "l1_loss"}
@@ -144,12 +156,21 @@ def l1_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean") 
 
 class _CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],  # noqa: A002
-                ignore_index: int, reduction: str, label_smoothing: float) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,  # noqa: A002
+        ignore_index: int,
+        reduction: str,
+        label_smoothing: float,
+    ) -> torch.Tensor:
         logits = _to_numpy(input, "input")
         soft = target.is_floating_point()
         if soft and target.requires_grad:
-            raise NotImplementedError("fastloss.torch.cross_entropy: gradients w.r.t. probability targets are not supported")
+            raise NotImplementedError(
+                "fastloss.torch.cross_entropy: gradients w.r.t. probability targets are not supported"
+            )
         tgt = _to_numpy(target, "target", floating=soft)
         class_weight = None if weight is None else _to_numpy(weight, "weight")
         ctx.api_name = "cross_entropy"
@@ -157,12 +178,26 @@ class _CrossEntropyFunction(torch.autograd.Function):
         # reduction is checked by _losses.cross_entropy itself (the cast only narrows the str).
         red = cast(ReductionName, reduction)
         if not ctx.needs_input_grad[0]:
-            return _loss_tensor(_losses.cross_entropy(logits, tgt, reduction=red, weight=class_weight,
-                                                      ignore_index=ignore_index,
-                                                      label_smoothing=label_smoothing), input.dtype)
-        loss, grad = _losses.cross_entropy(logits, tgt, reduction=red, weight=class_weight,
-                                           ignore_index=ignore_index, label_smoothing=label_smoothing,
-                                           return_grad=True)
+            return _loss_tensor(
+                _losses.cross_entropy(
+                    logits,
+                    tgt,
+                    reduction=red,
+                    weight=class_weight,
+                    ignore_index=ignore_index,
+                    label_smoothing=label_smoothing,
+                ),
+                input.dtype,
+            )
+        loss, grad = _losses.cross_entropy(
+            logits,
+            tgt,
+            reduction=red,
+            weight=class_weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            return_grad=True,
+        )
         ctx.save_for_backward(torch.from_numpy(grad))
         return _loss_tensor(loss, input.dtype)
 
@@ -175,8 +210,14 @@ class _CrossEntropyFunction(torch.autograd.Function):
         return _scaled(grad, grad_output, ctx.reduction), None, None, None, None, None
 
 
-def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,  # noqa: A002
-                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
+def cross_entropy(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,  # noqa: A002
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """``torch.nn.functional.cross_entropy`` for ``(N, C)`` / ``(C,)`` logits, computed by fastloss.
 
     Gradients flow to ``input`` (the logits); class weights and targets are constants.
@@ -186,14 +227,29 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
 
 class _InfoNceFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, query: torch.Tensor, positive_key: torch.Tensor, negative_keys: Optional[torch.Tensor],
-                temperature: float, reduction: str, negative_mode: str, normalize: bool,
-                symmetric: bool) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        query: torch.Tensor,
+        positive_key: torch.Tensor,
+        negative_keys: torch.Tensor | None,
+        temperature: float,
+        reduction: str,
+        negative_mode: str,
+        normalize: bool,
+        symmetric: bool,
+    ) -> torch.Tensor:
         arrays = [_to_numpy(query, "query"), _to_numpy(positive_key, "positive_key")]
         negatives = None if negative_keys is None else _to_numpy(negative_keys, "negative_keys")
         reduction = check_reduction(reduction)
-        problem = _losses.InfoNceProblem(arrays[0], arrays[1], negatives, temperature=temperature,
-                                         negative_mode=negative_mode, normalize=normalize, symmetric=symmetric)
+        problem = _losses.InfoNceProblem(
+            arrays[0],
+            arrays[1],
+            negatives,
+            temperature=temperature,
+            negative_mode=negative_mode,
+            normalize=normalize,
+            symmetric=symmetric,
+        )
         row_loss = problem.forward(keep_for_backward=any(ctx.needs_input_grad[:3]))
         ctx.api_name = "info_nce"
         ctx.problem = problem
@@ -218,17 +274,40 @@ class _InfoNceFunction(torch.autograd.Function):
                 scale /= problem.rows
             row_grad = np.full(problem.rows, scale)
         d_query, d_positive, d_negatives = problem.backward(row_grad)
-        return (torch.from_numpy(d_query), torch.from_numpy(d_positive),
-                None if d_negatives is None else torch.from_numpy(d_negatives),
-                None, None, None, None, None)
+        return (
+            torch.from_numpy(d_query),
+            torch.from_numpy(d_positive),
+            None if d_negatives is None else torch.from_numpy(d_negatives),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def info_nce(query: torch.Tensor, positive_key: torch.Tensor, negative_keys: Optional[torch.Tensor] = None,
-             temperature: float = 0.07, reduction: str = "mean", negative_mode: str = "unpaired",
-             normalize: bool = False, symmetric: bool = False) -> torch.Tensor:
+def info_nce(
+    query: torch.Tensor,
+    positive_key: torch.Tensor,
+    negative_keys: torch.Tensor | None = None,
+    temperature: float = 0.07,
+    reduction: str = "mean",
+    negative_mode: str = "unpaired",
+    normalize: bool = False,
+    symmetric: bool = False,
+) -> torch.Tensor:
     """:func:`fastloss.info_nce` on tensors, differentiable w.r.t. query and keys."""
-    return _apply(_InfoNceFunction, query, positive_key, negative_keys, temperature, reduction, negative_mode,
-                  normalize, symmetric)
+    return _apply(
+        _InfoNceFunction,
+        query,
+        positive_key,
+        negative_keys,
+        temperature,
+        reduction,
+        negative_mode,
+        normalize,
+        symmetric,
+    )
 
 
 class MSELoss(torch.nn.Module):
@@ -258,8 +337,13 @@ class CrossEntropyLoss(torch.nn.Module):
 
     weight: torch.Tensor | None  # a buffer (register_buffer below): declared for type checkers
 
-    def __init__(self, weight: Optional[torch.Tensor] = None, ignore_index: int = -100, reduction: str = "mean",
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        weight: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
@@ -267,15 +351,23 @@ class CrossEntropyLoss(torch.nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
-        return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing)
+        return cross_entropy(
+            input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing
+        )
 
 
 class InfoNCE(torch.nn.Module):
     """InfoNCE with ``info-nce-pytorch``'s interface and defaults (temperature 0.1, rows
     L2-normalised); ``normalize=False`` and ``symmetric=True`` (CLIP) are available too."""
 
-    def __init__(self, temperature: float = 0.1, reduction: str = "mean", negative_mode: str = "unpaired",
-                 normalize: bool = True, symmetric: bool = False) -> None:
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        reduction: str = "mean",
+        negative_mode: str = "unpaired",
+        normalize: bool = True,
+        symmetric: bool = False,
+    ) -> None:
         super().__init__()
         self.temperature = temperature
         self.reduction = check_reduction(reduction)
@@ -283,7 +375,16 @@ class InfoNCE(torch.nn.Module):
         self.normalize = normalize
         self.symmetric = symmetric
 
-    def forward(self, query: torch.Tensor, positive_key: torch.Tensor,
-                negative_keys: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return info_nce(query, positive_key, negative_keys, self.temperature, self.reduction, self.negative_mode,
-                        self.normalize, self.symmetric)
+    def forward(
+        self, query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return info_nce(
+            query,
+            positive_key,
+            negative_keys,
+            self.temperature,
+            self.reduction,
+            self.negative_mode,
+            self.normalize,
+            self.symmetric,
+        )

@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 import atheris
 
@@ -40,27 +41,107 @@ NAN, INF = math.nan, math.inf
 FLOAT_DTYPES = ["<f2", "<f4", "<f8", ">f2", ">f4", ">f8"]
 OTHER_DTYPES = ["<i1", "<i2", "<i4", "<i8", ">i8", "<u1", "<u8", "?", "<c8", "<c16", "O", "<U3", "<M8[s]"]
 INT_DTYPES = ["<i1", "<i2", "<i4", "<i8", ">i8", "<u1", "<u2", "<u4", "<u8", ">u8"]
-SPECIAL_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, NAN, INF, -INF, 5e-324, -5e-324, 1e-310, 1.17549435e-38,
-                  1.4e-45, 6e-8, 3.4028235e38, -3.4028235e38, 1.7976931348623157e308, -1.7976931348623157e308,
-                  65504.0, -65504.0, 1e4, -1e4, 2.0**53, 1e19, -1e19, 1e-20]
-SPECIAL_INTS = [0, 1, -1, -100, 2, 3, 127, -128, 255, 2**31 - 1, -2**31, 2**32, 2**63 - 1, -2**63]
+SPECIAL_FLOATS = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    2.0,
+    NAN,
+    INF,
+    -INF,
+    5e-324,
+    -5e-324,
+    1e-310,
+    1.17549435e-38,
+    1.4e-45,
+    6e-8,
+    3.4028235e38,
+    -3.4028235e38,
+    1.7976931348623157e308,
+    -1.7976931348623157e308,
+    65504.0,
+    -65504.0,
+    1e4,
+    -1e4,
+    2.0**53,
+    1e19,
+    -1e19,
+    1e-20,
+]
+SPECIAL_INTS = [0, 1, -1, -100, 2, 3, 127, -128, 255, 2**31 - 1, -(2**31), 2**32, 2**63 - 1, -(2**63)]
 DIMS = [0, 1, 1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33]
 MAX_ELEMENTS = 4096
 # Every Python value a scalar parameter should survive: huge ints, ints past int64, non-finite
 # floats, bools, strings, None, NumPy scalars, other number types.
 ABSURD_SCALARS: list[Any] = [
-    0, 1, -1, 2, 3, -100, 7, 2**31 - 1, 2**31, 2**32, 2**63 - 1, 2**63, -2**63, -2**63 - 1, 2**64, 10**400,
-    -10**400, 0.0, -0.0, 0.07, 1e-35, 1e-300, 5e-324, 1e308, 1.7976931348623157e308, NAN, INF, -INF, 0.5, 1.0,
-    1.0000000000000002, True, False, "0.1", "mean", "", None, b"1", [], [1], (0.1,), {}, 1j,
-    np.float32(0.1), np.float64(NAN), np.float16(1e-5), np.int64(-100), np.int64(2**62), np.uint64(2**64 - 1),
-    np.int8(-1), np.bool_(True), np.array(0.5), np.array([0.5]), Fraction(1, 3), Fraction(10**400, 3),
-    Decimal("0.1"), Decimal("1e400"),
+    0,
+    1,
+    -1,
+    2,
+    3,
+    -100,
+    7,
+    2**31 - 1,
+    2**31,
+    2**32,
+    2**63 - 1,
+    2**63,
+    -(2**63),
+    -(2**63) - 1,
+    2**64,
+    10**400,
+    -(10**400),
+    0.0,
+    -0.0,
+    0.07,
+    1e-35,
+    1e-300,
+    5e-324,
+    1e308,
+    1.7976931348623157e308,
+    NAN,
+    INF,
+    -INF,
+    0.5,
+    1.0,
+    1.0000000000000002,
+    True,
+    False,
+    "0.1",
+    "mean",
+    "",
+    None,
+    b"1",
+    [],
+    [1],
+    (0.1,),
+    {},
+    1j,
+    np.float32(0.1),
+    np.float64(NAN),
+    np.float16(1e-5),
+    np.int64(-100),
+    np.int64(2**62),
+    np.uint64(2**64 - 1),
+    np.int8(-1),
+    np.bool_(True),
+    np.array(0.5),
+    np.array([0.5]),
+    Fraction(1, 3),
+    Fraction(10**400, 3),
+    Decimal("0.1"),
+    Decimal("1e400"),
 ]
 REDUCTIONS = ["none", "sum", "mean", "batchmean"]
 ODD_REDUCTIONS: list[Any] = ["avg", "MEAN", "", None, 1, b"sum", ["mean"], np.str_("sum")]
 # float32 views of 2**40 elements (terabytes) up to 2**60 (the largest NumPy can describe).
-ABSURD_SHAPES = {1: [(2**40,), (2**60,)], 2: [(2**20, 2**20), (2**37, 8), (2**59, 2), (2**20, 2**40)],
-                 3: [(2, 2**36, 8), (2**30, 2**29, 2)]}
+ABSURD_SHAPES = {
+    1: [(2**40,), (2**60,)],
+    2: [(2**20, 2**20), (2**37, 8), (2**59, 2), (2**20, 2**40)],
+    3: [(2, 2**36, 8), (2**30, 2**29, 2)],
+}
 # Views bigger than this may fail to allocate (MemoryError) without that being a bug.
 ABSURD_SIZE = 2**32
 # A thread count above both of these is absurd; accepting it is a finding (libgomp then fails to
@@ -191,7 +272,7 @@ class Input:
         out = rng.integers(0, max(classes, 1), shape)
         if self.chance(30) and out.size:
             flat = out.reshape(-1)
-            flat[rng.integers(0, flat.size)] = self.pick([-100, -1, classes, 2**63 - 1, -2**63, 2**31, 7])
+            flat[rng.integers(0, flat.size)] = self.pick([-100, -1, classes, 2**63 - 1, -(2**63), 2**31, 7])
         dtype = self.pick(["<i8", "<i8", "<i4", ">i8", "<u1", "<u8", "<i2"])
         with np.errstate(all="ignore"):
             if np.dtype(dtype).kind == "u" and (out < 0).any():
@@ -208,18 +289,25 @@ class Input:
         return self.pick(REDUCTIONS) if self.chance(92) else self.pick(ODD_REDUCTIONS)
 
     def flag(self) -> Any:
-        return self.pick([True, False]) if self.chance(92) else self.pick([1, 0, None, "True", np.bool_(True), 1.0])
+        return (
+            self.pick([True, False])
+            if self.chance(92)
+            else self.pick([1, 0, None, "True", np.bool_(True), 1.0])
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # describing a call (the reproducer printed with a finding)
 
+
 def describe(value: Any) -> str:
     if isinstance(value, np.ndarray):
         with np.printoptions(threshold=40, edgeitems=3, precision=17):
             body = np.array2string(value, separator=", ") if value.size <= 4096 else "..."
-        return (f"array({body}, dtype={value.dtype.str!r}) [shape {value.shape}, strides {value.strides}, "
-                f"aligned={value.flags.aligned}, writeable={value.flags.writeable}]")
+        return (
+            f"array({body}, dtype={value.dtype.str!r}) [shape {value.shape}, strides {value.strides}, "
+            f"aligned={value.flags.aligned}, writeable={value.flags.writeable}]"
+        )
     text = repr(value)
     return text if len(text) < 400 else text[:400] + "..."
 
@@ -231,6 +319,7 @@ def describe_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> s
 
 # ---------------------------------------------------------------------------------------------
 # the oracle
+
 
 def _finite_array(value: Any) -> bool:
     """A real-valued array-like all of whose values are finite (None: no array, counts as finite)."""
@@ -283,7 +372,10 @@ def reference_value(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
         if name in ("mse", "mae"):
             pred, target = args
             weight = kwargs.get("sample_weight")
-            if _computes_in_float32(pred, target) and np.nanmax(np.abs(_as64(pred) - _as64(target)), initial=0) > 1e19:
+            if (
+                _computes_in_float32(pred, target)
+                and np.nanmax(np.abs(_as64(pred) - _as64(target)), initial=0) > 1e19
+            ):
                 return None  # the float32 element loss is inf; times a zero weight it is nan
             fn = reference.mse_ref if name == "mse" else reference.mae_ref
             return fn(pred, target, kwargs["reduction"], weight)
@@ -294,8 +386,9 @@ def reference_value(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
                 return None
             if np.asarray(target).dtype.kind == "f" and np.abs(_as64(target)).max(initial=0) > 1e30:
                 return None  # huge probabilities of both signs: inf - inf in the weighted sum
-            return reference.cross_entropy_ref(logits, target, kwargs["reduction"], weight, kwargs["ignore_index"],
-                                               kwargs["label_smoothing"])
+            return reference.cross_entropy_ref(
+                logits, target, kwargs["reduction"], weight, kwargs["ignore_index"], kwargs["label_smoothing"]
+            )
         query, positive, negatives = args
         options = {k: v for k, v in kwargs.items() if k != "return_grad"}
         if _computes_in_float32(query, positive, negatives):
@@ -346,7 +439,8 @@ def check_result(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], resul
 
     scalars = [kwargs.get(k) for k in ("temperature", "label_smoothing")]
     finite = all(_finite_array(a) for a in args) and all(
-        _finite_array(kwargs.get(k)) for k in ("sample_weight", "weight"))
+        _finite_array(kwargs.get(k)) for k in ("sample_weight", "weight")
+    )
     finite = finite and all(s is None or _finite_scalar(s) for s in scalars)
     if not finite or not any(_nan_mask(leaf).any() for leaf in _leaves(result)):
         return
@@ -366,6 +460,7 @@ def check_result(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], resul
 
 # ---------------------------------------------------------------------------------------------
 # the calls
+
 
 def regression_call(inp: Input, name: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     pred = inp.array()
@@ -393,7 +488,7 @@ def cross_entropy_call(inp: Input) -> tuple[tuple[Any, ...], dict[str, Any]]:
         target = inp.array(shape)  # probabilities (or anything else of that shape)
     kwargs: dict[str, Any] = {
         "reduction": inp.reduction(),
-        "ignore_index": inp.scalar([-100, -100, 0, 1, -1, classes, 2**63 - 1, -2**63]),
+        "ignore_index": inp.scalar([-100, -100, 0, 1, -1, classes, 2**63 - 1, -(2**63)]),
         "label_smoothing": inp.scalar([0.0, 0.0, 0.1, 1.0, 0.5, 1e-300]),
         "return_grad": inp.flag(),
         "weight": inp.array((classes,)) if inp.chance(30) else None,
@@ -451,7 +546,9 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris's name
     if which == 9:
         thread_call(inp)
         return
-    name = ["mse", "mse", "mae", "mae", "cross_entropy", "cross_entropy", "info_nce", "info_nce", "info_nce"][which]
+    name = ["mse", "mse", "mae", "mae", "cross_entropy", "cross_entropy", "info_nce", "info_nce", "info_nce"][
+        which
+    ]
     args, kwargs = CALLS[name](inp)
     kwargs = {k: v for k, v in kwargs.items() if not (k in ("weight", "sample_weight") and v is None)}
     fn = getattr(fastloss, name)

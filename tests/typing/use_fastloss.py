@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import io
 
+import fastloss
 import numpy as np
 import numpy.typing as npt
-
-import fastloss
 
 
 def regression(pred: npt.NDArray[np.float32], target: npt.NDArray[np.float32]) -> float:
@@ -33,8 +32,14 @@ def regression(pred: npt.NDArray[np.float32], target: npt.NDArray[np.float32]) -
 def cross_entropy(logits: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]) -> float:
     plain = fastloss.cross_entropy(logits, labels)
     assert isinstance(plain, float)
-    smoothed = fastloss.cross_entropy(logits, labels, reduction="sum", weight=np.linspace(0.5, 2.0, logits.shape[1]),
-                                      ignore_index=-1, label_smoothing=0.1)
+    smoothed = fastloss.cross_entropy(
+        logits,
+        labels,
+        reduction="sum",
+        weight=np.linspace(0.5, 2.0, logits.shape[1]),
+        ignore_index=-1,
+        label_smoothing=0.1,
+    )
     assert isinstance(smoothed, float)
     rows = fastloss.cross_entropy(logits, labels, reduction="none")
     assert isinstance(rows, np.ndarray) and rows.shape == (logits.shape[0],)
@@ -45,8 +50,9 @@ def cross_entropy(logits: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]
     return plain + smoothed + loss
 
 
-def info_nce(query: npt.NDArray[np.float32], key: npt.NDArray[np.float32],
-             queue: npt.NDArray[np.float32]) -> float:
+def info_nce(
+    query: npt.NDArray[np.float32], key: npt.NDArray[np.float32], queue: npt.NDArray[np.float32]
+) -> float:
     moco = fastloss.info_nce(query, key, queue, temperature=0.07)
     assert isinstance(moco, float)
     clip = fastloss.info_nce(query, key, normalize=True, symmetric=True, reduction="none")
@@ -57,7 +63,9 @@ def info_nce(query: npt.NDArray[np.float32], key: npt.NDArray[np.float32],
     assert isinstance(with_grad, tuple)
     loss, (d_query, d_key, d_queue) = with_grad
     assert isinstance(loss, float)
-    assert isinstance(d_query, np.ndarray) and isinstance(d_key, np.ndarray) and isinstance(d_queue, np.ndarray)
+    assert (
+        isinstance(d_query, np.ndarray) and isinstance(d_key, np.ndarray) and isinstance(d_queue, np.ndarray)
+    )
     assert d_queue.shape == queue.shape
     in_batch = fastloss.info_nce(query, key, return_grad=True)
     assert isinstance(in_batch, tuple)
