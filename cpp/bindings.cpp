@@ -303,10 +303,25 @@ void info_nce_typed(const py::array& query, const py::array& positive, int mode,
   }
   const InfoNceFn<T> fn = active_set<T>().info_nce;
   const int threads = num_threads();
+  int too_long = 0;
+  args.too_long = &too_long;
   run_kernel(info_nce_work(args), [&](Interrupt* interrupt) {
     args.interrupt = interrupt;
     fn(args, threads);
   });
+  if (too_long != 0) {
+    std::string names;
+    for (const auto& [bit, name] :
+         {std::pair{kQueryTooLong, "query"}, std::pair{kPositiveTooLong, "positive_key"},
+          std::pair{kNegativesTooLong, "negative_keys"}}) {
+      if ((too_long & bit) != 0) names += names.empty() ? name : std::string(", ") + name;
+    }
+    throw py::value_error(
+        names + ": with normalize=True, a row's L2 norm exceeds " +
+        (sizeof(T) == sizeof(float) ? std::string("2**60 (float32)") : std::string("2**500 (float64)")) +
+        ", beyond which the dot products of the rows overflow before they are normalised; "
+        "scale the rows down (the loss does not depend on their lengths)");
+  }
 }
 
 template <class T>

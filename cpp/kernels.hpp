@@ -91,7 +91,11 @@ struct InfoNceArgs {
   double* row_max = nullptr;
   double* row_log_sum = nullptr;
   Interrupt* interrupt = nullptr;
+  // forward with normalize: the kernel ORs in kQueryTooLong / kPositiveTooLong / kNegativesTooLong
+  // for a finite row too long to normalise after the dot products (kernels/info_nce.inl), or null.
+  int* too_long = nullptr;
 };
+constexpr int kQueryTooLong = 1, kPositiveTooLong = 2, kNegativesTooLong = 4;
 
 // InfoNCE backward, one direction: adds the gradient of sum_i row_grad[i] * loss_i to d_query
 // (N x D), d_positive (N x D; the keys for in_batch) and d_negatives (M x D or N x M x D), all

@@ -12,6 +12,13 @@ from fastloss import _core
 # Sizes that straddle SIMD lane widths and tails (STYLE.md habit 4).
 SIZES = (1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 65, 1000)
 
+#: .ci/sanitize.sh sets FASTLOSS_SANITIZED: under ASan the process's memory figures (RSS, peak,
+#: address-space limits) are the sanitizer's (shadow memory, quarantine), not fastloss's.
+not_under_sanitizers = pytest.mark.skipif(
+    bool(os.environ.get("FASTLOSS_SANITIZED")),
+    reason="measures the process's memory, which ASan's shadow memory and quarantine dominate",
+)
+
 LAYOUTS = ("contiguous", "strided", "reversed", "fortran", "readonly", "bigendian")
 
 

@@ -26,7 +26,7 @@ import fastloss
 import numpy as np
 import pytest
 from fastloss import _core
-from reference import cross_entropy_ref
+from reference import cross_entropy_ref, info_nce_ref
 
 REGRESSION = [fastloss.mse, fastloss.mae]
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
@@ -606,6 +606,79 @@ def test_temperature_extremes_accepted(temperature):
     q[:, 0] = 1.0
     k[:, 1] = 1.0
     assert fastloss.info_nce(q, k, temperature=temperature) == pytest.approx(math.log(3), rel=1e-15)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("temperature", [sys.float_info.min, 1e-300])
+def test_tiny_temperature_with_zero_rows_is_not_nan(temperature, normalize):
+    # A zero query has logits 0 whatever the temperature: a uniform 2-way softmax, loss log 2.
+    # (1 / (||q|| temperature) overflows float64 here; the kernel applies 1/temperature last.)
+    got = fastloss.info_nce(
+        np.zeros((1, 2)), np.ones((1, 2)), np.ones((1, 2)), temperature=temperature, normalize=normalize
+    )
+    assert got == pytest.approx(math.log(2), rel=1e-15)
+
+
+@pytest.mark.parametrize("mode", ["in-batch", "unpaired", "paired"])
+def test_float32_temperature_whose_inverse_overflows_float32(mode):
+    q = np.ones((2, 3), np.float32)
+    neg = None if mode == "in-batch" else np.ones((5, 3) if mode == "unpaired" else (2, 5, 3), np.float32)
+    kwargs = {} if mode == "in-batch" else {"negative_mode": mode}
+    with pytest.raises(ValueError, match=r"^temperature: .*float32.*pass float64 arrays"):
+        fastloss.info_nce(q, q, neg, temperature=1e-39, **kwargs)
+    # float64 inputs take it
+    q64 = q.astype(np.float64)
+    assert math.isfinite(fastloss.info_nce(q64, q64, None, temperature=1e-39))
+
+
+@pytest.mark.parametrize("dtype, length", [(np.float64, 2.0**501), (np.float32, 2.0**61)])
+@pytest.mark.parametrize(
+    "mode, which",
+    [("in-batch", "query"), ("in-batch", "positive_key")]
+    + [
+        (mode, which)
+        for mode in ("unpaired", "paired")
+        for which in ("query", "positive_key", "negative_keys")
+    ],
+)
+def test_normalize_rows_too_long(isa, mode, which, length, dtype):
+    rng = np.random.default_rng(3)
+    n, m, d = 5, 300, 4
+    arrays = {
+        "query": rng.standard_normal((n, d)),
+        "positive_key": rng.standard_normal((n, d)),
+        "negative_keys": None
+        if mode == "in-batch"
+        else rng.standard_normal((m, d) if mode == "unpaired" else (n, m, d)),
+    }
+    # one row (the last key of a long queue) far too long: its dot products overflow before the norm divides
+    target = arrays[which]
+    row = target[-1] if target.ndim == 2 else target[-1, -1]
+    row[:] = length / np.sqrt(d)
+    args = [arrays["query"].astype(dtype), arrays["positive_key"].astype(dtype)]
+    neg = None if arrays["negative_keys"] is None else arrays["negative_keys"].astype(dtype)
+    kwargs = {} if mode == "in-batch" else {"negative_mode": mode}
+    with pytest.raises(ValueError, match=rf"^{which}: with normalize=True, a row's L2 norm exceeds"):
+        fastloss.info_nce(*args, neg, normalize=True, **kwargs)
+    # the same rows scaled down exactly (a power of two): the loss of the normalised rows
+    if target.ndim == 2:
+        target[-1] /= 2.0**300 if dtype == np.float64 else 2.0**40
+    else:
+        target[-1, -1] /= 2.0**300 if dtype == np.float64 else 2.0**40
+    args = [arrays["query"].astype(dtype), arrays["positive_key"].astype(dtype)]
+    neg = None if arrays["negative_keys"] is None else arrays["negative_keys"].astype(dtype)
+    got = fastloss.info_nce(*args, neg, normalize=True, reduction="none", **kwargs)
+    want = info_nce_ref(*args, neg, normalize=True, reduction="none", **kwargs)
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    # without normalize such rows are the caller's logits (inf and NaN propagate as IEEE says)
+    fastloss.info_nce(*args, neg, **kwargs)
+
+
+def test_normalize_rows_with_inf_propagate_nan():
+    q = np.ones((2, 3))
+    q[0, 0] = np.inf
+    got = fastloss.info_nce(q, np.ones((2, 3)), normalize=True, reduction="none")
+    assert np.isnan(got[0])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import fastloss
 import numpy as np
 import pytest
 import reference as ref
+from conftest import not_under_sanitizers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -286,6 +287,7 @@ def test_info_nce_grad_finite_differences(seed, n, m, d, mode, reduction, normal
         np.testing.assert_allclose(d_n, numeric_n, rtol=1e-5, atol=1e-7)
 
 
+@not_under_sanitizers
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_info_nce_backward_memory_is_outputs_plus_a_tile():
     """The backward pass streams the queue twice and keeps O(N + tile) scratch: the process's

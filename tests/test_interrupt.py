@@ -22,6 +22,7 @@ import time
 import fastloss
 import numpy as np
 import pytest
+from conftest import not_under_sanitizers
 from reference import assert_rel_close, cross_entropy_ref, info_nce_grad_ref, info_nce_ref, mse_ref
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and rlimits")
@@ -336,6 +337,7 @@ _MEMORY_CALLS = {
 }
 
 
+@not_under_sanitizers
 @pytest.mark.parametrize("name", sorted(_MEMORY_CALLS))
 def test_unallocatable_buffers_fail_before_any_work(name):
     if "headroom = None" not in _MEMORY_CALLS[name] and not sys.platform.startswith("linux"):

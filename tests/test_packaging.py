@@ -145,7 +145,17 @@ def _build_dirs() -> list[Path]:
     if named:
         return [Path(p) for p in named.split(os.pathsep) if p]
     root = TESTS_DIR.parent / "build"
-    return sorted(p for p in root.glob("*") if (p / "CMakeCache.txt").is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    # A sanitizer build (.ci/sanitize.sh) holds the sanitizers' module constructors and runtime
+    # calls in every object: not what a wheel ships.
+    caches = [(p, p / "CMakeCache.txt") for p in sorted(root.glob("*"))]
+    return [p for p, cache in caches if cache.is_file() and not _sanitizer_build(cache.read_text())]
+
+
+def _sanitizer_build(cmake_cache: str) -> bool:
+    match = re.search(r"^FASTLOSS_SANITIZE:[A-Z]*=(.*)$", cmake_cache, re.M)
+    return bool(match and match.group(1).strip())
 
 
 BUILD_DIRS = _build_dirs()

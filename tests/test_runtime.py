@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import fastloss
 import numpy as np
 import pytest
+from conftest import not_under_sanitizers
 from fastloss import _core
 from reference import cross_entropy_ref, info_nce_ref, mae_ref, mse_ref
 
@@ -327,6 +328,7 @@ print(json.dumps({
 """
 
 
+@not_under_sanitizers
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_info_nce_memory_is_not_the_logits_matrix():
     proc = run_python(MEMORY_PROBE)

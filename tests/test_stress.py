@@ -14,6 +14,7 @@ import threading
 import fastloss
 import numpy as np
 import pytest
+from conftest import not_under_sanitizers
 
 # ---------------------------------------------------------------------------------------------
 # No leak: RSS flat over 10^5 calls of each function
@@ -90,6 +91,7 @@ def _leak_loops():
     }
 
 
+@not_under_sanitizers
 @pytest.mark.parametrize("name", list(_leak_loops()))
 def test_rss_flat_over_100k_calls(name, restore_threads, record_property):
     body = _leak_loops()[name]

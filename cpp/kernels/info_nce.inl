@@ -35,10 +35,23 @@ double dot(const T* a, const T* b, int64_t n) {
   return static_cast<double>(S::reduce_add(S::add(acc0, acc1)));
 }
 
-// 1 / max(||x||, 1e-12): the factor F.normalize applies.
+// With normalize, the dot products are taken before the norms divide them, so |q| |k| (which
+// bounds every partial sum of q . k) must fit in T: rows longer than this are reported to the
+// caller (a ValueError) instead of giving inf or NaN logits where the normalised rows have none.
 template <class T>
-double inverse_norm(const T* x, int64_t n) {
+constexpr double kMaxNormalizedNorm = sizeof(T) == sizeof(float) ? 0x1p60 : 0x1p500;
+
+// 1 / max(||x||, 1e-12): the factor F.normalize applies. A finite row longer than
+// kMaxNormalizedNorm sets `which` in *too_long (if given); a row holding inf or NaN is left to
+// propagate, as it does through F.normalize.
+template <class T>
+double inverse_norm(const T* x, int64_t n, int which = 0, int* too_long = nullptr) {
   const double norm = ::sqrt(dot(x, x, n));
+  if (too_long != nullptr && norm > kMaxNormalizedNorm<T>) {
+    bool finite = true;
+    for (int64_t k = 0; k < n; ++k) finite = finite && std::isfinite(load_unaligned(x + k));
+    if (finite) __atomic_fetch_or(too_long, which, __ATOMIC_RELAXED);
+  }
   return 1.0 / (norm > kNormFloor ? norm : kNormFloor);
 }
 
@@ -99,30 +112,34 @@ KeyStream<T> key_stream(const InfoNceArgs<T>& a) {
   return keys;
 }
 
+// A logit from a dot product of the rows as given: the inverse norms first, 1 / temperature last,
+// so that no factor overflows where the logit does not (1 / (||q|| temperature) can, at a tiny
+// temperature, and would turn a zero dot product into NaN).
+template <class T>
+double logit_of_dot(const InfoNceArgs<T>& a, double dot_product, double query_inv_norm, double key_inv_norm) {
+  if (!a.normalize) return dot_product * a.inv_temperature;
+  return ((dot_product * key_inv_norm) * query_inv_norm) * a.inv_temperature;
+}
+
 // Per-query factors shared by the forward and backward passes, O(N).
 template <class T>
 struct QueryFactors {
   Buffer<double> query_inv_norm;     // 1 / ||q|| (1 without normalize)
-  Buffer<double> query_scale;        // query_inv_norm / temperature
   Buffer<double> positive_inv_norm;  // 1 / ||k+|| (1 without normalize)
   Buffer<double> positive_logit;     // q . k+ scaled (explicit negatives only)
 
   QueryFactors(const InfoNceArgs<T>& a)
-      : query_inv_norm(a.query.rows),
-        query_scale(a.query.rows),
-        positive_inv_norm(a.query.rows),
-        positive_logit(a.query.rows) {
-    if (!query_inv_norm.ok() || !query_scale.ok() || !positive_inv_norm.ok() || !positive_logit.ok()) {
+      : query_inv_norm(a.query.rows), positive_inv_norm(a.query.rows), positive_logit(a.query.rows) {
+    if (!query_inv_norm.ok() || !positive_inv_norm.ok() || !positive_logit.ok()) {
       throw std::bad_alloc();
     }
     const int64_t dim = a.query.cols;
     for (int64_t i = 0; i < a.query.rows; ++i) {
       const T* q = a.query.data + i * a.query.row_stride;
       const T* p = a.positive.data + i * a.positive.row_stride;
-      query_inv_norm[i] = a.normalize ? inverse_norm(q, dim) : 1.0;
-      query_scale[i] = query_inv_norm[i] * a.inv_temperature;
-      positive_inv_norm[i] = a.normalize ? inverse_norm(p, dim) : 1.0;
-      positive_logit[i] = dot(q, p, dim) * (positive_inv_norm[i] * query_scale[i]);
+      query_inv_norm[i] = a.normalize ? inverse_norm(q, dim, kQueryTooLong, a.too_long) : 1.0;
+      positive_inv_norm[i] = a.normalize ? inverse_norm(p, dim, kPositiveTooLong, a.too_long) : 1.0;
+      positive_logit[i] = logit_of_dot(a, dot(q, p, dim), query_inv_norm[i], positive_inv_norm[i]);
     }
   }
 };
@@ -188,7 +205,9 @@ void pack_keys(const InfoNceArgs<T>& a, const KeyStream<T>& keys, int64_t j0, in
     }
   }
   for (int64_t j = 0; j < cols; ++j) {
-    s->key_inv_norm[j] = a.normalize ? inverse_norm(keys.base + (j0 + j) * keys.stride, dim) : 1.0;
+    const int which = a.mode == NegativeMode::in_batch ? kPositiveTooLong : kNegativesTooLong;
+    s->key_inv_norm[j] =
+        a.normalize ? inverse_norm(keys.base + (j0 + j) * keys.stride, dim, which, a.too_long) : 1.0;
     s->key_scale[j] = static_cast<T>(s->key_inv_norm[j]);
   }
   for (int64_t j = cols; j < kKeyTile; ++j) s->key_scale[j] = T(0);
@@ -222,12 +241,14 @@ void logit_tile(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int64_t i0, i
   constexpr int64_t L = S::kLanes;
   for (int64_t r = 0; r < rows; ++r) {
     T* row = s->logits.get() + r * kKeyTile;
-    const typename S::V q_scale = S::set1(static_cast<T>(f.query_scale[i0 + r]));
+    // The factors in logit_of_dot's order. 1 / temperature fits in T (the caller checks).
+    const typename S::V q_inv_norm = S::set1(static_cast<T>(f.query_inv_norm[i0 + r]));
+    const typename S::V inv_temperature = S::set1(static_cast<T>(a.inv_temperature));
     // The tile is padded to whole panels, so whole vectors stay inside it.
     for (int64_t j = 0; j < cols; j += L) {
-      typename S::V v = S::mul(S::load(row + j), q_scale);
-      if (a.normalize) v = S::mul(v, S::load(s->key_scale.get() + j));
-      S::store(row + j, v);
+      typename S::V v = S::load(row + j);
+      if (a.normalize) v = S::mul(S::mul(v, S::load(s->key_scale.get() + j)), q_inv_norm);
+      S::store(row + j, S::mul(v, inv_temperature));
     }
   }
 }
@@ -290,9 +311,10 @@ double paired_logit(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int64_t i
                     double* key_inv) {
   const int64_t dim = a.query.cols;
   const T* key = a.negatives + i * a.negatives_stride0 + j * a.negatives_stride1;
-  *key_inv = a.normalize ? inverse_norm(key, dim) : 1.0;
+  *key_inv = a.normalize ? inverse_norm(key, dim, kNegativesTooLong, a.too_long) : 1.0;
   const T* q = a.query.data + i * a.query.row_stride;
-  return static_cast<double>(static_cast<T>(dot(q, key, dim) * (f.query_scale[i] * *key_inv)));
+  return static_cast<double>(
+      static_cast<T>(logit_of_dot(a, dot(q, key, dim), f.query_inv_norm[i], *key_inv)));
 }
 
 template <class T>

@@ -646,6 +646,12 @@ class InfoNceProblem:
         self._originals = (query_array, positive_array, negatives_array)
         arrays = (query_array, positive_array) + (() if negatives_array is None else (negatives_array,))
         self.dtype = compute_dtype(*arrays)
+        if self.inv_tau > float(np.finfo(self.dtype).max):
+            raise ValueError(
+                f"temperature: {tau!r} is below 1 / {np.finfo(self.dtype).max} (the largest "
+                f"{np.dtype(self.dtype).name}, the computation dtype of these inputs), so 1 / temperature "
+                "overflows it; pass float64 arrays"
+            )
         self.query = to_kernel_layout(query_array, self.dtype, contiguous_rows=True)
         self.positive = to_kernel_layout(positive_array, self.dtype, contiguous_rows=True)
         self.negatives = (
