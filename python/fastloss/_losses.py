@@ -73,8 +73,12 @@ def _regression(
     shape = pred_array.shape
     rows = shape[0]
     cols = int(np.prod(shape[1:], dtype=np.int64))
-    weights = sample_weights(sample_weight, rows)
     dtype = compute_dtype(pred_array, target_array)
+    # The outputs first: a call too large to hold them fails at once, before the weights are
+    # converted and checked (a pass over N values).
+    out = np.empty(shape, dtype=dtype) if reduction == "none" else None
+    grad, returned_grad = _gradient_buffers(shape, dtype, pred_array) if return_grad else (None, None)
+    weights = sample_weights(sample_weight, rows)
     # (N, ...) -> (N, F) is a view for most layouts; the kernels read the strides as they are.
     pred2d = to_kernel_layout(pred_array, dtype).reshape(rows, cols)
     target2d = to_kernel_layout(target_array, dtype).reshape(rows, cols)
@@ -87,8 +91,6 @@ def _regression(
     else:
         weight_sum = float(weights.sum())
         divisor = weight_sum * cols if reduction == "mean" else weight_sum
-    out = np.empty(shape, dtype=dtype) if reduction == "none" else None
-    grad, returned_grad = _gradient_buffers(shape, dtype, pred_array) if return_grad else (None, None)
     total = _core.regression(kind, pred2d, target2d, weights, out, grad, 1.0 / divisor if divisor else np.inf)
     loss = out if out is not None else divide(total, divisor)
     if grad is not None and returned_grad is not None:

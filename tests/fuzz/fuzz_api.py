@@ -418,6 +418,21 @@ def _info_nce_logits(query: Any, positive: Any, negatives: Any, options: dict[st
     return rows * inv_t
 
 
+def _info_nce_gradient_overflows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether InfoNCE's gradient scale leaves the computation dtype: each row's gradient is
+    (1 / temperature) times softmax-weighted keys, and with normalize also times the inverse norm,
+    up to 1e12 (F.normalize's floor) - a product that can overflow even where the gradient is 0
+    (zero rows), giving inf * 0 = NaN on the way."""
+    arrays = [a for a in args if a is not None]
+    limit = F32_MAX if _computes_in_float32(*arrays) else float(np.finfo(np.float64).max)
+    scale = 1.0 / float(kwargs["temperature"])
+    if kwargs["normalize"]:
+        scale *= 1e12
+    else:
+        scale *= max(float(np.abs(_as64(a)).max(initial=0)) for a in arrays) ** 2
+    return not scale < limit / 1e3
+
+
 def check_result(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
     call = describe_call(name, args, kwargs)
     return_grad = bool(kwargs.get("return_grad"))
@@ -451,8 +466,13 @@ def check_result(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], resul
     got_nan = _nan_mask(loss)
     if got_nan.shape == ref_nan.shape and (got_nan & ~ref_nan).any():
         raise Finding(f"NaN loss from finite inputs (reference {describe(np.asarray(ref))})\n{call}")
-    # A gradient is defined wherever the loss is finite.
-    if grad is not None and np.isfinite(np.asarray(ref, dtype=np.float64)).all():
+    # A gradient is defined wherever the loss is finite, and representable where its scale fits
+    # the computation dtype.
+    if (
+        grad is not None
+        and np.isfinite(np.asarray(ref, dtype=np.float64)).all()
+        and not (name == "info_nce" and _info_nce_gradient_overflows(args, kwargs))
+    ):
         for leaf in _leaves(grad):
             if np.isnan(leaf).any():
                 raise Finding(f"NaN gradient from finite inputs with a finite loss\n{call}")
