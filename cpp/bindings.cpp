@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -21,6 +22,9 @@ namespace py = pybind11;
 using namespace fastloss;
 
 namespace {
+
+// The exact sums' merge and rounding, compiled for the baseline CPU.
+#include "exact_sum.inl"
 
 // Work (elements touched) below which releasing and re-taking the GIL costs more than the kernel.
 constexpr int64_t kReleaseGilAbove = 1 << 14;
@@ -139,9 +143,12 @@ double regression_typed(RegressionKind kind, const py::array& pred, const py::ar
       return active_table().f64.regression;
   }();
   const int threads = num_threads();
-  return run_kernel(p.rows * p.cols, [&](Interrupt* interrupt) {
-    return fn(kind, p, t, w, o, g, grad_scale, threads, interrupt);
+  ExactSumState sum;
+  run_kernel(p.rows * p.cols, [&](Interrupt* interrupt) {
+    fn(kind, p, t, w, o, g, grad_scale, threads, interrupt, &sum);
+    return 0;
   });
+  return exact_sum_round(sum);
 }
 
 double regression(int kind, const py::array& pred, const py::array& target, const py::object& sample_weight,
@@ -428,9 +435,12 @@ double regression_fast_typed(RegressionKind kind, const py::array& pred, const p
   MatrixView<T> t{static_cast<const T*>(target.data()), 1, size, size, 1};
   const RegressionFn<T> fn = active_set<T>().regression;
   const int threads = num_threads();
-  return run_kernel(size, [&](Interrupt* interrupt) {
-    return fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads, interrupt);
+  ExactSumState sum;
+  run_kernel(size, [&](Interrupt* interrupt) {
+    fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads, interrupt, &sum);
+    return 0;
   });
+  return exact_sum_round(sum);
 }
 
 py::object regression_fast(int kind, py::handle pred_h, py::handle target_h, py::handle reduction_h) {

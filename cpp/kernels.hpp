@@ -27,16 +27,32 @@ struct MatrixView {
 struct Interrupt;
 bool interrupted(Interrupt* interrupt);
 
+// An exact sum of doubles as plain data (cpp/exact_sum.inl has the operations): the value is
+// sum_i chunk[i] * 2^(32 i - 1074), with NaN and infinities counted apart. Every reduction
+// accumulates into one; merging two is exact, so the sum does not depend on how its terms were
+// split or ordered, and it is rounded once, at the end.
+struct ExactSumState {
+  static constexpr int kChunks = 67;  // 2^-1074 .. 2^1070 and carry room above
+  static constexpr int64_t kAddsBetweenCarries = int64_t{1} << 30;
+  int64_t chunk[kChunks] = {};
+  int64_t adds_since_carry = 0;
+  int64_t nan = 0;
+  int64_t pos_inf = 0;
+  int64_t neg_inf = 0;
+};
+
 enum class RegressionKind : int { squared = 0, absolute = 1 };
 
 // MSE / MAE. Element loss e_ij = (p - t)^2 or |p - t|, times row_weight[i] when given.
 // Writes e_ij to out and grad_scale * row_weight[i] * d e_ij / d p_ij to grad (both row-major
 // rows x cols, contiguous) when those are not null.
-// Returns the sum of all (weighted) element losses, accumulated in double.
+// Adds every (weighted) element loss to *sum, exactly: for float32 inputs the element losses are
+// formed in double (where (p - t)^2 and |p - t| are exact), weighted ones as the exact product
+// w * e (two doubles).
 template <class T>
-using RegressionFn = double (*)(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
-                                const double* row_weight, T* out, T* grad, double grad_scale, int num_threads,
-                                Interrupt* interrupt);
+using RegressionFn = void (*)(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
+                              const double* row_weight, T* out, T* grad, double grad_scale, int num_threads,
+                              Interrupt* interrupt, ExactSumState* sum);
 
 // Cross-entropy over rows of logits (rows = N, cols = C). The target is either class indices
 // (target_index, stride in elements; every value is already checked to lie in [0, C) or to equal

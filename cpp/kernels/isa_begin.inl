@@ -15,7 +15,9 @@ namespace fastloss {
 namespace FASTLOSS_ISA_NAMESPACE {
 
 #include "kernels/unaligned.inl"
+#include "exact_sum.inl"
 #include FASTLOSS_SIMD
+#include "kernels/exact_lanes.inl"
 #include "kernels/buffer.inl"
 #include "reduce.inl"
 #include "kernels/regression.inl"

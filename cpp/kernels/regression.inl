@@ -49,21 +49,117 @@ inline typename Simd<T>::V element_grad_vec(typename Simd<T>::V p, typename Simd
   }
 }
 
-// The unit-stride case, one pass at memory speed: lanes of element losses go straight into
-// float64 accumulators (so a float32 sum of 1e8 elements stays within 1e-6 relative), and the
-// loss and gradient stores ride along when asked for.
+// Adds w * term exactly (weighted) or term: the rounded product and its error (std::fma is exact).
+inline void exact_sum_add_term(ExactSumState& sum, double term, bool weighted, double w) {
+  if (!weighted) {
+    exact_sum_add(sum, term);
+    return;
+  }
+  const double product = term * w;
+  exact_sum_add(sum, product);
+  if (std::isfinite(product)) exact_sum_add(sum, std::fma(term, w, -product));
+}
+
+// Adds the exact element loss of (p, t) (times w) to *sum as a sum of double terms: for float32
+// inputs the true (p - t)^2 or |p - t| (the difference as d + d_lo, exact by TwoSum; the squares
+// by fused multiply-adds), for float64 inputs the exact square or magnitude of the rounded
+// difference. Infinities and NaN are added as themselves, so the sum counts them.
 template <class T, RegressionKind Kind>
-double regression_contiguous(const T* p, const T* t, int64_t count, double weight, bool weighted, T* o, T* g,
-                             double grad_scale) {
+inline void exact_sum_add_element(ExactSumState& sum, T p, T t, bool weighted, double w) {
+  const double a = static_cast<double>(p);
+  const double b = static_cast<double>(t);
+  const double d = a - b;
+  double d_lo = 0.0;
+  if constexpr (sizeof(T) == sizeof(float)) {
+    if (std::isfinite(d)) {
+      const double b_part = a - d;  // TwoSum of a and -b
+      d_lo = (a - (d + b_part)) + (b_part - b);
+    }
+  }
+  if constexpr (Kind == RegressionKind::squared) {
+    const double e = d * d;
+    exact_sum_add_term(sum, e, weighted, w);
+    if (!std::isfinite(e)) return;
+    exact_sum_add_term(sum, std::fma(d, d, -e), weighted, w);
+    if (d_lo != 0.0) {  // (d + d_lo)^2 = d^2 + 2 d d_lo + d_lo^2, each product as two terms
+      const double cross = d * d_lo;
+      exact_sum_add_term(sum, 2.0 * cross, weighted, w);
+      exact_sum_add_term(sum, 2.0 * std::fma(d, d_lo, -cross), weighted, w);
+      const double low = d_lo * d_lo;
+      exact_sum_add_term(sum, low, weighted, w);
+      exact_sum_add_term(sum, std::fma(d_lo, d_lo, -low), weighted, w);
+    }
+  } else {
+    const bool negative = d < 0.0 || (d == 0.0 && d_lo < 0.0);
+    exact_sum_add_term(sum, negative ? -d : d, weighted, w);
+    if (d_lo != 0.0) exact_sum_add_term(sum, negative ? -d_lo : d_lo, weighted, w);
+  }
+}
+
+// The vector form of exact_sum_add_element for lanes of double p and t (widened from T): false,
+// adding nothing, where a float32 difference is not exact in double (exponents more than 29
+// apart) or not finite, which the caller then adds lane by lane.
+template <class T, RegressionKind Kind>
+inline bool add_element_lanes(ExactLanes& lanes, typename Simd<double>::V p, typename Simd<double>::V t,
+                              bool weighted, typename Simd<double>::V w) {
+  using SD = Simd<double>;
+  using V = typename SD::V;
+  const V d = SD::sub(p, t);
+  if constexpr (sizeof(T) == sizeof(float)) {
+    const V t_part = SD::sub(p, d);  // TwoSum of p and -t: zero error iff d is exact
+    const V error = SD::add(SD::sub(p, SD::add(d, t_part)), SD::sub(t_part, t));
+    if (SD::any_nonzero(error)) return false;  // NaN (from inf or NaN inputs) is nonzero too
+  }
+  if constexpr (Kind == RegressionKind::squared) {
+    const V e = SD::mul(d, d);
+    const V e_lo = SD::fma_exact(d, d, SD::sub(SD::zero(), e));
+    if (weighted) {
+      lanes.add_product(e, w);
+      lanes.add_product(e_lo, w);
+    } else {
+      lanes.add(e);
+      lanes.add(e_lo);
+    }
+  } else {
+    const V e = SD::abs(d);
+    if (weighted) {
+      lanes.add_product(e, w);
+    } else {
+      lanes.add(e);
+    }
+  }
+  return true;
+}
+
+// The unit-stride case, one pass at memory speed: lanes of element losses in double go into the
+// exact sum's vector front (kernels/exact_lanes.inl), and the loss and gradient stores ride
+// along when asked for. Terms TwoSum cannot carry (inf, NaN, a sum beyond the double range) are
+// redone one by one into *sum.
+template <class T, RegressionKind Kind>
+void regression_contiguous(const T* p, const T* t, int64_t count, double weight, bool weighted, T* o, T* g,
+                           double grad_scale, ExactSumState* sum) {
   using S = Simd<T>;
+  using SD = Simd<double>;
   using V = typename S::V;
   constexpr int64_t L = S::kLanes;
   const V out_scale = S::set1(static_cast<T>(weight));
   const V grad_factor = S::set1(static_cast<T>(grad_scale * weight));
-  typename S::DoubleSum acc0, acc1;
-  auto step = [&](int64_t j, V pv, V tv, typename S::DoubleSum& acc, int64_t n) {
+  const typename SD::V weight_vec = SD::set1(weight);
+  const ExactSumState before = *sum;
+  ExactLanes lanes0(sum), lanes1(sum);
+  auto step = [&](int64_t j, V pv, V tv, ExactLanes& lanes, int64_t n) {
+    for (int part = 0; part < S::kWideParts; ++part) {
+      if (!add_element_lanes<T, Kind>(lanes, S::widen(pv, part), S::widen(tv, part), weighted, weight_vec)) {
+        // Lanes of this part, one by one (zero-filled tail lanes add nothing).
+        constexpr int64_t kPart = SD::kLanes;
+        for (int64_t k = part * kPart; k < (part + 1) * kPart && k < n; ++k) {
+          exact_sum_add_element<T, Kind>(*sum, load_unaligned(p + j + k), load_unaligned(t + j + k), weighted,
+                                         weight);
+        }
+      }
+    }
+    if (o == nullptr && g == nullptr) return;
     const V e = element_loss_vec<T, Kind>(pv, tv);
-    S::accumulate(acc, e);
     if (o != nullptr) {
       const V out = weighted ? S::mul(e, out_scale) : e;
       if (n == L)
@@ -81,23 +177,29 @@ double regression_contiguous(const T* p, const T* t, int64_t count, double weigh
   };
   int64_t j = 0;
   for (; j + 2 * L <= count; j += 2 * L) {
-    step(j, S::load(p + j), S::load(t + j), acc0, L);
-    step(j + L, S::load(p + j + L), S::load(t + j + L), acc1, L);
+    step(j, S::load(p + j), S::load(t + j), lanes0, L);
+    step(j + L, S::load(p + j + L), S::load(t + j + L), lanes1, L);
   }
   for (; j < count; j += L) {
     const int64_t n = count - j < L ? count - j : L;
     // Zero-filled tails give zero losses.
-    step(j, S::load_partial(p + j, n, T(0)), S::load_partial(t + j, n, T(0)), acc0, n);
+    step(j, S::load_partial(p + j, n, T(0)), S::load_partial(t + j, n, T(0)), lanes0, n);
   }
-  const double total = S::total(acc0) + S::total(acc1);
-  return weighted ? total * weight : total;
+  const bool finite0 = lanes0.finish();
+  const bool finite1 = lanes1.finish();
+  if (finite0 && finite1) return;
+  *sum = before;
+  for (int64_t k = 0; k < count; ++k) {
+    exact_sum_add_element<T, Kind>(*sum, load_unaligned(p + k), load_unaligned(t + k), weighted, weight);
+  }
 }
 
-// Sums the element losses of row `row`, columns [c0, c1); writes them to `out` and the scaled
-// element gradients to `grad` when those are not null (both row-major rows x cols).
+// Adds the element losses of row `row`, columns [c0, c1), to *sum; writes them to `out` and the
+// scaled element gradients to `grad` when those are not null (both row-major rows x cols).
 template <class T, RegressionKind Kind>
-double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target, int64_t row, int64_t c0,
-                           int64_t c1, double weight, bool weighted, T* out, T* grad, double grad_scale) {
+void regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target, int64_t row, int64_t c0,
+                         int64_t c1, double weight, bool weighted, T* out, T* grad, double grad_scale,
+                         ExactSumState* sum) {
   const T* p = pred.data + row * pred.row_stride;
   const T* t = target.data + row * target.row_stride;
   const int64_t ps = pred.col_stride;
@@ -105,47 +207,37 @@ double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& targe
   T* o = out != nullptr ? out + row * pred.cols : nullptr;
   T* g = grad != nullptr ? grad + row * pred.cols : nullptr;
   if (ps == 1 && ts == 1) {
-    return regression_contiguous<T, Kind>(p + c0, t + c0, c1 - c0, weight, weighted, o ? o + c0 : nullptr,
-                                          g ? g + c0 : nullptr, grad_scale);
+    regression_contiguous<T, Kind>(p + c0, t + c0, c1 - c0, weight, weighted, o ? o + c0 : nullptr,
+                                   g ? g + c0 : nullptr, grad_scale, sum);
+    return;
   }
   const T row_grad_scale = static_cast<T>(grad_scale * weight);
-  // Element j's loss, also written out and differentiated when asked; the loss sums use the same
-  // accumulators either way, so return_grad never changes the returned loss.
-  auto element = [&](int64_t j) {
+  for (int64_t j = c0; j < c1; ++j) {
     const T pj = load_unaligned(p + j * ps);
     const T tj = load_unaligned(t + j * ts);
-    const T e = element_loss<T, Kind>(pj, tj);
-    if (o != nullptr) o[j] = weighted ? static_cast<T>(e * static_cast<T>(weight)) : e;
+    if (o != nullptr) {
+      const T e = element_loss<T, Kind>(pj, tj);
+      o[j] = weighted ? static_cast<T>(e * static_cast<T>(weight)) : e;
+    }
     if (g != nullptr) g[j] = row_grad_scale * element_grad<T, Kind>(pj, tj);
-    return e;
-  };
-  // Four independent accumulators keep the add latency off the critical path.
-  double acc0 = 0.0, acc1 = 0.0, acc2 = 0.0, acc3 = 0.0;
-  int64_t j = c0;
-  for (; j + 4 <= c1; j += 4) {
-    acc0 += element(j);
-    acc1 += element(j + 1);
-    acc2 += element(j + 2);
-    acc3 += element(j + 3);
+    exact_sum_add_element<T, Kind>(*sum, pj, tj, weighted, weight);
   }
-  for (; j < c1; ++j) acc0 += element(j);
-  const double total = (acc0 + acc1) + (acc2 + acc3);
-  return weighted ? total * weight : total;
 }
 
 template <class T, RegressionKind Kind>
-double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* row_weight, T* out, T* grad,
-                       double grad_scale, int num_threads, Interrupt* interrupt) {
+void regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* row_weight, T* out, T* grad,
+                     double grad_scale, int num_threads, Interrupt* interrupt, ExactSumState* sum) {
   const int64_t rows = pred.rows;
   const int64_t cols = pred.cols;
-  if (rows == 0 || cols == 0) return 0.0;
+  if (rows == 0 || cols == 0) return;
   const bool weighted = row_weight != nullptr;
   if (rows > 1 && !weighted && pred.col_stride == 1 && target.col_stride == 1 && pred.row_stride == cols &&
       target.row_stride == cols) {
     // Both C-contiguous and no per-row weights: one long row, so blocks ignore row boundaries.
     pred.cols = target.cols = rows * cols;
     pred.rows = target.rows = 1;
-    return regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt);
+    regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt, sum);
+    return;
   }
   // A block is either a run of whole rows or, for rows longer than a block, a slice of one row.
   const int64_t slices_per_row =
@@ -153,40 +245,36 @@ double regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* r
   const int64_t rows_per_block = cols >= kRegressionBlock ? 1 : kRegressionBlock / cols;
   const int64_t num_blocks =
       cols >= kRegressionBlock ? rows * slices_per_row : (rows + rows_per_block - 1) / rows_per_block;
-  double total = 0.0;
-  deterministic_sum<1>(
+  exact_blocks_sum(
       num_blocks, rows * cols, num_threads, interrupt,
-      [&](int64_t b, double* sum) {
+      [&](int64_t b, ExactSumState* block_sum) {
         if (slices_per_row > 1) {
           const int64_t row = b / slices_per_row;
           const int64_t c0 = (b % slices_per_row) * kRegressionBlock;
           const int64_t c1 = c0 + kRegressionBlock < cols ? c0 + kRegressionBlock : cols;
-          sum[0] = regression_row_part<T, Kind>(pred, target, row, c0, c1,
-                                                weighted ? load_unaligned(row_weight + row) : 1.0, weighted,
-                                                out, grad, grad_scale);
+          regression_row_part<T, Kind>(pred, target, row, c0, c1,
+                                       weighted ? load_unaligned(row_weight + row) : 1.0, weighted, out, grad,
+                                       grad_scale, block_sum);
           return;
         }
         const int64_t r0 = b * rows_per_block;
         const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
-        double block = 0.0;
         for (int64_t r = r0; r < r1; ++r) {
-          block += regression_row_part<T, Kind>(pred, target, r, 0, cols,
-                                                weighted ? load_unaligned(row_weight + r) : 1.0, weighted,
-                                                out, grad, grad_scale);
+          regression_row_part<T, Kind>(pred, target, r, 0, cols, weighted ? load_unaligned(row_weight + r) : 1.0,
+                                       weighted, out, grad, grad_scale, block_sum);
         }
-        sum[0] = block;
       },
-      &total);
-  return total;
+      sum);
 }
 
 template <class T>
-double regression(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target, const double* row_weight,
-                  T* out, T* grad, double grad_scale, int num_threads, Interrupt* interrupt) {
+void regression(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target, const double* row_weight, T* out,
+                T* grad, double grad_scale, int num_threads, Interrupt* interrupt, ExactSumState* sum) {
   if (kind == RegressionKind::squared) {
-    return regression_kind<T, RegressionKind::squared>(pred, target, row_weight, out, grad, grad_scale,
-                                                       num_threads, interrupt);
+    regression_kind<T, RegressionKind::squared>(pred, target, row_weight, out, grad, grad_scale, num_threads,
+                                                interrupt, sum);
+  } else {
+    regression_kind<T, RegressionKind::absolute>(pred, target, row_weight, out, grad, grad_scale, num_threads,
+                                                 interrupt, sum);
   }
-  return regression_kind<T, RegressionKind::absolute>(pred, target, row_weight, out, grad, grad_scale,
-                                                      num_threads, interrupt);
 }

@@ -66,6 +66,12 @@ struct Simd<float> {
   static V exp(V x);
   static V exp_nonpositive(V x);
 
+  // The lanes as double vectors, exactly: part 0 holds lanes 0-3, part 1 lanes 4-7.
+  static constexpr int kWideParts = 2;
+  static __m256d widen(V v, int part) {
+    return _mm256_cvtps_pd(part == 0 ? _mm256_castps256_ps128(v) : _mm256_extractf128_ps(v, 1));
+  }
+
   struct DoubleSum {
     __m256d lo = _mm256_setzero_pd();
     __m256d hi = _mm256_setzero_pd();
@@ -106,6 +112,10 @@ struct Simd<double> {
   static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
+  static V fma_exact(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static constexpr int kWideParts = 1;
+  static V widen(V v, int) { return v; }
+  static bool any_nonzero(V a) { return _mm256_movemask_pd(_mm256_cmp_pd(a, zero(), _CMP_NEQ_UQ)) != 0; }
   static V max(V a, V b) { return _mm256_max_pd(a, b); }
   static V min(V a, V b) { return _mm256_min_pd(a, b); }
   static V abs(V a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }

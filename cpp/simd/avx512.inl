@@ -52,6 +52,13 @@ struct Simd<float> {
   static V exp(V x);
   static V exp_nonpositive(V x);
 
+  // The lanes as double vectors, exactly: part 0 holds lanes 0-7, part 1 lanes 8-15.
+  static constexpr int kWideParts = 2;
+  static __m512d widen(V v, int part) {
+    return _mm512_cvtps_pd(part == 0 ? _mm512_castps512_ps256(v)
+                                     : _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  }
+
   struct DoubleSum {
     __m512d lo = _mm512_setzero_pd();
     __m512d hi = _mm512_setzero_pd();
@@ -88,6 +95,10 @@ struct Simd<double> {
   static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
+  static V fma_exact(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static constexpr int kWideParts = 1;
+  static V widen(V v, int) { return v; }
+  static bool any_nonzero(V a) { return _mm512_cmp_pd_mask(a, zero(), _CMP_NEQ_UQ) != 0; }
   static V max(V a, V b) { return _mm512_max_pd(a, b); }
   static V min(V a, V b) { return _mm512_min_pd(a, b); }
   static V abs(V a) { return _mm512_abs_pd(a); }

@@ -85,6 +85,12 @@ struct Simd<float> {
   static V exp(V x);
   static V exp_nonpositive(V x);
 
+  // The lanes as double vectors, exactly: part 0 holds lanes 0-1, part 1 lanes 2-3.
+  static constexpr int kWideParts = 2;
+  static float64x2_t widen(V v, int part) {
+    return part == 0 ? vcvt_f64_f32(vget_low_f32(v)) : vcvt_high_f64_f32(v);
+  }
+
   struct DoubleSum {
     float64x2_t lo = vdupq_n_f64(0.0);
     float64x2_t hi = vdupq_n_f64(0.0);
@@ -129,6 +135,13 @@ struct Simd<double> {
   static V mul(V a, V b) { return vmulq_f64(a, b); }
   static V fmadd(V a, V b, V c) { return vfmaq_f64(c, a, b); }   // a * b + c, fused
   static V fnmadd(V a, V b, V c) { return vfmsq_f64(c, a, b); }  // c - a * b, fused
+  static V fma_exact(V a, V b, V c) { return vfmaq_f64(c, a, b); }
+  static constexpr int kWideParts = 1;
+  static V widen(V v, int) { return v; }
+  static bool any_nonzero(V a) {
+    const uint64x2_t zero_lanes = vceqzq_f64(a);  // NaN is not zero
+    return (vgetq_lane_u64(zero_lanes, 0) & vgetq_lane_u64(zero_lanes, 1)) == 0;
+  }
   // x86 semantics (see the top): b unless a > b (a < b); NaN in either gives b.
   static V max(V a, V b) { return vbslq_f64(vcgtq_f64(a, b), a, b); }
   static V min(V a, V b) { return vbslq_f64(vcltq_f64(a, b), a, b); }

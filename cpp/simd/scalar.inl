@@ -48,6 +48,13 @@ struct Simd {
     }
   }
 
+  // The lanes as double vectors (kWideParts of them), exactly: the exact sums work in double.
+  static constexpr int kWideParts = 1;
+  static double widen(V v, int) { return static_cast<double>(v); }
+  static bool any_nonzero(V a) { return a != T(0); }
+  // a * b + c rounded once (std::fma is exact in software where the CPU has no FMA).
+  static V fma_exact(V a, V b, V c) { return std::fma(a, b, c); }
+
   // A float64 accumulator for sums of T lanes.
   struct DoubleSum {
     double value = 0.0;

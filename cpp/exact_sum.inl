@@ -1,0 +1,129 @@
+// The exact, order-independent sum every reduction accumulates into: a small superaccumulator
+// (Neal, "Fast exact summation using small and large superaccumulators", 2015; the xsum
+// library), i.e. a fixed-point number with one bit for every binary place a double can have.
+// Each double is split into its exponent and 53-bit integer mantissa and added, without
+// rounding, into three 32-bit-aligned int64 chunks; every chunk has 31 bits of headroom, so
+// carries are propagated only every 2^30 additions. Merging two sums adds their chunks, which is
+// exact, so any split of the values over threads, blocks, calls or machines gives the same
+// state, and the one rounding at the end (exact_sum_round) gives the correctly rounded sum.
+// The state (ExactSumState, kernels.hpp) is plain data: the ISA objects add into it, the
+// baseline code merges, serialises and rounds it. Plain integer code, independent of any vector
+// width. Included inside a namespace (an ISA's, or the baseline's); needs <cmath>, <cstdint>,
+// <cstring>.
+
+// value = sum_i chunk[i] * 2^(32 i - 1074): a double with biased exponent e >= 1 and mantissa m
+// (hidden bit included) is m * 2^(e - 1) units of 2^-1074; a subnormal (e = 0) is m units.
+inline void exact_sum_carry(ExactSumState& s) {
+  for (int i = 0; i < ExactSumState::kChunks - 1; ++i) {
+    const int64_t carry = s.chunk[i] >> 32;  // arithmetic shift: floor division by 2^32
+    s.chunk[i] -= carry * (int64_t{1} << 32);
+    s.chunk[i + 1] += carry;
+  }
+  s.adds_since_carry = 0;
+}
+
+inline void exact_sum_add(ExactSumState& s, double x) {
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  const int exponent = static_cast<int>((bits >> 52) & 0x7FF);
+  uint64_t mantissa = bits & ((uint64_t{1} << 52) - 1);
+  const bool negative = (bits >> 63) != 0;
+  if (exponent == 0x7FF) {
+    if (mantissa != 0) {
+      ++s.nan;
+    } else if (negative) {
+      ++s.neg_inf;
+    } else {
+      ++s.pos_inf;
+    }
+    return;
+  }
+  int position = 0;  // of the mantissa's lowest bit, in units of 2^-1074
+  if (exponent != 0) {
+    mantissa |= uint64_t{1} << 52;
+    position = exponent - 1;
+  }
+  if (mantissa == 0) return;
+  // m << (position & 31) is up to 84 bits: three 32-bit pieces, chunks index .. index + 2.
+  const int index = position >> 5;
+  const int shift = position & 31;
+  const uint64_t shifted = mantissa << shift;  // its low 64 bits
+  const int64_t low = static_cast<int64_t>(shifted & 0xFFFFFFFFu);
+  const int64_t mid = static_cast<int64_t>(shifted >> 32);
+  const int64_t high = shift == 0 ? 0 : static_cast<int64_t>(mantissa >> (64 - shift));
+  if (negative) {
+    s.chunk[index] -= low;
+    s.chunk[index + 1] -= mid;
+    s.chunk[index + 2] -= high;
+  } else {
+    s.chunk[index] += low;
+    s.chunk[index + 1] += mid;
+    s.chunk[index + 2] += high;
+  }
+  if (++s.adds_since_carry >= ExactSumState::kAddsBetweenCarries) exact_sum_carry(s);
+}
+
+inline void exact_sum_merge(ExactSumState& into, const ExactSumState& from) {
+  ExactSumState other = from;
+  exact_sum_carry(other);
+  exact_sum_carry(into);
+  for (int i = 0; i < ExactSumState::kChunks; ++i) into.chunk[i] += other.chunk[i];
+  into.adds_since_carry = 2;
+  into.nan += other.nan;
+  into.pos_inf += other.pos_inf;
+  into.neg_inf += other.neg_inf;
+}
+
+// v * 2^exponent rounded to the nearest double (ties to even), where `sticky` says that v is
+// followed by more nonzero bits below its lowest one (v then has at least 54 bits).
+inline double exact_sum_round_bits(uint64_t v, bool sticky, int exponent) {
+  int length = 0;
+  for (uint64_t t = v; t != 0; t >>= 1) ++length;
+  if (length <= 53) return std::ldexp(static_cast<double>(v), exponent);
+  const int drop = length - 53;
+  const uint64_t rest = v & ((uint64_t{1} << drop) - 1);
+  const uint64_t half = uint64_t{1} << (drop - 1);
+  uint64_t mantissa = v >> drop;
+  if (rest > half || (rest == half && (sticky || (mantissa & 1) != 0))) ++mantissa;
+  return std::ldexp(static_cast<double>(mantissa), exponent + drop);  // 2^53 after rounding is exact
+}
+
+// The sum rounded once to the nearest double (ties to even); NaN if a NaN or both infinities were
+// added, +-inf if one infinity was, or if the finite sum is beyond the double range.
+inline double exact_sum_round(const ExactSumState& state) {
+  if (state.nan != 0 || (state.pos_inf != 0 && state.neg_inf != 0)) return std::nan("");
+  if (state.pos_inf != 0) return HUGE_VAL;
+  if (state.neg_inf != 0) return -HUGE_VAL;
+  ExactSumState s = state;
+  exact_sum_carry(s);  // every chunk in [0, 2^32) but the top one, which holds the sign
+  constexpr int kTop = ExactSumState::kChunks - 1;
+  const bool negative = s.chunk[kTop] < 0;
+  if (negative) {  // the magnitude: negate every chunk, then carry again
+    for (int i = 0; i < ExactSumState::kChunks; ++i) s.chunk[i] = -s.chunk[i];
+    exact_sum_carry(s);
+  }
+  int top = kTop;
+  while (top >= 0 && s.chunk[top] == 0) --top;
+  double magnitude;
+  if (top < 0) {
+    return 0.0;  // an exact zero is +0, as IEEE's x + (-x) is
+  } else if (top == kTop) {
+    magnitude = HUGE_VAL;  // at least 2^(32 * kTop - 1074) = 2^1038
+  } else if (top < 2) {
+    // Below 2^-1010: the whole value in 64 bits, units of 2^-1074 (subnormals are exact).
+    const uint64_t v = (static_cast<uint64_t>(s.chunk[1]) << 32) | static_cast<uint64_t>(s.chunk[0]);
+    magnitude = exact_sum_round_bits(v, false, -1074);
+  } else {
+    // The 64 bits from the leading one down, the rest as a sticky bit.
+    const uint64_t c2 = static_cast<uint64_t>(s.chunk[top]);
+    const uint64_t c1 = static_cast<uint64_t>(s.chunk[top - 1]);
+    const uint64_t c0 = static_cast<uint64_t>(s.chunk[top - 2]);
+    int lead = 0;  // bits in the top chunk, 1 .. 32
+    for (uint64_t t = c2; t != 0; t >>= 1) ++lead;
+    const uint64_t v = (c2 << (64 - lead)) | (c1 << (32 - lead)) | (c0 >> lead);
+    bool sticky = (c0 & ((uint64_t{1} << lead) - 1)) != 0;
+    for (int i = top - 3; i >= 0 && !sticky; --i) sticky = s.chunk[i] != 0;
+    magnitude = exact_sum_round_bits(v, sticky, 32 * (top - 2) - 1074 + lead);
+  }
+  return negative ? -magnitude : magnitude;
+}
