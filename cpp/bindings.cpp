@@ -214,7 +214,7 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
     args.interrupt = interrupt;
     return fn(args, threads);
   });
-  return py::make_tuple(sums.loss, sums.denominator);
+  return py::make_tuple(exact_sum_round(sums.loss), exact_sum_round(sums.denominator));
 }
 
 py::tuple cross_entropy(const py::array& logits, const py::object& target_index,

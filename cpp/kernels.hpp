@@ -76,8 +76,8 @@ struct CrossEntropyArgs {
 };
 
 struct CrossEntropySums {
-  double loss = 0.0;         // sum of the row losses
-  double denominator = 0.0;  // PyTorch's "mean" denominator for index targets
+  ExactSumState loss;         // sum of the row losses
+  ExactSumState denominator;  // PyTorch's "mean" denominator for index targets
 };
 
 template <class T>

@@ -58,26 +58,32 @@ void deterministic_sum(int64_t num_blocks, int64_t work, int num_threads, Interr
 // contiguous range of blocks into a state of its own, and the states are merged. The sums are
 // exact (exact_sum.inl), so neither the ranges nor the thread count change a bit. Once
 // `interrupt` fires, the remaining blocks are skipped and *sum is meaningless.
-template <class BlockSum>
+inline void merge_into(ExactSumState& into, const ExactSumState& from) { exact_sum_merge(into, from); }
+inline void merge_into(CrossEntropySums& into, const CrossEntropySums& from) {
+  exact_sum_merge(into.loss, from.loss);
+  exact_sum_merge(into.denominator, from.denominator);
+}
+
+template <class State, class BlockSum>
 void exact_blocks_sum(int64_t num_blocks, int64_t work, int num_threads, Interrupt* interrupt,
-                      BlockSum block_sum, ExactSumState* sum) {
+                      BlockSum block_sum, State* sum) {
   if (num_blocks <= 0) return;
   const int threads = threads_for(work, num_blocks, num_threads);
   if (threads == 1) {
     for (int64_t b = 0; b < num_blocks && !interrupted(interrupt); ++b) block_sum(b, sum);
     return;
   }
-  Buffer<ExactSumState> states(threads);
+  Buffer<State> states(threads);
   if (!states.ok()) throw std::bad_alloc();
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
   for (int k = 0; k < threads; ++k) {
-    ExactSumState local;
+    State local;
     const int64_t b0 = num_blocks * k / threads;
     const int64_t b1 = num_blocks * (k + 1) / threads;
     for (int64_t b = b0; b < b1 && !interrupted(interrupt); ++b) block_sum(b, &local);
     states[k] = local;
   }
-  for (int k = 0; k < threads; ++k) exact_sum_merge(*sum, states[k]);
+  for (int k = 0; k < threads; ++k) merge_into(*sum, states[k]);
 }

@@ -226,25 +226,24 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
   if (rows == 0 || cols == 0) return sums;
   double grad_scale = a.grad_scale;
   if (a.grad != nullptr && a.grad_divide_by_denominator && a.target_index != nullptr) {
-    // The "mean" denominator is needed before any gradient is written: one cheap pass over labels.
-    double denominator = 0.0;
+    // The "mean" denominator is needed before any gradient is written: one cheap pass over labels,
+    // summed exactly as the returned one is.
+    ExactSumState denominator;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t label = load_unaligned(a.target_index + r * a.target_index_stride);
       if (label != a.ignore_index) {
-        denominator += a.class_weight != nullptr ? load_unaligned(a.class_weight + label) : 1.0;
+        exact_sum_add(denominator, a.class_weight != nullptr ? load_unaligned(a.class_weight + label) : 1.0);
       }
     }
-    grad_scale /= denominator;
+    grad_scale /= exact_sum_round(denominator);
   }
   const int64_t rows_per_block = cols >= kCrossEntropyBlock ? 1 : kCrossEntropyBlock / cols;
   const int64_t num_blocks = (rows + rows_per_block - 1) / rows_per_block;
-  double result[2];
-  deterministic_sum<2>(
+  exact_blocks_sum(
       num_blocks, rows * cols, num_threads, a.interrupt,
-      [&](int64_t b, double* block) {
+      [&](int64_t b, CrossEntropySums* block) {
         const int64_t r0 = b * rows_per_block;
         const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
-        double loss_sum = 0.0, denominator_sum = 0.0;
         for (int64_t g0 = r0; g0 < r1; g0 += kLogGroup) {
           const int64_t count = r1 - g0 < kLogGroup ? r1 - g0 : kLogGroup;
           double row_max[kLogGroup], exp_sum[kLogGroup], log_sum[kLogGroup];
@@ -265,15 +264,11 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
             cross_entropy_row(a, g0 + k, grad_scale, RowLogSumExp{row_max[k], log_sum[k]}, exp_sum[k], &loss,
                               &denominator);
             if (a.out != nullptr) a.out[g0 + k] = static_cast<T>(loss);
-            loss_sum += loss;
-            denominator_sum += denominator;
+            exact_sum_add(block->loss, loss);
+            exact_sum_add(block->denominator, denominator);
           }
         }
-        block[0] = loss_sum;
-        block[1] = denominator_sum;
       },
-      result);
-  sums.loss = result[0];
-  sums.denominator = result[1];
+      &sums);
   return sums;
 }
