@@ -27,6 +27,20 @@ inline T element_grad(T p, T t) {
   }
 }
 
+// factor * d e / d p in T. The factor (grad_scale times a sample weight) is a double that may
+// exceed T's range (a float32 gradient with a weight of 1e308): the product is then taken in
+// double, so that a zero element gradient stays 0 (never inf * 0 = NaN) and any other overflows
+// to +-inf, as the exact product does.
+template <class T, RegressionKind Kind>
+inline T scaled_element_grad(double factor, T p, T t) {
+  return static_cast<T>(factor * static_cast<double>(element_grad<T, Kind>(p, t)));
+}
+
+template <class T>
+inline bool fits(double factor) {
+  return std::isfinite(static_cast<T>(factor)) || !std::isfinite(factor);
+}
+
 template <class T, RegressionKind Kind>
 inline typename Simd<T>::V element_loss_vec(typename Simd<T>::V p, typename Simd<T>::V t) {
   using S = Simd<T>;
@@ -60,6 +74,7 @@ double regression_contiguous(const T* p, const T* t, int64_t count, double weigh
   constexpr int64_t L = S::kLanes;
   const V out_scale = S::set1(static_cast<T>(weight));
   const V grad_factor = S::set1(static_cast<T>(grad_scale * weight));
+  const bool grad_factor_fits = fits<T>(grad_scale * weight);
   typename S::DoubleSum acc0, acc1;
   auto step = [&](int64_t j, V pv, V tv, typename S::DoubleSum& acc, int64_t n) {
     const V e = element_loss_vec<T, Kind>(pv, tv);
@@ -71,12 +86,16 @@ double regression_contiguous(const T* p, const T* t, int64_t count, double weigh
       else
         S::store_partial(o + j, out, n);
     }
-    if (g != nullptr) {
+    if (g != nullptr && grad_factor_fits) {
       const V grad = S::mul(grad_factor, element_grad_vec<T, Kind>(pv, tv));
       if (n == L)
         S::store(g + j, grad);
       else
         S::store_partial(g + j, grad, n);
+    } else if (g != nullptr) {
+      for (int64_t k = j; k < j + n; ++k) {
+        g[k] = scaled_element_grad<T, Kind>(grad_scale * weight, load_unaligned(p + k), load_unaligned(t + k));
+      }
     }
   };
   int64_t j = 0;
@@ -109,6 +128,7 @@ double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& targe
                                           g ? g + c0 : nullptr, grad_scale);
   }
   const T row_grad_scale = static_cast<T>(grad_scale * weight);
+  const bool grad_factor_fits = fits<T>(grad_scale * weight);
   // Element j's loss, also written out and differentiated when asked; the loss sums use the same
   // accumulators either way, so return_grad never changes the returned loss.
   auto element = [&](int64_t j) {
@@ -116,7 +136,10 @@ double regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& targe
     const T tj = load_unaligned(t + j * ts);
     const T e = element_loss<T, Kind>(pj, tj);
     if (o != nullptr) o[j] = weighted ? static_cast<T>(e * static_cast<T>(weight)) : e;
-    if (g != nullptr) g[j] = row_grad_scale * element_grad<T, Kind>(pj, tj);
+    if (g != nullptr) {
+      g[j] = grad_factor_fits ? row_grad_scale * element_grad<T, Kind>(pj, tj)
+                              : scaled_element_grad<T, Kind>(grad_scale * weight, pj, tj);
+    }
     return e;
   };
   // Four independent accumulators keep the add latency off the critical path.
