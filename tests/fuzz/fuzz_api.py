@@ -444,7 +444,8 @@ def _info_nce_gradient_overflows(args: tuple[Any, ...], kwargs: dict[str, Any]) 
     if kwargs["normalize"]:
         scale *= 1e12
     else:
-        scale *= max(float(np.abs(_as64(a)).max(initial=0)) for a in arrays) ** 2
+        largest = max(float(np.abs(_as64(a)).max(initial=0)) for a in arrays)
+        scale *= largest * largest  # inf beyond the range (** would raise OverflowError)
     return not scale < limit / 1e3
 
 
