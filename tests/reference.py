@@ -19,6 +19,7 @@ that row has to cancel).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -33,11 +34,22 @@ def f64(a) -> np.ndarray:
     return np.array(np.asarray(a), dtype=np.float64)
 
 
+def _fraction_to_float(value: Fraction) -> float:
+    """The nearest float (ties to even), +-inf beyond the double range."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def exact_sum(values) -> float:
     """Correctly rounded sum of finite values; IEEE propagation (nan / inf) otherwise."""
     v = np.asarray(values, dtype=np.float64).ravel()
     if np.all(np.isfinite(v)):
-        return math.fsum(v.tolist())
+        try:
+            return math.fsum(v.tolist())
+        except OverflowError:  # a partial sum beyond the double range: the sum as Fractions
+            return _fraction_to_float(sum((Fraction(x) for x in v.tolist()), Fraction(0)))
     with np.errstate(**_ERRSTATE):
         return float(np.sum(v))
 

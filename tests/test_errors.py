@@ -681,6 +681,23 @@ def test_normalize_rows_with_inf_propagate_nan():
     assert np.isnan(got[0])
 
 
+@pytest.mark.parametrize("tiny", [5e-324, -1.357141616e-314, 2.2e-308])
+def test_subnormal_weights(tiny):
+    # A subnormal weight can make a "mean" denominator whose inverse overflows, and the gradient
+    # NaN (a fuzz finding); 0 and the smallest normal float are fine.
+    with raises(ValueError, "weight"):
+        fastloss.cross_entropy(np.zeros((2, 3)), [0, 1], weight=[1.0, tiny, 1.0])
+    if tiny > 0:
+        with raises(ValueError, "sample_weight"):
+            fastloss.mse(np.zeros((2, 3)), np.ones((2, 3)), sample_weight=[tiny, 1.0])
+    for ok in (0.0, sys.float_info.min):
+        loss, grad = fastloss.cross_entropy(
+            np.full((1, 1), -1e4, np.float32), np.array([0]), weight=[ok], return_grad=True
+        )
+        assert not np.isnan(grad).any() or ok == 0.0  # all-zero weight: "mean" is 0/0, as torch
+        fastloss.mse(np.zeros((2, 3)), np.ones((2, 3)), sample_weight=[ok, 1.0], return_grad=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # the rest of README's "Errors" table
 

@@ -77,6 +77,23 @@ def test_mae_grad_at_equal_inputs_is_plus_zero(isa, dtype, layout, reduction):
             )
 
 
+@pytest.mark.parametrize("loss", [fastloss.mse, fastloss.mae])
+@pytest.mark.parametrize("cols", [1, 3, 40])
+def test_float32_grad_with_a_weight_beyond_float32(isa, loss, cols):
+    # grad_scale * weight = 1e308 does not fit float32: a zero element gradient must stay +0 (not
+    # inf * 0 = NaN), a nonzero one overflows to +-inf as the exact product does (a fuzz finding).
+    pred = np.zeros((2, cols), np.float32)
+    pred[1] = np.linspace(-1, 1, cols, dtype=np.float32) + np.float32(0.5)
+    target = np.zeros((2, cols), np.float32)
+    for layout in (lambda a: a, lambda a: a[:, ::-1]):
+        p, t = layout(pred), layout(target)
+        _, grad = loss(p, t, reduction="sum", sample_weight=np.array([1e308, 1e308]), return_grad=True)
+        assert not np.isnan(grad).any()
+        np.testing.assert_array_equal(grad[0], np.zeros(cols, np.float32))
+        assert not np.signbit(grad[0]).any()
+        np.testing.assert_array_equal(grad[1], np.sign(p[1]).astype(np.float32) * np.float32(np.inf))
+
+
 def test_grad_dtype_follows_the_first_argument():
     _, g16 = fastloss.mse(np.ones(5, np.float16), np.zeros(5, np.float16), return_grad=True)
     assert g16.dtype == np.float16

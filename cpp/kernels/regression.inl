@@ -27,6 +27,20 @@ inline T element_grad(T p, T t) {
   }
 }
 
+// factor * d e / d p in T. The factor (grad_scale times a sample weight) is a double that may
+// exceed T's range (a float32 gradient with a weight of 1e308): the product is then taken in
+// double, so that a zero element gradient stays 0 (never inf * 0 = NaN) and any other overflows
+// to +-inf, as the exact product does.
+template <class T, RegressionKind Kind>
+inline T scaled_element_grad(double factor, T p, T t) {
+  return static_cast<T>(factor * static_cast<double>(element_grad<T, Kind>(p, t)));
+}
+
+template <class T>
+inline bool fits(double factor) {
+  return std::isfinite(static_cast<T>(factor)) || !std::isfinite(factor);
+}
+
 template <class T, RegressionKind Kind>
 inline typename Simd<T>::V element_loss_vec(typename Simd<T>::V p, typename Simd<T>::V t) {
   using S = Simd<T>;
@@ -144,6 +158,7 @@ void regression_contiguous(const T* p, const T* t, int64_t count, double weight,
   constexpr int64_t L = S::kLanes;
   const V out_scale = S::set1(static_cast<T>(weight));
   const V grad_factor = S::set1(static_cast<T>(grad_scale * weight));
+  const bool grad_factor_fits = fits<T>(grad_scale * weight);
   const typename SD::V weight_vec = SD::set1(weight);
   const ExactSumState before = *sum;
   ExactLanes lanes0(sum), lanes1(sum);
@@ -167,12 +182,16 @@ void regression_contiguous(const T* p, const T* t, int64_t count, double weight,
       else
         S::store_partial(o + j, out, n);
     }
-    if (g != nullptr) {
+    if (g != nullptr && grad_factor_fits) {
       const V grad = S::mul(grad_factor, element_grad_vec<T, Kind>(pv, tv));
       if (n == L)
         S::store(g + j, grad);
       else
         S::store_partial(g + j, grad, n);
+    } else if (g != nullptr) {
+      for (int64_t k = j; k < j + n; ++k) {
+        g[k] = scaled_element_grad<T, Kind>(grad_scale * weight, load_unaligned(p + k), load_unaligned(t + k));
+      }
     }
   };
   int64_t j = 0;
@@ -212,6 +231,7 @@ void regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target,
     return;
   }
   const T row_grad_scale = static_cast<T>(grad_scale * weight);
+  const bool grad_factor_fits = fits<T>(grad_scale * weight);
   for (int64_t j = c0; j < c1; ++j) {
     const T pj = load_unaligned(p + j * ps);
     const T tj = load_unaligned(t + j * ts);
@@ -219,7 +239,10 @@ void regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target,
       const T e = element_loss<T, Kind>(pj, tj);
       o[j] = weighted ? static_cast<T>(e * static_cast<T>(weight)) : e;
     }
-    if (g != nullptr) g[j] = row_grad_scale * element_grad<T, Kind>(pj, tj);
+    if (g != nullptr) {
+      g[j] = grad_factor_fits ? row_grad_scale * element_grad<T, Kind>(pj, tj)
+                              : scaled_element_grad<T, Kind>(grad_scale * weight, pj, tj);
+    }
     exact_sum_add_element<T, Kind>(*sum, pj, tj, weighted, weight);
   }
 }

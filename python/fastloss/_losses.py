@@ -15,6 +15,7 @@ from ._validation import (
     check_flag,
     check_int,
     check_label_smoothing,
+    check_not_subnormal,
     check_reduction,
     check_temperature,
     compute_dtype,
@@ -400,6 +401,7 @@ def cross_entropy(
         class_weight = np.ascontiguousarray(weight_array, dtype=np.float64)
         if not np.isfinite(class_weight).all():
             raise ValueError("weight: every class weight must be finite")
+        check_not_subnormal(class_weight, "weight")
 
     # Every divisor but PyTorch's weighted "mean" is known up front; that one the kernel forms
     # from the labels before it writes the gradient.

@@ -181,7 +181,19 @@ def sample_weights(value: Any, rows: int) -> np.ndarray | None:
         raise ValueError("sample_weight: every weight must be finite")
     if (weights < 0).any():
         raise ValueError("sample_weight: every weight must be >= 0")
+    check_not_subnormal(weights, "sample_weight")
     return weights
+
+
+def check_not_subnormal(weights: np.ndarray, name: str) -> None:
+    """Weights are 0 or at least the smallest normal double: a subnormal weight makes a "mean"
+    denominator whose inverse, the gradient's scale, overflows (inf * 0 = NaN in the gradient)."""
+    tiny = (weights != 0) & (np.abs(weights) < sys.float_info.min)
+    if tiny.any():
+        raise ValueError(
+            f"{name}: {weights[tiny][0]!r} at position {int(np.argmax(tiny))} is subnormal; a weight must "
+            f"be 0 or of magnitude at least {sys.float_info.min!r} (the smallest normal float)"
+        )
 
 
 def divide(numerator: float, denominator: float) -> float:

@@ -392,12 +392,27 @@ def reference_value(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
         query, positive, negatives = args
         options = {k: v for k, v in kwargs.items() if k != "return_grad"}
         if _computes_in_float32(query, positive, negatives):
+            # float32 dot products are taken before 1/temperature (and the norms) scale them
+            # (README, "Numbers"): beyond float32's range they are inf, whatever the logits.
+            if _raw_dot_bound(query, positive, negatives) > F32_MAX:
+                return None
             logits = _info_nce_logits(query, positive, negatives, options)
             # A logit above float32's range is +inf (inf - inf follows); a row whose every logit
             # is below it is all -inf. A few negatives below -max are fine: they weigh nothing.
             if (logits > F32_MAX).any() or (np.nanmax(logits, axis=1, initial=-INF) < -F32_MAX).any():
                 return None
         return reference.info_nce_ref(query, positive, negatives, **options)
+
+
+def _raw_dot_bound(query: Any, positive: Any, negatives: Any) -> float:
+    """max |q| |k| over the rows (Cauchy-Schwarz: a bound on every partial dot-product sum)."""
+
+    def largest_norm(a: Any) -> float:
+        a64 = _as64(a)
+        return float(np.sqrt(np.sum(a64 * a64, axis=-1)).max(initial=0)) if a64.size else 0.0
+
+    keys = max(largest_norm(positive), 0.0 if negatives is None else largest_norm(negatives))
+    return max(largest_norm(query), largest_norm(positive)) * max(keys, largest_norm(query))
 
 
 def _info_nce_logits(query: Any, positive: Any, negatives: Any, options: dict[str, Any]) -> np.ndarray:
@@ -429,7 +444,8 @@ def _info_nce_gradient_overflows(args: tuple[Any, ...], kwargs: dict[str, Any]) 
     if kwargs["normalize"]:
         scale *= 1e12
     else:
-        scale *= max(float(np.abs(_as64(a)).max(initial=0)) for a in arrays) ** 2
+        largest = max(float(np.abs(_as64(a)).max(initial=0)) for a in arrays)
+        scale *= largest * largest  # inf beyond the range (** would raise OverflowError)
     return not scale < limit / 1e3
 
 
