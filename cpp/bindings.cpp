@@ -428,6 +428,22 @@ FastReduction fast_reduction(py::handle reduction) {
 
 bool c_contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
 
+// The reductions of per-row values formed in Python (InfoNCE's row losses, "mean" weight sums):
+// the same exact sum the kernels use.
+double exact_sum_of(const py::array& values) {
+  if (!has_dtype<double>(values) || values.ndim() != 1) throw py::type_error("values: expected a 1-D float64 array");
+  const double* data = static_cast<const double*>(values.data());
+  const int64_t stride = values.shape(0) > 1 ? static_cast<int64_t>(values.strides(0)) / 8 : 1;
+  if (values.shape(0) > 1 && values.strides(0) % 8 != 0) throw py::value_error("values: misaligned stride");
+  ExactSumState sum;
+  for (int64_t i = 0; i < values.shape(0); ++i) {
+    double v;
+    std::memcpy(&v, data + i * stride, sizeof(v));
+    exact_sum_add(sum, v);
+  }
+  return exact_sum_round(sum);
+}
+
 template <class T>
 double regression_fast_typed(RegressionKind kind, const py::array& pred, const py::array& target) {
   const int64_t size = pred.size();
@@ -547,6 +563,8 @@ PYBIND11_MODULE(_core, m) {
   init_dispatch();
   g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 
+  m.def("exact_sum", &exact_sum_of, py::arg("values"),
+        "The correctly rounded sum of a 1-D float64 array, exact and order-independent.");
   m.def("regression", &regression, py::arg("kind"), py::arg("pred"), py::arg("target"),
         py::arg("sample_weight"), py::arg("out"), py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0);
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target_index"), py::arg("target_prob"),

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 _Array: TypeAlias = NDArray[Any]
 _Float64Array: TypeAlias = NDArray[np.float64]
 
+def exact_sum(values: np.ndarray) -> float: ...
 def regression(
     kind: int,
     pred: _Array,

@@ -90,7 +90,7 @@ def _regression(
     elif weights is None:
         divisor = float(pred_array.size) if reduction == "mean" else float(rows)
     else:
-        weight_sum = float(weights.sum())
+        weight_sum = _core.exact_sum(weights)
         divisor = weight_sum * cols if reduction == "mean" else weight_sum
     total = _core.regression(kind, pred2d, target2d, weights, out, grad, 1.0 / divisor if divisor else np.inf)
     loss = out if out is not None else divide(total, divisor)
@@ -558,7 +558,7 @@ def info_nce(
     if reduction == "none":
         loss: LossResult = row_loss.astype(problem.dtype)
     else:
-        total = float(row_loss.sum())
+        total = _core.exact_sum(row_loss)
         loss = total if reduction == "sum" else divide(total, float(problem.rows))
     if not return_grad:
         return loss

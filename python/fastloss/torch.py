@@ -23,7 +23,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from . import _losses
+from . import _core, _losses
 from ._validation import ReductionName, check_reduction, divide
 
 __all__ = [
@@ -256,7 +256,7 @@ class _InfoNceFunction(torch.autograd.Function):
         ctx.reduction = reduction
         if reduction == "none":
             return torch.from_numpy(row_loss.astype(problem.dtype))
-        total = float(row_loss.sum())
+        total = _core.exact_sum(row_loss)
         loss = total if reduction == "sum" else divide(total, float(problem.rows))
         return torch.tensor(loss, dtype=query.dtype)
 
