@@ -26,6 +26,41 @@ namespace {
 // The exact sums' merge and rounding, compiled for the baseline CPU.
 #include "exact_sum.inl"
 
+// Exact sums cross into Python as bytes: the state, carried so that equal sums have equal bytes
+// (fastloss/_exact.py wraps them). The layout is the struct's, little-endian int64s on every
+// platform fastloss builds for.
+py::bytes state_bytes(ExactSumState state) {
+  exact_sum_carry(state);
+  return py::bytes(reinterpret_cast<const char*>(&state), sizeof(state));
+}
+
+ExactSumState state_from(const py::bytes& bytes, const char* name) {
+  const std::string data = bytes;
+  ExactSumState state;
+  if (data.size() != sizeof(state)) {
+    throw py::value_error(std::string(name) + ": not an exact-sum state (" + std::to_string(data.size()) +
+                          " bytes, expected " + std::to_string(sizeof(state)) + ")");
+  }
+  std::memcpy(&state, data.data(), sizeof(state));
+  // A state from to_bytes() is carried: chunks in [0, 2^32) but the top one, counts >= 0.
+  bool valid = state.adds_since_carry == 0 && state.nan >= 0 && state.pos_inf >= 0 && state.neg_inf >= 0;
+  for (int i = 0; i < ExactSumState::kChunks - 1 && valid; ++i) {
+    valid = state.chunk[i] >= 0 && state.chunk[i] < (int64_t{1} << 32);
+  }
+  const int64_t top = state.chunk[ExactSumState::kChunks - 1];
+  valid = valid && top > -(int64_t{1} << 32) && top < (int64_t{1} << 32);
+  if (!valid) throw py::value_error(std::string(name) + ": not a valid exact-sum state");
+  return state;
+}
+
+py::bytes exact_merge(const py::bytes& a, const py::bytes& b) {
+  ExactSumState sum = state_from(a, "a");
+  exact_sum_merge(sum, state_from(b, "b"));
+  return state_bytes(sum);
+}
+
+double exact_round(const py::bytes& state) { return exact_sum_round(state_from(state, "state")); }
+
 // Work (elements touched) below which releasing and re-taking the GIL costs more than the kernel.
 constexpr int64_t kReleaseGilAbove = 1 << 14;
 // Work above which a call can take long enough (a millisecond and up) to be worth interrupting.
@@ -127,9 +162,9 @@ const double* double_vector(const py::object& obj, py::ssize_t size, const char*
 }
 
 template <class T>
-double regression_typed(RegressionKind kind, const py::array& pred, const py::array& target,
-                        const py::object& sample_weight, const py::object& out, const py::object& grad,
-                        double grad_scale) {
+py::bytes regression_typed(RegressionKind kind, const py::array& pred, const py::array& target,
+                           const py::object& sample_weight, const py::object& out, const py::object& grad,
+                           double grad_scale) {
   const MatrixView<T> p = matrix_view<T>(pred, "pred");
   const MatrixView<T> t = matrix_view<T>(target, "target");
   if (p.rows != t.rows || p.cols != t.cols) throw py::value_error("pred and target: shapes differ");
@@ -144,15 +179,14 @@ double regression_typed(RegressionKind kind, const py::array& pred, const py::ar
   }();
   const int threads = num_threads();
   ExactSumState sum;
-  run_kernel(p.rows * p.cols, [&](Interrupt* interrupt) {
-    fn(kind, p, t, w, o, g, grad_scale, threads, interrupt, &sum);
-    return 0;
-  });
-  return exact_sum_round(sum);
+  run_kernel(p.rows * p.cols,
+             [&](Interrupt* interrupt) { fn(kind, p, t, w, o, g, grad_scale, threads, interrupt, &sum); });
+  return state_bytes(sum);
 }
 
-double regression(int kind, const py::array& pred, const py::array& target, const py::object& sample_weight,
-                  const py::object& out, const py::object& grad, double grad_scale) {
+py::bytes regression(int kind, const py::array& pred, const py::array& target,
+                     const py::object& sample_weight, const py::object& out, const py::object& grad,
+                     double grad_scale) {
   if (kind != 0 && kind != 1) throw py::value_error("kind: expected 0 (squared) or 1 (absolute)");
   const RegressionKind k = static_cast<RegressionKind>(kind);
   if (has_dtype<float>(pred))
@@ -214,7 +248,7 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
     args.interrupt = interrupt;
     return fn(args, threads);
   });
-  return py::make_tuple(exact_sum_round(sums.loss), exact_sum_round(sums.denominator));
+  return py::make_tuple(state_bytes(sums.loss), state_bytes(sums.denominator));
 }
 
 py::tuple cross_entropy(const py::array& logits, const py::object& target_index,
@@ -430,8 +464,9 @@ bool c_contiguous(const py::array& a) { return (a.flags() & py::array::c_style) 
 
 // The reductions of per-row values formed in Python (InfoNCE's row losses, "mean" weight sums):
 // the same exact sum the kernels use.
-double exact_sum_of(const py::array& values) {
-  if (!has_dtype<double>(values) || values.ndim() != 1) throw py::type_error("values: expected a 1-D float64 array");
+ExactSumState exact_sum_state_of(const py::array& values) {
+  if (!has_dtype<double>(values) || values.ndim() != 1)
+    throw py::type_error("values: expected a 1-D float64 array");
   const double* data = static_cast<const double*>(values.data());
   const int64_t stride = values.shape(0) > 1 ? static_cast<int64_t>(values.strides(0)) / 8 : 1;
   if (values.shape(0) > 1 && values.strides(0) % 8 != 0) throw py::value_error("values: misaligned stride");
@@ -441,8 +476,11 @@ double exact_sum_of(const py::array& values) {
     std::memcpy(&v, data + i * stride, sizeof(v));
     exact_sum_add(sum, v);
   }
-  return exact_sum_round(sum);
+  return sum;
 }
+
+double exact_sum_of(const py::array& values) { return exact_sum_round(exact_sum_state_of(values)); }
+py::bytes exact_state(const py::array& values) { return state_bytes(exact_sum_state_of(values)); }
 
 template <class T>
 double regression_fast_typed(RegressionKind kind, const py::array& pred, const py::array& target) {
@@ -516,12 +554,12 @@ py::object cross_entropy_fast(py::handle logits_h, py::handle target_h, py::hand
   } else {
     return py::none();
   }
-  const double loss = sums[0].cast<double>();
+  const double loss = exact_round(sums[0].cast<py::bytes>());
   switch (reduction) {
     case FastReduction::sum:
       return py::float_(loss);
     case FastReduction::mean:
-      return py::float_(loss / sums[1].cast<double>());
+      return py::float_(loss / exact_round(sums[1].cast<py::bytes>()));
     default:
       return py::float_(loss / static_cast<double>(logits.shape(0)));
   }
@@ -565,6 +603,9 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("exact_sum", &exact_sum_of, py::arg("values"),
         "The correctly rounded sum of a 1-D float64 array, exact and order-independent.");
+  m.def("exact_state", &exact_state, py::arg("values"), "The exact sum of a 1-D float64 array, as a state.");
+  m.def("exact_merge", &exact_merge, py::arg("a"), py::arg("b"), "The state of the sum of two exact sums.");
+  m.def("exact_round", &exact_round, py::arg("state"), "An exact sum rounded once to the nearest double.");
   m.def("regression", &regression, py::arg("kind"), py::arg("pred"), py::arg("target"),
         py::arg("sample_weight"), py::arg("out"), py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0);
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target_index"), py::arg("target_prob"),

@@ -190,7 +190,8 @@ void regression_contiguous(const T* p, const T* t, int64_t count, double weight,
         S::store_partial(g + j, grad, n);
     } else if (g != nullptr) {
       for (int64_t k = j; k < j + n; ++k) {
-        g[k] = scaled_element_grad<T, Kind>(grad_scale * weight, load_unaligned(p + k), load_unaligned(t + k));
+        g[k] =
+            scaled_element_grad<T, Kind>(grad_scale * weight, load_unaligned(p + k), load_unaligned(t + k));
       }
     }
   };
@@ -283,16 +284,18 @@ void regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* row
         const int64_t r0 = b * rows_per_block;
         const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
         for (int64_t r = r0; r < r1; ++r) {
-          regression_row_part<T, Kind>(pred, target, r, 0, cols, weighted ? load_unaligned(row_weight + r) : 1.0,
-                                       weighted, out, grad, grad_scale, block_sum);
+          regression_row_part<T, Kind>(pred, target, r, 0, cols,
+                                       weighted ? load_unaligned(row_weight + r) : 1.0, weighted, out, grad,
+                                       grad_scale, block_sum);
         }
       },
       sum);
 }
 
 template <class T>
-void regression(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target, const double* row_weight, T* out,
-                T* grad, double grad_scale, int num_threads, Interrupt* interrupt, ExactSumState* sum) {
+void regression(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target, const double* row_weight,
+                T* out, T* grad, double grad_scale, int num_threads, Interrupt* interrupt,
+                ExactSumState* sum) {
   if (kind == RegressionKind::squared) {
     regression_kind<T, RegressionKind::squared>(pred, target, row_weight, out, grad, grad_scale, num_threads,
                                                 interrupt, sum);

@@ -14,10 +14,12 @@ import numpy as np
 
 from . import _core
 from ._losses import cross_entropy, info_nce, mae, mse
+from ._stream import Accumulator
 from ._validation import check_threads
 from ._version import __version__
 
 __all__ = [
+    "Accumulator",
     "__version__",
     "cross_entropy",
     "get_num_threads",

@@ -17,7 +17,19 @@ from numpy.typing import NDArray
 _Array: TypeAlias = NDArray[Any]
 _Float64Array: TypeAlias = NDArray[np.float64]
 
-def exact_sum(values: np.ndarray) -> float: ...
+# Exact sums (cpp/exact_sum.inl): a state is bytes, the carried superaccumulator.
+def exact_sum(values: _Float64Array) -> float:
+    """The correctly rounded sum of a 1-D float64 array."""
+
+def exact_state(values: _Float64Array) -> bytes:
+    """The exact sum of a 1-D float64 array, as a state."""
+
+def exact_merge(a: bytes, b: bytes) -> bytes:
+    """The state of the sum of two exact sums."""
+
+def exact_round(state: bytes) -> float:
+    """An exact sum rounded once to the nearest double (ValueError for bytes that are not a state)."""
+
 def regression(
     kind: int,
     pred: _Array,
@@ -26,9 +38,10 @@ def regression(
     out: _Array | None,
     grad: _Array | None = None,
     grad_scale: float = 1.0,
-) -> float:
-    """MSE (``kind=0``) or MAE (``kind=1``) over 2-D ``pred``/``target``; returns the weighted sum
-    of the element losses, writes them to ``out`` and the scaled gradient to ``grad`` when given."""
+) -> bytes:
+    """MSE (``kind=0``) or MAE (``kind=1``) over 2-D ``pred``/``target``; returns the exact sum of
+    the (weighted) element losses as a state, writes them to ``out`` and the scaled gradient to
+    ``grad`` when given."""
 
 def cross_entropy(
     logits: _Array,
@@ -41,9 +54,9 @@ def cross_entropy(
     grad: _Array | None = None,
     grad_scale: float = 1.0,
     grad_divide_by_denominator: bool = False,
-) -> tuple[float, float]:
-    """Returns ``(loss sum, PyTorch's "mean" denominator)``; exactly one of ``target_index`` and
-    ``target_prob`` is given."""
+) -> tuple[bytes, bytes]:
+    """Returns the exact ``(loss sum, PyTorch's "mean" denominator)`` as states; exactly one of
+    ``target_index`` and ``target_prob`` is given."""
 
 def info_nce(
     query: _Array,

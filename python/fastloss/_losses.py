@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _core
+from ._reduction import ExactSum, Partial
 from ._validation import (
     as_input_dtype,
     as_real_array,
@@ -19,7 +20,6 @@ from ._validation import (
     check_reduction,
     check_temperature,
     compute_dtype,
-    divide,
     sample_weights,
     to_kernel_layout,
 )
@@ -62,6 +62,17 @@ def _regression(
 ) -> LossAndGrad:
     reduction = check_reduction(reduction)
     return_grad = check_flag(return_grad, "return_grad")
+    partial, out, grad = regression_partial(kind, pred, target, sample_weight, reduction, return_grad)
+    loss = out if out is not None else partial.result(reduction)
+    return (loss, grad) if grad is not None else loss
+
+
+def regression_partial(
+    kind: int, pred: ArrayLike, target: ArrayLike, sample_weight: Any, reduction: str, return_grad: bool
+) -> tuple[Partial, np.ndarray | None, np.ndarray | None]:
+    """One MSE/MAE pass: its partial sums, and the element losses ("none") and the gradient of
+    the `reduction` when asked for (the gradient is scaled as it is written, by the divisor the
+    partial's own denominators give)."""
     pred_array = as_real_array(pred, "pred")
     target_array = as_real_array(target, "target")
     if pred_array.shape != target_array.shape:
@@ -84,19 +95,21 @@ def _regression(
     pred2d = to_kernel_layout(pred_array, dtype).reshape(rows, cols)
     target2d = to_kernel_layout(target_array, dtype).reshape(rows, cols)
 
-    # The reduction's divisor is known before the pass, so the gradient is scaled as it is written.
-    if reduction in ("none", "sum"):
-        divisor = 1.0
-    elif weights is None:
-        divisor = float(pred_array.size) if reduction == "mean" else float(rows)
+    if weights is None:
+        mean_denominator, batch_denominator, scale = Partial.count(rows * cols), Partial.count(rows), 1
     else:
-        weight_sum = _core.exact_sum(weights)
-        divisor = weight_sum * cols if reduction == "mean" else weight_sum
-    total = _core.regression(kind, pred2d, target2d, weights, out, grad, 1.0 / divisor if divisor else np.inf)
-    loss = out if out is not None else divide(total, divisor)
-    if grad is not None and returned_grad is not None:
-        return loss, _finish_gradient(grad, returned_grad)
-    return loss
+        weight_sum = ExactSum.of(weights)
+        mean_denominator, batch_denominator, scale = weight_sum, weight_sum, cols
+    denominators = Partial(ExactSum(), mean_denominator, batch_denominator, scale)
+    divisor = denominators.divisor(reduction)  # type: ignore[arg-type]
+    total = ExactSum(
+        _core.regression(kind, pred2d, target2d, weights, out, grad, 1.0 / divisor if divisor else np.inf)
+    )
+    partial = Partial(total, mean_denominator, batch_denominator, scale)
+    finished = (
+        _finish_gradient(grad, returned_grad) if grad is not None and returned_grad is not None else None
+    )
+    return partial, out, finished
 
 
 @overload
@@ -359,6 +372,24 @@ def cross_entropy(
     return_grad = check_flag(return_grad, "return_grad")
     ignore_index = check_int(ignore_index, "ignore_index")
     smoothing = check_label_smoothing(label_smoothing)
+    partial, out, grad = cross_entropy_partial(
+        logits, target, weight, ignore_index, smoothing, reduction, return_grad
+    )
+    loss = out if out is not None else partial.result(reduction)
+    return (loss, grad) if grad is not None else loss
+
+
+def cross_entropy_partial(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None,
+    ignore_index: int,
+    smoothing: float,
+    reduction: str,
+    return_grad: bool,
+) -> tuple[Partial, np.ndarray | None, np.ndarray | None]:
+    """One cross-entropy pass over checked scalars: its partial sums, and the row losses ("none",
+    0-d for a single sample) and the gradient of `reduction` when asked for."""
     logits_array = as_real_array(logits, "logits")
     if logits_array.ndim not in (1, 2):
         raise ValueError(f"logits must have shape (N, C) or (C,); got {logits_array.shape}")
@@ -411,7 +442,7 @@ def cross_entropy(
     grad, returned_grad = (
         _gradient_buffers(logits_array.shape, dtype, logits_array) if return_grad else (None, None)
     )
-    loss_sum, denominator = _core.cross_entropy(
+    loss_state, denominator_state = _core.cross_entropy(
         logits2d,
         target_index,
         target_prob,
@@ -423,13 +454,16 @@ def cross_entropy(
         1.0 / divisor if divisor else np.inf,
         by_denominator,
     )
-    if out is not None:
-        loss: LossResult = out.reshape(()) if single else out
-    else:
-        loss = divide(loss_sum, denominator if by_denominator else divisor)
-    if grad is not None and returned_grad is not None:
-        return loss, _finish_gradient(grad, returned_grad)
-    return loss
+    row_count = Partial.count(rows)
+    partial = Partial(
+        ExactSum(loss_state),
+        ExactSum(denominator_state) if target_index is not None else row_count,
+        row_count,
+    )
+    finished = (
+        _finish_gradient(grad, returned_grad) if grad is not None and returned_grad is not None else None
+    )
+    return partial, (out.reshape(()) if single else out) if out is not None else None, finished
 
 
 def _matrix(value: ArrayLike, name: str) -> np.ndarray:
@@ -558,11 +592,11 @@ def info_nce(
     if reduction == "none":
         loss: LossResult = row_loss.astype(problem.dtype)
     else:
-        total = _core.exact_sum(row_loss)
-        loss = total if reduction == "sum" else divide(total, float(problem.rows))
+        loss = problem.partial(row_loss).result(reduction)
     if not return_grad:
         return loss
-    scale = 1.0 / problem.rows if reduction in ("mean", "batchmean") and problem.rows else 1.0
+    divisor = problem.partial(row_loss).divisor(reduction)
+    scale = 1.0 / divisor if divisor else 1.0
     return loss, problem.backward(np.full(problem.rows, scale))
 
 
@@ -667,6 +701,11 @@ class InfoNceProblem:
         self._row_stats: np.ndarray | None = None
         self._key_stats: np.ndarray | None = None
         self._backward_buffers: _InfoNceBuffers | None = None
+
+    def partial(self, row_loss: np.ndarray) -> Partial:
+        """The reduction state of these row losses: "mean" and "batchmean" both divide by N."""
+        rows = Partial.count(self.rows)
+        return Partial(ExactSum.of(row_loss), rows, rows)
 
     def allocate_backward(self) -> None:
         """Allocates what backward() writes (the gradients and the kernel's scratch), so a call can

@@ -23,8 +23,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from . import _core, _losses
-from ._validation import ReductionName, check_reduction, divide
+from . import _losses
+from ._validation import ReductionName, check_reduction
 
 __all__ = [
     "CrossEntropyLoss",
@@ -256,9 +256,8 @@ class _InfoNceFunction(torch.autograd.Function):
         ctx.reduction = reduction
         if reduction == "none":
             return torch.from_numpy(row_loss.astype(problem.dtype))
-        total = _core.exact_sum(row_loss)
-        loss = total if reduction == "sum" else divide(total, float(problem.rows))
-        return torch.tensor(loss, dtype=query.dtype)
+        ctx.divisor = problem.partial(row_loss).divisor(reduction)
+        return torch.tensor(problem.partial(row_loss).result(reduction), dtype=query.dtype)
 
     jvp = staticmethod(_no_forward_mode)
 
@@ -270,8 +269,8 @@ class _InfoNceFunction(torch.autograd.Function):
             row_grad = grad_output.detach().to(torch.float64).cpu().numpy()
         else:
             scale = float(grad_output)
-            if ctx.reduction != "sum" and problem.rows:
-                scale /= problem.rows
+            if ctx.divisor:
+                scale /= ctx.divisor
             row_grad = np.full(problem.rows, scale)
         d_query, d_positive, d_negatives = problem.backward(row_grad)
         return (

@@ -1,0 +1,240 @@
+"""The streaming API: a loss reduced over rows that arrive in pieces.
+
+``Accumulator(loss, **options)`` takes the loss's options once; ``update(...)`` takes the
+arrays of some rows; ``merge(other)`` adds another accumulator's rows; ``result()`` is the
+reduced loss. Its state is the loss's :class:`~fastloss._reduction.Partial` (exact sums), so
+any split of the rows into updates and merges gives exactly the one-call result, and the state
+is a few hundred bytes whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+
+from . import _losses
+from ._reduction import ExactSum, Partial, empty_partial
+from ._validation import (
+    check_choice,
+    check_flag,
+    check_int,
+    check_label_smoothing,
+    check_reduction,
+    check_temperature,
+)
+
+LOSSES = ("mse", "mae", "cross_entropy", "info_nce")
+_MAGIC = b"FLACC1\0\0"
+_SCALAR_REDUCTIONS = ("sum", "mean", "batchmean")
+
+
+def _array_digest(value: Any) -> str | None:
+    if value is None:
+        return None
+    array = np.ascontiguousarray(value)
+    return f"{array.dtype.str}{array.shape}:" + hashlib.sha256(array.tobytes()).hexdigest()
+
+
+class Accumulator:
+    """A loss reduced over rows given in any number of ``update`` calls and merges.
+
+    Options are the loss's keyword arguments, given once: ``reduction`` (``"sum"``, ``"mean"``
+    or ``"batchmean"``; ``"none"`` has nothing to accumulate) and, for ``cross_entropy``,
+    ``weight``, ``ignore_index``, ``label_smoothing``; for ``info_nce``, ``temperature``,
+    ``normalize``, ``negative_mode``, ``symmetric`` and, with ``negative_mode="unpaired"``, the
+    shared queue ``negative_keys``. Per-row arrays go to ``update``:
+
+    - ``mse``/``mae``: ``update(pred, target, sample_weight=None)``
+    - ``cross_entropy``: ``update(logits, target)``
+    - ``info_nce``: ``update(query, positive_key)``, or ``update(query, positive_key,
+      negative_keys)`` with ``negative_mode="paired"``
+
+    ``result()`` equals the loss called once on all the rows, bit for bit. ``to_bytes()`` /
+    ``Accumulator.from_bytes()`` and pickling carry the state and the options; array options
+    (class weights, a queue) travel as a digest only, so a restored accumulator merges and gives
+    its result, and takes further updates once given the same arrays again (``from_bytes(data,
+    weight=..., negative_keys=...)``).
+    """
+
+    def __init__(self, loss: str, **options: Any) -> None:
+        self.loss = check_choice(loss, "loss", LOSSES)
+        reduction = check_reduction(options.pop("reduction", "mean"))
+        if reduction not in _SCALAR_REDUCTIONS:
+            raise ValueError('reduction: "none" has nothing to accumulate; use "sum", "mean" or "batchmean"')
+        self.reduction = reduction
+        self._arrays: dict[str, Any] = {}
+        scalars: dict[str, Any] = {}
+        if self.loss == "cross_entropy":
+            self._arrays["weight"] = options.pop("weight", None)
+            scalars["ignore_index"] = check_int(options.pop("ignore_index", -100), "ignore_index")
+            scalars["label_smoothing"] = check_label_smoothing(options.pop("label_smoothing", 0.0))
+        elif self.loss == "info_nce":
+            scalars["temperature"] = check_temperature(options.pop("temperature", 0.07))
+            scalars["negative_mode"] = check_choice(
+                options.pop("negative_mode", "unpaired"), "negative_mode", ("unpaired", "paired")
+            )
+            scalars["normalize"] = check_flag(options.pop("normalize", False), "normalize")
+            scalars["symmetric"] = check_flag(options.pop("symmetric", False), "symmetric")
+            self._arrays["negative_keys"] = options.pop("negative_keys", None)
+            if self._arrays["negative_keys"] is not None and scalars["negative_mode"] == "paired":
+                raise ValueError(
+                    "negative_keys: paired negatives belong to their rows; pass them to update()"
+                )
+        if options:
+            raise TypeError(f"{self.loss}: unexpected option(s) {sorted(options)}")
+        self._scalars = scalars
+        self._digests = {name: _array_digest(value) for name, value in self._arrays.items()}
+        self._partial: Partial | None = None
+        self._row_shape: tuple[int, ...] | None = None
+        self._has_arrays = True  # False once restored without the array options it was made with
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _key(self) -> dict[str, Any]:
+        return {"loss": self.loss, "reduction": self.reduction, **self._scalars, "arrays": self._digests}
+
+    def _add(self, partial: Partial, row_shape: tuple[int, ...]) -> None:
+        if self._row_shape is not None and row_shape != self._row_shape:
+            raise ValueError(
+                f"{self.loss}: rows of shape {row_shape} do not match the earlier rows' {self._row_shape}"
+            )
+        self._row_shape = row_shape
+        self._partial = partial if self._partial is None else self._partial.merge(partial)
+
+    def update(self, *arrays: Any, sample_weight: Any = None) -> Accumulator:
+        """Adds the rows of these arrays (the loss's positional arguments); returns self."""
+        if not self._has_arrays:
+            missing = sorted(name for name, digest in self._digests.items() if digest is not None)
+            raise ValueError(f"update: restored without {missing}; pass them to from_bytes() to update")
+        if self.loss in ("mse", "mae"):
+            if len(arrays) != 2:
+                raise TypeError(f"{self.loss}.update takes (pred, target); got {len(arrays)} arrays")
+            kind = 0 if self.loss == "mse" else 1
+            partial, _, _ = _losses.regression_partial(
+                kind, arrays[0], arrays[1], sample_weight, "sum", False
+            )
+            self._add(partial, np.shape(arrays[0])[1:])
+            return self
+        if sample_weight is not None:
+            raise TypeError(f"{self.loss}.update takes no sample_weight")
+        if self.loss == "cross_entropy":
+            if len(arrays) != 2:
+                raise TypeError(f"cross_entropy.update takes (logits, target); got {len(arrays)} arrays")
+            logits = np.asarray(arrays[0])
+            if logits.ndim != 2:
+                raise ValueError(f"logits: an update takes (N, C) rows; got {logits.shape}")
+            partial, _, _ = _losses.cross_entropy_partial(
+                logits,
+                arrays[1],
+                self._arrays["weight"],
+                self._scalars["ignore_index"],
+                self._scalars["label_smoothing"],
+                "sum",
+                False,
+            )
+            self._add(partial, logits.shape[1:])
+            return self
+        paired = self._scalars["negative_mode"] == "paired"
+        if len(arrays) != (3 if paired else 2):
+            raise TypeError(
+                "info_nce.update takes (query, positive_key"
+                + (", negative_keys) with paired negatives" if paired else ")")
+                + f"; got {len(arrays)} arrays"
+            )
+        negatives = arrays[2] if paired else self._arrays["negative_keys"]
+        problem = _losses.InfoNceProblem(
+            arrays[0],
+            arrays[1],
+            negatives,
+            temperature=self._scalars["temperature"],
+            negative_mode=self._scalars["negative_mode"],
+            normalize=self._scalars["normalize"],
+            symmetric=self._scalars["symmetric"],
+        )
+        if self._scalars["symmetric"] or (negatives is None and problem.rows):
+            # In-batch negatives are the other rows of the same call: rows of separate updates
+            # never meet, so the result would depend on the split.
+            raise ValueError(
+                "info_nce: in-batch negatives (no negative_keys) cannot be accumulated over updates"
+            )
+        self._add(problem.partial(problem.forward()), (problem.dim,))
+        return self
+
+    def merge(self, other: Accumulator) -> Accumulator:
+        """Adds another accumulator's rows (same loss and options); returns self."""
+        if not isinstance(other, Accumulator):
+            raise TypeError(f"merge: expected an Accumulator, got {type(other).__name__}")
+        if other._key() != self._key():
+            raise ValueError(
+                f"merge: accumulators of different losses or options: {self._key()} and {other._key()}"
+            )
+        if other._partial is not None:
+            self._add(other._partial, other._row_shape or ())
+        return self
+
+    def result(self) -> float:
+        """The reduced loss over every row so far (nan for no rows, as the loss of zero rows)."""
+        partial = self._partial if self._partial is not None else empty_partial()
+        return partial.result(self.reduction)
+
+    def reset(self) -> None:
+        self._partial = None
+        self._row_shape = None
+
+    # -- serialisation ---------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        header = json.dumps({**self._key(), "row_shape": self._row_shape}, sort_keys=True).encode()
+        states = b""
+        scale = 1
+        if self._partial is not None:
+            p = self._partial
+            states = p.total.to_bytes() + p.mean_denominator.to_bytes() + p.batch_denominator.to_bytes()
+            scale = p.mean_scale
+        body = header + states
+        return _MAGIC + struct.pack("<IIqI", len(header), len(states), scale, zlib.crc32(body)) + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes, **arrays: Any) -> Accumulator:
+        data = bytes(data)
+        fixed = len(_MAGIC) + struct.calcsize("<IIqI")
+        if len(data) < fixed or not data.startswith(_MAGIC):
+            raise ValueError("data: not an Accumulator state (from to_bytes())")
+        header_size, states_size, scale, checksum = struct.unpack("<IIqI", data[len(_MAGIC) : fixed])
+        if (
+            len(data) != fixed + header_size + states_size
+            or states_size % 3
+            or zlib.crc32(data[fixed:]) != checksum
+        ):
+            raise ValueError("data: a truncated or damaged Accumulator state")
+        try:
+            key = json.loads(data[fixed : fixed + header_size])
+            loss, reduction, digests = key.pop("loss"), key.pop("reduction"), key.pop("arrays")
+            row_shape = key.pop("row_shape")
+        except (ValueError, KeyError, TypeError):
+            raise ValueError("data: a damaged Accumulator state header") from None
+        for name, value in arrays.items():
+            if name not in digests or _array_digest(value) != digests[name]:
+                raise ValueError(f"{name}: not the array this state was accumulated with")
+        acc = cls(loss, reduction=reduction, **key, **arrays)
+        acc._has_arrays = acc._digests == digests
+        acc._digests = digests
+        states = data[fixed + header_size :]
+        if states:
+            third = states_size // 3
+            sums = [ExactSum.from_bytes(states[i * third : (i + 1) * third]) for i in range(3)]
+            acc._partial = Partial(sums[0], sums[1], sums[2], scale)
+            acc._row_shape = tuple(row_shape) if row_shape is not None else None
+        return acc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Accumulator.from_bytes, (self.to_bytes(),))
+
+    def __repr__(self) -> str:
+        rows = "no rows" if self._partial is None else f"result {self.result()!r}"
+        return f"Accumulator({self.loss!r}, reduction={self.reduction!r}, {rows})"
