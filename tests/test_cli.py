@@ -312,10 +312,18 @@ def test_score_npz(capsys, tmp_path, saver):
     )
     assert code == 0, err
     assert float(out) == pytest.approx(fastloss.mae(pred, target), rel=1e-12)
-    # No key: the archive's first member, as np.load(...).files[0].
-    code, out, err = score(capsys, "mse", tmp_path / "a.npz", tmp_path / "b.npz")
+    # No key: a single-array archive's array.
+    code, out, err = score(capsys, "mse", tmp_path / "c.npz", tmp_path / "b.npz", "--chunk-rows", 9)
     assert code == 0, err
-    assert float(out) == 0.0
+    assert float(out) == pytest.approx(fastloss.mse(pred, target), rel=1e-12)
+    # No key and several arrays: an error listing them (it used to score the first array
+    # against itself: 0.0).
+    code, out, err = score(capsys, "mse", tmp_path / "a.npz", tmp_path / "a.npz")
+    assert code == 1 and out == ""
+    assert err == (
+        f"fastloss score: error: PRED: {tmp_path / 'a.npz'} holds 2 arrays (other, arr_0): "
+        f"name one as {tmp_path / 'a.npz'}:KEY\n"
+    )
 
 
 def test_score_reduction_out_file(capsys, regression_files):
@@ -331,7 +339,8 @@ def test_score_progress_bar(capsys, regression_files):
         capsys, "mse", tmp / "pred.npy", tmp / "target.npy", "--progress", "--chunk-rows", 4
     )
     assert code == 0
-    assert "100.0%" in err and "[" in err
+    # tqdm's bar: percentage, bytes read of the total, rate and ETA.
+    assert "fastloss score mse" in err and "100%" in err and "B/s" in err, err
 
 
 # --- score: errors are one clear line, never a traceback ---------------------------------------
