@@ -16,6 +16,7 @@ import sys
 import fastloss
 import numpy as np
 import pytest
+from conftest import not_under_sanitizers
 from fastloss.cli import main
 
 FORWARD_WORKLOADS = [
@@ -1307,3 +1308,100 @@ def test_score_new_usage_errors_exit_2(capsys, nce_files, args):
     last = err.splitlines()[-1]
     assert last.startswith(("fastloss score: error: ", "fastloss: error: ")), err
     assert args[0] in last or args[1] in last, err
+
+
+# --- score: bounded memory on 2 x 1 GiB inputs, every loss -----------------------------------------
+
+_BIG_ROWS, _BIG_DIM = 2**22, 64  # (N, D) float32: 1 GiB
+_RSS_LIMIT = 512 * 2**20
+
+
+@pytest.fixture(scope="module")
+def big_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("big")
+    free = os.statvfs(tmp).f_bavail * os.statvfs(tmp).f_frsize
+    if free < 8 * 2**30:
+        pytest.skip(
+            f"needs 8 GiB free in {tmp} (3 GiB of inputs and 1 GiB of output); has {free / 2**30:.1f}"
+        )
+    rng = np.random.default_rng(99)
+    step = 2**18
+    for name, shape in (
+        ("a", (_BIG_ROWS, _BIG_DIM)),
+        ("b", (_BIG_ROWS, _BIG_DIM)),
+        ("c", (_BIG_ROWS, 1, _BIG_DIM)),
+    ):
+        out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
+        for start in range(0, _BIG_ROWS, step):
+            out[start : start + step] = rng.standard_normal((step, *shape[1:]), dtype=np.float32)
+        out.flush()
+        del out
+    np.save(tmp / "labels.npy", rng.integers(0, _BIG_DIM, size=_BIG_ROWS))
+    np.save(tmp / "queue.npy", rng.standard_normal((16, _BIG_DIM), dtype=np.float32))
+    return tmp
+
+
+# The child reports its own high-water mark: VmHWM, reset when the process image is replaced.
+# (ru_maxrss from os.wait4 is no good: with vfork + exec it includes the parent's peak.)
+_REPORT_PEAK = """
+import sys
+from fastloss.cli import main
+code = main(sys.argv[1:])
+with open("/proc/self/status") as fh:
+    peak = next(line for line in fh if line.startswith("VmHWM:"))
+sys.stderr.write(peak)
+sys.exit(code)
+"""
+
+
+def _peak_rss(*args):
+    """Runs ``fastloss score ARGS`` in a child process; returns (exit code, stderr, its peak RSS in bytes)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _REPORT_PEAK, "score", *map(str, args), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=600,
+    )
+    lines = proc.stderr.splitlines()
+    assert lines and lines[-1].startswith("VmHWM:") and lines[-1].endswith(" kB"), proc.stderr
+    return proc.returncode, "\n".join(lines[:-1]), int(lines[-1].split()[1]) * 1024
+
+
+BIG_CASES = {
+    "mse": ("mse", "a", "b"),
+    "mse_none_out": ("mse", "a", "b", "--reduction", "none", "--out", "OUT"),
+    "mae": ("mae", "a", "b", "--reduction", "sum"),
+    "cross_entropy_probabilities": ("cross_entropy", "a", "b"),
+    "cross_entropy_indices": ("ce", "a", "labels"),
+    "info_nce_queue": ("info_nce", "a", "b", "--negatives", "queue", "--normalize"),
+    "info_nce_paired": ("info_nce", "a", "b", "--negatives", "c", "--negative-mode", "paired"),
+    "info_nce_none_out": (
+        "info_nce",
+        "a",
+        "b",
+        "--negatives",
+        "queue",
+        "--reduction",
+        "none",
+        "--out",
+        "OUT",
+    ),
+}
+
+
+@pytest.mark.slow
+@not_under_sanitizers
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM and madvise: Linux")
+@pytest.mark.parametrize("case", list(BIG_CASES))
+def test_score_peak_rss_2x1gib(big_files, case):
+    args = [big_files / f"{a}.npy" if a in ("a", "b", "c", "labels", "queue") else a for a in BIG_CASES[case]]
+    out = big_files / f"{case}.out.npy"
+    args = [out if a == "OUT" else a for a in args]
+    code, err, peak = _peak_rss(*args)
+    assert code == 0, err
+    print(f"peak RSS {case}: {peak / 2**20:.0f} MiB")
+    assert peak < _RSS_LIMIT, f"{case}: peak RSS {peak / 2**20:.0f} MiB"
+    if out.exists():
+        assert out.stat().st_size > _BIG_ROWS * 4
+        out.unlink()
