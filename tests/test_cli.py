@@ -1341,6 +1341,24 @@ def big_files(tmp_path_factory):
     return tmp
 
 
+@pytest.fixture(scope="module")
+def big_parquet(big_files):
+    """b.npy as a 1 GiB Parquet fixed-size list column, in row groups of 64 MiB."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    b = np.load(big_files / "b.npy", mmap_mode="r")
+    kind = pa.list_(pa.float32(), _BIG_DIM)
+    path = big_files / "b.parquet"
+    with pq.ParquetWriter(path, pa.schema([("emb", kind)]), compression="none") as writer:
+        step = 2**18
+        for start in range(0, _BIG_ROWS, step):
+            rows = np.ascontiguousarray(b[start : start + step]).ravel()
+            column = pa.FixedSizeListArray.from_arrays(pa.array(rows), _BIG_DIM)
+            writer.write_table(pa.table({"emb": column}), row_group_size=step)
+    del b
+    return path
+
+
 # The child reports its own high-water mark: VmHWM, reset when the process image is replaced.
 # (ru_maxrss from os.wait4 is no good: with vfork + exec it includes the parent's peak.)
 _REPORT_PEAK = """
@@ -1372,6 +1390,7 @@ BIG_CASES = {
     "mse": ("mse", "a", "b"),
     "mse_none_out": ("mse", "a", "b", "--reduction", "none", "--out", "OUT"),
     "mae": ("mae", "a", "b", "--reduction", "sum"),
+    "mse_parquet": ("mse", "a", "PARQUET"),
     "cross_entropy_probabilities": ("cross_entropy", "a", "b"),
     "cross_entropy_indices": ("ce", "a", "labels"),
     "info_nce_queue": ("info_nce", "a", "b", "--negatives", "queue", "--normalize"),
@@ -1394,8 +1413,10 @@ BIG_CASES = {
 @not_under_sanitizers
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM and madvise: Linux")
 @pytest.mark.parametrize("case", list(BIG_CASES))
-def test_score_peak_rss_2x1gib(big_files, case):
+def test_score_peak_rss_2x1gib(request, big_files, case):
     args = [big_files / f"{a}.npy" if a in ("a", "b", "c", "labels", "queue") else a for a in BIG_CASES[case]]
+    if case == "mse_parquet":
+        args[2] = f"{request.getfixturevalue('big_parquet')}:emb"
     out = big_files / f"{case}.out.npy"
     args = [out if a == "OUT" else a for a in args]
     code, err, peak = _peak_rss(*args)
@@ -1405,3 +1426,23 @@ def test_score_peak_rss_2x1gib(big_files, case):
     if out.exists():
         assert out.stat().st_size > _BIG_ROWS * 4
         out.unlink()
+
+
+@pytest.mark.parametrize("batch_bytes", [8, 24, 100])
+def test_score_parquet_small_batches(capsys, parquet_files, monkeypatch, batch_bytes):
+    # Decoded batches smaller than a chunk and straddling it: the rows are still read in order.
+    import fastloss._readers
+
+    monkeypatch.setattr(fastloss._readers.ParquetSource, "BATCH_BYTES", batch_bytes)
+    tmp, data = parquet_files
+    f = tmp / "d.parquet"
+    code, out, err = score(
+        capsys, "ce", f"{f}:logits", f"{f}:labels", "--reduction", "none", "--out", tmp / "r.npy"
+    )
+    assert code == 0, err
+    np.testing.assert_array_equal(
+        np.load(tmp / "r.npy"), fastloss.cross_entropy(data["logits"], data["labels"], reduction="none")
+    )
+    code, out, err = score(capsys, "mse", f"{f}:y", f"{f}:t", "--chunk-rows", 7)
+    assert code == 0, err
+    assert float(out) == pytest.approx(fastloss.mse(data["y"], data["t"]), rel=1e-12)

@@ -9,7 +9,7 @@
   compressed (``np.savez_compressed``);
 - ``file.parquet:COLUMN`` (or ``file.parquet`` when it has exactly one column): a numeric column
   (rows of scalars) or a fixed-size list column (rows of features, logits or embeddings; nested
-  fixed-size lists give ``(N, M, D)``), read one row group at a time with pyarrow
+  fixed-size lists give ``(N, M, D)``), read one row group at a time (decoded in batches) with pyarrow
   (``pip install "fastloss[parquet]"``).
 
 Rows are read in increasing order and released once consumed (``release``), so a reader holds
@@ -328,18 +328,24 @@ def _pyarrow(label: str, path: str) -> tuple[Any, Any]:
 
 
 class ParquetSource(RowSource):
-    """One column of a Parquet file, read a row group at a time: rows in order only.
+    """One column of a Parquet file, read in order: one row group at a time, decoded in batches
+    of about ``BATCH_BYTES`` (rows in order only).
 
     A numeric column gives ``(N,)``; a ``fixed_size_list<...>[D]`` column ``(N, D)``, and nested
     fixed-size lists ``(N, M, D)``. Nulls and variable-length lists are refused (rows must all
-    have the same shape). At most one row group and the rows of one chunk are held at a time."""
+    have the same shape). Pages are read through a small buffer (``pre_buffer=False``: pyarrow
+    would otherwise read whole column chunks, or the whole file, ahead), and only the decoded
+    batches that the current chunk needs are held."""
+
+    BATCH_BYTES = 16 * 2**20
 
     def __init__(self, label: str, spec: str, path: str, column: str | None) -> None:
         pa, pq = _pyarrow(label, path)
         self._pa = pa
         try:
-            self.file = pq.ParquetFile(path)
+            self.file = pq.ParquetFile(path, pre_buffer=False, buffer_size=2**20)
             schema = self.file.schema_arrow
+            n_rows = int(self.file.metadata.num_rows)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise InputError(f"{label}: {path} is not a valid Parquet file ({exc})") from None
         names = list(schema.names)
@@ -369,58 +375,68 @@ class ParquetSource(RowSource):
                 f"{self.what} has type {schema.field(column).type}: only numeric columns and "
                 "fixed-size lists of numbers are read"
             )
-        try:
-            n_rows = int(self.file.metadata.num_rows)
-            self.groups = int(self.file.num_row_groups)
-        except (pa.ArrowException, OSError, ValueError) as exc:  # pragma: no cover - metadata was read
-            raise InputError(f"{label}: {path} is not a valid Parquet file ({exc})") from None
         super().__init__(label, spec, (n_rows, *inner), np.dtype(kind.to_pandas_dtype()))
-        self.next_group = 0
-        self.buf = np.empty((0, *inner), self.dtype)
-        self.buf_start = 0  # file row of self.buf[0]
+        batch_rows = max(1, self.BATCH_BYTES // max(1, self.row_bytes))
+        self.batches = iter(self.file.iter_batches(batch_size=batch_rows, columns=[column]))
+        self.pieces: list[np.ndarray] = []  # decoded rows not yet released, in file order
+        self.buf_start = 0  # file row of self.pieces[0][0]
+        self.buffered = 0  # rows in self.pieces
         self.pos = 0
 
-    def _read_group(self) -> np.ndarray:
+    def _next_batch(self, stop: int) -> np.ndarray:
         pa = self._pa
         try:
-            table = self.file.read_row_group(self.next_group, columns=[self.column])
+            batch = next(self.batches)
+        except StopIteration:
+            raise InputError(
+                f"{self.what} is truncated: its row groups hold fewer than {stop} rows"
+            ) from None
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise InputError(f"{self.what}: row group {self.next_group} cannot be read ({exc})") from None
-        self.next_group += 1
-        values = table.column(0).combine_chunks()
+            raise InputError(f"{self.what} cannot be read ({exc})") from None
+        values = batch.column(0)
         n = len(values)
         for _ in self.shape[1:]:
             if values.null_count:
                 break
             values = values.flatten()  # one level of fixed-size lists, slicing offsets applied
+        first = self.buf_start + self.buffered
         if values.null_count:
             raise InputError(
-                f"{self.what} holds nulls (row group {self.next_group - 1}); rows must be complete"
+                f"{self.what} holds nulls (in rows {first}..{first + n - 1}); rows must be complete"
             )
         flat = np.asarray(values.to_numpy(zero_copy_only=False), dtype=self.dtype)
         if flat.size != n * math.prod(self.shape[1:]):  # pragma: no cover - nulls are refused above
-            raise InputError(f"{self.what}: row group {self.next_group - 1} has rows of the wrong size")
+            raise InputError(f"{self.what}: rows {first}..{first + n - 1} are of the wrong size")
         return flat.reshape((n, *self.shape[1:]))
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         if start != self.pos:
             raise InputError(f"{self.what}: internal error: Parquet rows read out of order")
-        while self.buf_start + len(self.buf) < stop:
-            if self.next_group >= self.groups:
-                raise InputError(f"{self.what} is truncated: its row groups hold fewer than {stop} rows")
-            group = self._read_group()
-            kept = self.buf[start - self.buf_start :]
-            self.buf_start = start
-            self.buf = group if len(kept) == 0 else np.concatenate([kept, group])
+        while self.buf_start + self.buffered < stop:
+            piece = self._next_batch(stop)
+            self.pieces.append(piece)
+            self.buffered += len(piece)
+        parts = []
+        offset = self.buf_start
+        for piece in self.pieces:
+            lo, hi = max(start, offset), min(stop, offset + len(piece))
+            if hi > lo:
+                parts.append(piece[lo - offset : hi - offset])
+            offset += len(piece)
         self.pos = stop
-        return self.buf[start - self.buf_start : stop - self.buf_start]
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        return np.concatenate(parts)
 
     def release(self, start: int, stop: int) -> None:
-        self.buf = self.buf[stop - self.buf_start :]
-        self.buf_start = stop
-        if len(self.buf) == 0:
-            self.buf = np.empty((0, *self.shape[1:]), self.dtype)  # the consumed group's memory goes
+        while self.pieces and self.buf_start + len(self.pieces[0]) <= stop:
+            done = self.pieces.pop(0)
+            self.buf_start += len(done)
+            self.buffered -= len(done)
 
     def close(self) -> None:
-        self.buf = np.empty((0, *self.shape[1:]), self.dtype)
+        self.pieces = []
+        self.batches = iter(())
         self.file = None
