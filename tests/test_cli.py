@@ -1446,3 +1446,39 @@ def test_score_parquet_small_batches(capsys, parquet_files, monkeypatch, batch_b
     code, out, err = score(capsys, "mse", f"{f}:y", f"{f}:t", "--chunk-rows", 7)
     assert code == 0, err
     assert float(out) == pytest.approx(fastloss.mse(data["y"], data["t"]), rel=1e-12)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty and TIOCSWINSZ")
+@pytest.mark.parametrize("columns", [0, 120])
+def test_score_progress_on_a_real_terminal(tmp_path, columns):
+    """stderr a pty: a tqdm bar with the rate and the ETA, even where the terminal reports no width."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    np.save(tmp_path / "p.npy", np.ones((20000, 8)))
+    np.save(tmp_path / "t.npy", np.zeros((20000, 8)))
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastloss", "score", "mse", tmp_path / "p.npy", tmp_path / "t.npy"]
+        + ["--chunk-rows", "1000"],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the pty
+            break
+        if not data:
+            break
+        shown += data
+    os.close(leader)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and float(stdout) == 1.0
+    last = shown.decode().replace("\r\n", "\r").split("\r")[-2]
+    assert last.startswith("fastloss score mse: 100%|") and "/s]" in last and "<" in last, shown

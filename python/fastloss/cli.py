@@ -264,6 +264,12 @@ def _progress_bar(args: argparse.Namespace, total_bytes: int) -> Any:
     # tqdm ships no type information.
     from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
+    try:
+        width = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):  # not a terminal (--progress), or no fileno
+        width = 0
+    # A terminal of unknown width (0 columns: some ptys) would get an empty bar from tqdm.
+    size: dict[str, Any] = {"dynamic_ncols": True} if width > 0 else {"ncols": 100}
     return tqdm(
         total=total_bytes,
         desc=f"{PROG} score {args.loss}",
@@ -272,7 +278,7 @@ def _progress_bar(args: argparse.Namespace, total_bytes: int) -> Any:
         unit_divisor=1024,
         file=sys.stderr,
         mininterval=0.1,
-        dynamic_ncols=True,
+        **size,
     )
 
 
