@@ -16,6 +16,7 @@ import sys
 import fastloss
 import numpy as np
 import pytest
+from conftest import not_under_sanitizers
 from fastloss.cli import main
 
 FORWARD_WORKLOADS = [
@@ -312,10 +313,18 @@ def test_score_npz(capsys, tmp_path, saver):
     )
     assert code == 0, err
     assert float(out) == pytest.approx(fastloss.mae(pred, target), rel=1e-12)
-    # No key: the archive's first member, as np.load(...).files[0].
-    code, out, err = score(capsys, "mse", tmp_path / "a.npz", tmp_path / "b.npz")
+    # No key: a single-array archive's array.
+    code, out, err = score(capsys, "mse", tmp_path / "c.npz", tmp_path / "b.npz", "--chunk-rows", 9)
     assert code == 0, err
-    assert float(out) == 0.0
+    assert float(out) == pytest.approx(fastloss.mse(pred, target), rel=1e-12)
+    # No key and several arrays: an error listing them (it used to score the first array
+    # against itself: 0.0).
+    code, out, err = score(capsys, "mse", tmp_path / "a.npz", tmp_path / "a.npz")
+    assert code == 1 and out == ""
+    assert err == (
+        f"fastloss score: error: PRED: {tmp_path / 'a.npz'} holds 2 arrays (other, arr_0): "
+        f"name one as {tmp_path / 'a.npz'}:KEY\n"
+    )
 
 
 def test_score_reduction_out_file(capsys, regression_files):
@@ -331,7 +340,8 @@ def test_score_progress_bar(capsys, regression_files):
         capsys, "mse", tmp / "pred.npy", tmp / "target.npy", "--progress", "--chunk-rows", 4
     )
     assert code == 0
-    assert "100.0%" in err and "[" in err
+    # tqdm's bar: percentage, bytes read of the total, rate and ETA.
+    assert "fastloss score mse" in err and "100%" in err and "B/s" in err, err
 
 
 # --- score: errors are one clear line, never a traceback ---------------------------------------
@@ -794,3 +804,681 @@ def test_score_stdout_full(tmp_path):
         )
     assert proc.returncode == 1
     assert "No space left on device" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+# --- score: every loss and option against the in-memory call --------------------------------------
+
+
+@pytest.fixture
+def nce_files(tmp_path):
+    rng = np.random.default_rng(21)
+    n, m, d = 45, 7, 6
+    arrays = {
+        "q": rng.standard_normal((n, d)),
+        "k": rng.standard_normal((n, d)),
+        "queue": rng.standard_normal((m, d)),
+        "paired": rng.standard_normal((n, m, d)),
+    }
+    for name, a in arrays.items():
+        np.save(tmp_path / f"{name}.npy", a)
+    return tmp_path, arrays
+
+
+NCE_CASES = {
+    "in_batch": ([], {}),
+    "in_batch_symmetric": (
+        ["--symmetric", "--normalize", "--temperature", "0.3"],
+        {"symmetric": True, "normalize": True, "temperature": 0.3},
+    ),
+    "queue": (["--negatives", "queue.npy"], {"negative_keys": "queue"}),
+    "queue_normalize": (
+        ["--negatives", "queue.npy", "--normalize", "--temperature", "0.1", "--negative-mode", "unpaired"],
+        {"negative_keys": "queue", "normalize": True, "temperature": 0.1},
+    ),
+    "paired": (
+        ["--negatives", "paired.npy", "--negative-mode", "paired", "--temperature", "0.5"],
+        {"negative_keys": "paired", "negative_mode": "paired", "temperature": 0.5},
+    ),
+}
+
+
+def _nce_call(arrays, kw, reduction):
+    kw = dict(kw)
+    if "negative_keys" in kw:
+        kw["negative_keys"] = arrays[kw["negative_keys"]]
+    return fastloss.info_nce(arrays["q"], arrays["k"], reduction=reduction, **kw)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "batchmean"])
+@pytest.mark.parametrize("case", list(NCE_CASES))
+def test_score_info_nce(capsys, nce_files, case, reduction):
+    tmp, arrays = nce_files
+    flags, kw = NCE_CASES[case]
+    flags = [str(tmp / f) if f.endswith(".npy") else f for f in flags]
+    code, out, err = score(
+        capsys, "info_nce", tmp / "q.npy", tmp / "k.npy", *flags, "--reduction", reduction, "--chunk-rows", 8
+    )
+    assert code == 0, err
+    assert float(out) == pytest.approx(_nce_call(arrays, kw, reduction), rel=1e-12)
+
+
+@pytest.mark.parametrize("case", list(NCE_CASES))
+def test_score_info_nce_none_out(capsys, nce_files, case):
+    tmp, arrays = nce_files
+    flags, kw = NCE_CASES[case]
+    flags = [str(tmp / f) if f.endswith(".npy") else f for f in flags]
+    code, out, err = score(
+        capsys,
+        "info_nce",
+        tmp / "q.npy",
+        tmp / "k.npy",
+        *flags,
+        "--reduction",
+        "none",
+        "--out",
+        tmp / "rows.npy",
+        "--chunk-rows",
+        8,
+    )
+    assert code == 0, err
+    got, expected = np.load(tmp / "rows.npy"), _nce_call(arrays, kw, "none")
+    assert got.shape == (45,) and got.dtype == expected.dtype
+    # A row's loss does not depend on the other rows of its call: the same bits in chunks.
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("loss", ["mse", "mae"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "batchmean", "none"])
+def test_score_regression_sample_weight_every_reduction(capsys, regression_files, loss, reduction):
+    tmp, pred, target = regression_files
+    w = np.random.default_rng(8).uniform(0, 3, size=pred.shape[0])
+    np.save(tmp / "w.npy", w)
+    args = [loss, tmp / "pred.npy", tmp / "target.npy", "--sample-weight", tmp / "w.npy"]
+    args += ["--reduction", reduction, "--chunk-rows", 6]
+    if reduction == "none":
+        args += ["--out", tmp / "o.npy"]
+    code, out, err = score(capsys, *args)
+    assert code == 0, err
+    expected = getattr(fastloss, loss)(pred, target, sample_weight=w, reduction=reduction)
+    if reduction == "none":
+        np.testing.assert_array_equal(np.load(tmp / "o.npy"), expected)
+    else:
+        assert float(out) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "ce"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "batchmean"])
+def test_score_cross_entropy_every_option_float64(capsys, tmp_path, name, reduction):
+    rng = np.random.default_rng(12)
+    logits = rng.standard_normal((61, 5)) * 3
+    labels = rng.integers(0, 5, size=61)
+    labels[[0, 9, 33]] = 3  # ignored below
+    weight = rng.uniform(0.1, 2.0, size=5)
+    np.save(tmp_path / "x.npy", logits)
+    np.save(tmp_path / "y.npy", labels)
+    np.save(tmp_path / "w.npy", weight)
+    code, out, err = score(
+        capsys,
+        name,
+        tmp_path / "x.npy",
+        tmp_path / "y.npy",
+        "--weight",
+        tmp_path / "w.npy",
+        "--ignore-index",
+        3,
+        "--label-smoothing",
+        0.15,
+        "--reduction",
+        reduction,
+        "--chunk-rows",
+        7,
+    )
+    assert code == 0, err
+    expected = fastloss.cross_entropy(
+        logits, labels, weight=weight, ignore_index=3, label_smoothing=0.15, reduction=reduction
+    )
+    assert float(out) == pytest.approx(expected, rel=1e-12)
+
+
+def test_score_cross_entropy_none_exact(capsys, ce_files):
+    tmp, logits, labels, weight = ce_files
+    code, out, err = score(
+        capsys,
+        "ce",
+        tmp / "logits.npy",
+        tmp / "labels.npy",
+        "--weight",
+        tmp / "weight.npy",
+        "--label-smoothing",
+        0.1,
+        "--reduction",
+        "none",
+        "--out",
+        tmp / "rows.npy",
+        "--chunk-rows",
+        5,
+    )
+    assert code == 0, err
+    expected = fastloss.cross_entropy(logits, labels, weight=weight, label_smoothing=0.1, reduction="none")
+    np.testing.assert_array_equal(np.load(tmp / "rows.npy"), expected)
+
+
+# --- score: --json -------------------------------------------------------------------------------
+
+
+def test_score_json_reduction(capsys, regression_files):
+    tmp, pred, target = regression_files
+    code, out, err = score(capsys, "mae", tmp / "pred.npy", tmp / "target.npy", "--json", "--chunk-rows", 5)
+    assert code == 0 and err == ""
+    report = json.loads(out)
+    assert report == {"loss": "mae", "reduction": "mean", "rows": 37, "value": report["value"]}
+    assert report["value"] == pytest.approx(fastloss.mae(pred, target), rel=1e-12)
+    assert out.count("\n") == 1
+
+
+def test_score_json_alias_and_out_text(capsys, ce_files):
+    tmp, logits, labels, _ = ce_files
+    code, out, err = score(
+        capsys,
+        "ce",
+        tmp / "logits.npy",
+        tmp / "labels.npy",
+        "--json",
+        "--reduction",
+        "sum",
+        "--out",
+        tmp / "v.txt",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    expected = fastloss.cross_entropy(logits, labels, reduction="sum")
+    assert report["loss"] == "cross_entropy" and report["reduction"] == "sum" and report["rows"] == 41
+    assert report["out"] == str(tmp / "v.txt") and report["value"] == pytest.approx(expected, rel=1e-12)
+    assert float((tmp / "v.txt").read_text()) == report["value"]
+    assert err.startswith(f"wrote {tmp / 'v.txt'}: ")
+
+
+def test_score_json_none_out(capsys, nce_files):
+    tmp, arrays = nce_files
+    code, out, err = score(
+        capsys,
+        "info_nce",
+        tmp / "q.npy",
+        tmp / "k.npy",
+        "--negatives",
+        tmp / "queue.npy",
+        "--reduction",
+        "none",
+        "--out",
+        tmp / "rows.npy",
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out) == {
+        "loss": "info_nce",
+        "reduction": "none",
+        "rows": 45,
+        "out": str(tmp / "rows.npy"),
+        "shape": [45],
+        "dtype": "float64",
+    }
+    np.testing.assert_array_equal(
+        np.load(tmp / "rows.npy"),
+        fastloss.info_nce(arrays["q"], arrays["k"], arrays["queue"], reduction="none"),
+    )
+
+
+def test_score_json_none_printed_and_non_finite(capsys, tmp_path):
+    np.save(tmp_path / "p.npy", np.array([[1.0, np.inf], [np.nan, 2.0]]))
+    np.save(tmp_path / "t.npy", np.array([[0.0, 0.0], [0.0, 0.5]]))
+    code, out, err = score(
+        capsys, "mse", tmp_path / "p.npy", tmp_path / "t.npy", "--reduction", "none", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["value"] == [[1.0, "inf"], ["nan", 2.25]]
+    assert "NaN" not in out and "Infinity" not in out  # strict JSON
+    code, out, err = score(capsys, "mse", tmp_path / "p.npy", tmp_path / "t.npy", "--json")
+    assert code == 0, err
+    assert json.loads(out)["value"] == "nan"
+
+
+# --- score: Parquet columns ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def parquet_files(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rng = np.random.default_rng(31)
+    n, c, m = 53, 4, 3
+    data = {
+        "y": rng.standard_normal(n),
+        "t": rng.standard_normal(n),
+        "logits": rng.standard_normal((n, c)).astype(np.float32),
+        "labels": rng.integers(0, c, size=n),
+        "emb": rng.standard_normal((n, c)),
+        "neg": rng.standard_normal((n, m, c)),
+    }
+    table = pa.table(
+        {
+            "y": data["y"],
+            "t": data["t"],
+            "logits": pa.FixedSizeListArray.from_arrays(pa.array(data["logits"].ravel()), c),
+            "labels": data["labels"],
+            "emb": pa.FixedSizeListArray.from_arrays(pa.array(data["emb"].ravel()), c),
+            "neg": pa.FixedSizeListArray.from_arrays(
+                pa.FixedSizeListArray.from_arrays(pa.array(data["neg"].ravel()), c), m
+            ),
+        }
+    )
+    pq.write_table(table, tmp_path / "d.parquet", row_group_size=10)  # 6 row groups, the last short
+    pq.write_table(pa.table({"only": data["y"]}), tmp_path / "one.parquet", row_group_size=16)
+    for name in ("y", "t", "logits", "labels", "emb", "neg"):
+        np.save(tmp_path / f"{name}.npy", data[name])
+    return tmp_path, data
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 10, 17, 1000])
+def test_score_parquet_numeric_columns(capsys, parquet_files, chunk_rows):
+    tmp, data = parquet_files
+    f = tmp / "d.parquet"
+    code, out, err = score(capsys, "mse", f"{f}:y", f"{f}:t", "--chunk-rows", chunk_rows)
+    assert code == 0, err
+    # A chunk's rows arrive in the same order as from the .npy files: the same bits.
+    from_npy = score(capsys, "mse", tmp / "y.npy", tmp / "t.npy", "--chunk-rows", chunk_rows)[1]
+    assert float(out) == float(from_npy)
+    assert float(out) == pytest.approx(fastloss.mse(data["y"], data["t"]), rel=1e-12)
+    # A single-column file needs no :COLUMN; the other input may be an .npy file.
+    code, out, err = score(capsys, "mae", tmp / "one.parquet", tmp / "t.npy", "--chunk-rows", chunk_rows)
+    assert code == 0, err
+    assert float(out) == pytest.approx(fastloss.mae(data["y"], data["t"]), rel=1e-12)
+
+
+def test_score_parquet_list_columns(capsys, parquet_files):
+    tmp, data = parquet_files
+    f = tmp / "d.parquet"
+    code, out, err = score(capsys, "ce", f"{f}:logits", f"{f}:labels", "--chunk-rows", 7)
+    assert code == 0, err
+    assert float(out) == pytest.approx(fastloss.cross_entropy(data["logits"], data["labels"]), rel=1e-12)
+    code, out, err = score(capsys, "mse", f"{f}:emb", tmp / "emb.npy", "--chunk-rows", 7)
+    assert code == 0 and float(out) == 0.0, err
+    code, out, err = score(
+        capsys,
+        "info_nce",
+        f"{f}:emb",
+        f"{f}:emb",
+        "--negatives",
+        f"{f}:neg",
+        "--negative-mode",
+        "paired",
+        "--reduction",
+        "none",
+        "--out",
+        tmp / "rows.npy",
+        "--chunk-rows",
+        4,
+    )
+    assert code == 0, err
+    expected = fastloss.info_nce(
+        data["emb"], data["emb"], data["neg"], negative_mode="paired", reduction="none"
+    )
+    np.testing.assert_array_equal(np.load(tmp / "rows.npy"), expected)
+
+
+@pytest.mark.parametrize(
+    "case", ["no_column", "several_columns", "variable_list", "strings", "nulls", "corrupt", "no_pyarrow"]
+)
+def test_score_parquet_errors(capsys, parquet_files, monkeypatch, case):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    tmp, _ = parquet_files
+    f = tmp / "d.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "ragged": pa.array([[1.0], [2.0, 3.0]]),
+                "s": pa.array(["a", "b"]),
+                "holes": pa.array([1.0, None]),
+            }
+        ),
+        tmp / "bad.parquet",
+    )
+    (tmp / "corrupt.parquet").write_bytes(b"PAR1" + bytes(100))
+    if case == "no_pyarrow":
+        import builtins
+
+        real_import = builtins.__import__
+
+        def no_pyarrow(name, *args, **kwargs):
+            if name.startswith("pyarrow"):
+                raise ImportError("No module named 'pyarrow'")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    spec, message = {
+        "no_column": (
+            f"{f}:nope",
+            f"PRED: {f} has no column named 'nope' (it has: y, t, logits, labels, emb, neg)",
+        ),
+        "several_columns": (
+            f,
+            f"PRED: {f} has 6 columns (y, t, logits, labels, emb, neg): name one as {f}:COLUMN",
+        ),
+        "variable_list": (f"{tmp / 'bad.parquet'}:ragged", "is a variable-length list column"),
+        "strings": (f"{tmp / 'bad.parquet'}:s", "only numeric columns and fixed-size lists of numbers"),
+        "nulls": (f"{tmp / 'bad.parquet'}:holes", "holds nulls"),
+        "corrupt": (tmp / "corrupt.parquet", "is not a valid Parquet file"),
+        "no_pyarrow": (f"{f}:y", 'needs pyarrow: pip install "fastloss[parquet]"'),
+    }[case]
+    other = tmp / "y.npy" if case != "nulls" else tmp / "two.npy"
+    np.save(tmp / "two.npy", np.zeros(2))
+    code, out, err = score(capsys, "mse", spec, other)
+    assert code == 1 and out == ""
+    assert err.startswith("fastloss score: error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+# --- score: progress ----------------------------------------------------------------------------
+
+
+def test_score_progress_off_when_not_a_terminal(capsys, regression_files):
+    tmp, _, _ = regression_files
+    code, out, err = score(capsys, "mse", tmp / "pred.npy", tmp / "target.npy", "--chunk-rows", 4)
+    assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_score_progress_on_a_terminal_unless_quiet(capsys, regression_files, monkeypatch, quiet):
+    tmp, _, _ = regression_files
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    extra = ["--quiet"] if quiet else []
+    code, out, err = score(capsys, "mse", tmp / "pred.npy", tmp / "target.npy", "--chunk-rows", 4, *extra)
+    assert code == 0
+    assert float(out) > 0
+    if quiet:
+        assert err == ""
+    else:
+        assert "fastloss score mse" in err and "100%" in err
+
+
+def test_score_quiet_wins_over_progress(capsys, regression_files):
+    tmp, _, _ = regression_files
+    code, out, err = score(capsys, "mse", tmp / "pred.npy", tmp / "target.npy", "--progress", "-q")
+    assert code == 0 and err == ""
+
+
+# --- score: the new options' errors ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "negatives_for_mse",
+        "normalize_for_mae",
+        "temperature_for_ce",
+        "symmetric_for_mse",
+        "sample_weight_for_nce",
+        "weight_for_nce",
+        "paired_without_negatives",
+        "symmetric_with_negatives",
+        "queue_shape",
+        "paired_shape",
+        "query_1d",
+        "key_shape",
+        "negatives_missing",
+        "temperature_zero",
+        "temperature_nan",
+        "temperature_negative",
+        "npz_several_arrays",
+        "parquet_key_on_npy",
+    ],
+)
+def test_score_new_option_errors(capsys, nce_files, case):
+    tmp, _ = nce_files
+    q, k, queue, paired = (str(tmp / f"{n}.npy") for n in ("q", "k", "queue", "paired"))
+    np.save(tmp / "bad_queue.npy", np.zeros((3, 5)))
+    np.save(tmp / "vec.npy", np.zeros(45))
+    np.save(tmp / "labels.npy", np.zeros(45, dtype=np.int64))
+    np.savez(tmp / "two.npz", a=np.zeros(3), b=np.zeros(3))
+    args, message = {
+        "negatives_for_mse": (
+            ("mse", q, q, "--negatives", queue),
+            "--negatives applies to info_nce only, not mse",
+        ),
+        "normalize_for_mae": (("mae", q, q, "--normalize"), "--normalize applies to info_nce only, not mae"),
+        "temperature_for_ce": (
+            ("ce", q, tmp / "labels.npy", "--temperature", 0.1),
+            "--temperature applies to info_nce only, not cross_entropy",
+        ),
+        "symmetric_for_mse": (("mse", q, q, "--symmetric"), "--symmetric applies to info_nce only"),
+        "sample_weight_for_nce": (
+            ("info_nce", q, k, "--sample-weight", tmp / "vec.npy"),
+            "--sample-weight applies to mse and mae only, not info_nce",
+        ),
+        "weight_for_nce": (
+            ("info_nce", q, k, "--weight", tmp / "vec.npy"),
+            "--weight applies to cross_entropy",
+        ),
+        "paired_without_negatives": (
+            ("info_nce", q, k, "--negative-mode", "paired"),
+            "paired needs --negatives",
+        ),
+        "symmetric_with_negatives": (
+            ("info_nce", q, k, "--negatives", queue, "--symmetric"),
+            "--symmetric applies to in-batch negatives only",
+        ),
+        "queue_shape": (
+            ("info_nce", q, k, "--negatives", tmp / "bad_queue.npy"),
+            "must be a queue (M, 6) for queries (45, 6); got (3, 5)",
+        ),
+        "paired_shape": (
+            ("info_nce", q, k, "--negatives", queue, "--negative-mode", "paired"),
+            "--negatives (--negative-mode paired) must be (45, M, 6)",
+        ),
+        "query_1d": (("info_nce", tmp / "vec.npy", tmp / "vec.npy"), "info_nce QUERY must be (N, D)"),
+        "key_shape": (("info_nce", q, queue), "QUERY and POSITIVE_KEY must have the same shape"),
+        "negatives_missing": (
+            ("info_nce", q, k, "--negatives", tmp / "nope.npy"),
+            "--negatives: no such file",
+        ),
+        "temperature_zero": (("info_nce", q, k, "--temperature", 0), "--temperature must be "),
+        "temperature_nan": (("info_nce", q, k, "--temperature", "nan"), "--temperature must be "),
+        "temperature_negative": (("info_nce", q, k, "--temperature", -1), "--temperature must be "),
+        "npz_several_arrays": (("mse", tmp / "two.npz", q), "holds 2 arrays (a, b): name one as"),
+        "parquet_key_on_npy": (("mse", f"{q}:x", q), "no such file"),
+    }[case]
+    code, out, err = score(capsys, *args)
+    assert code == 1 and out == ""
+    assert err.startswith("fastloss score: error: ") and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--negative-mode", "both"),
+        ("--temperature", "warm"),
+        ("--normalize", "yes"),
+    ],
+)
+def test_score_new_usage_errors_exit_2(capsys, nce_files, args):
+    tmp, _ = nce_files
+    code, out, err = score(capsys, "info_nce", tmp / "q.npy", tmp / "k.npy", *args)
+    assert code == 2 and out == ""
+    last = err.splitlines()[-1]
+    assert last.startswith(("fastloss score: error: ", "fastloss: error: ")), err
+    assert args[0] in last or args[1] in last, err
+
+
+# --- score: bounded memory on 2 x 1 GiB inputs, every loss -----------------------------------------
+
+_BIG_ROWS, _BIG_DIM = 2**22, 64  # (N, D) float32: 1 GiB
+_RSS_LIMIT = 512 * 2**20
+
+
+@pytest.fixture(scope="module")
+def big_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("big")
+    free = os.statvfs(tmp).f_bavail * os.statvfs(tmp).f_frsize
+    if free < 8 * 2**30:
+        pytest.skip(
+            f"needs 8 GiB free in {tmp} (3 GiB of inputs and 1 GiB of output); has {free / 2**30:.1f}"
+        )
+    rng = np.random.default_rng(99)
+    step = 2**18
+    for name, shape in (
+        ("a", (_BIG_ROWS, _BIG_DIM)),
+        ("b", (_BIG_ROWS, _BIG_DIM)),
+        ("c", (_BIG_ROWS, 1, _BIG_DIM)),
+    ):
+        out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
+        for start in range(0, _BIG_ROWS, step):
+            out[start : start + step] = rng.standard_normal((step, *shape[1:]), dtype=np.float32)
+        out.flush()
+        del out
+    np.save(tmp / "labels.npy", rng.integers(0, _BIG_DIM, size=_BIG_ROWS))
+    np.save(tmp / "queue.npy", rng.standard_normal((16, _BIG_DIM), dtype=np.float32))
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def big_parquet(big_files):
+    """b.npy as a 1 GiB Parquet fixed-size list column, in row groups of 64 MiB."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    b = np.load(big_files / "b.npy", mmap_mode="r")
+    kind = pa.list_(pa.float32(), _BIG_DIM)
+    path = big_files / "b.parquet"
+    with pq.ParquetWriter(path, pa.schema([("emb", kind)]), compression="none") as writer:
+        step = 2**18
+        for start in range(0, _BIG_ROWS, step):
+            rows = np.ascontiguousarray(b[start : start + step]).ravel()
+            column = pa.FixedSizeListArray.from_arrays(pa.array(rows), _BIG_DIM)
+            writer.write_table(pa.table({"emb": column}), row_group_size=step)
+    del b
+    return path
+
+
+# The child reports its own high-water mark: VmHWM, reset when the process image is replaced.
+# (ru_maxrss from os.wait4 is no good: with vfork + exec it includes the parent's peak.)
+_REPORT_PEAK = """
+import sys
+from fastloss.cli import main
+code = main(sys.argv[1:])
+with open("/proc/self/status") as fh:
+    peak = next(line for line in fh if line.startswith("VmHWM:"))
+sys.stderr.write(peak)
+sys.exit(code)
+"""
+
+
+def _peak_rss(*args):
+    """Runs ``fastloss score ARGS`` in a child process; returns (exit code, stderr, its peak RSS in bytes)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _REPORT_PEAK, "score", *map(str, args), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=600,
+    )
+    lines = proc.stderr.splitlines()
+    assert lines and lines[-1].startswith("VmHWM:") and lines[-1].endswith(" kB"), proc.stderr
+    return proc.returncode, "\n".join(lines[:-1]), int(lines[-1].split()[1]) * 1024
+
+
+BIG_CASES = {
+    "mse": ("mse", "a", "b"),
+    "mse_none_out": ("mse", "a", "b", "--reduction", "none", "--out", "OUT"),
+    "mae": ("mae", "a", "b", "--reduction", "sum"),
+    "mse_parquet": ("mse", "a", "PARQUET"),
+    "cross_entropy_probabilities": ("cross_entropy", "a", "b"),
+    "cross_entropy_indices": ("ce", "a", "labels"),
+    "info_nce_queue": ("info_nce", "a", "b", "--negatives", "queue", "--normalize"),
+    "info_nce_paired": ("info_nce", "a", "b", "--negatives", "c", "--negative-mode", "paired"),
+    "info_nce_none_out": (
+        "info_nce",
+        "a",
+        "b",
+        "--negatives",
+        "queue",
+        "--reduction",
+        "none",
+        "--out",
+        "OUT",
+    ),
+}
+
+
+@pytest.mark.slow
+@not_under_sanitizers
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM and madvise: Linux")
+@pytest.mark.parametrize("case", list(BIG_CASES))
+def test_score_peak_rss_2x1gib(request, big_files, case):
+    args = [big_files / f"{a}.npy" if a in ("a", "b", "c", "labels", "queue") else a for a in BIG_CASES[case]]
+    if case == "mse_parquet":
+        args[2] = f"{request.getfixturevalue('big_parquet')}:emb"
+    out = big_files / f"{case}.out.npy"
+    args = [out if a == "OUT" else a for a in args]
+    code, err, peak = _peak_rss(*args)
+    assert code == 0, err
+    print(f"peak RSS {case}: {peak / 2**20:.0f} MiB")
+    assert peak < _RSS_LIMIT, f"{case}: peak RSS {peak / 2**20:.0f} MiB"
+    if out.exists():
+        assert out.stat().st_size > _BIG_ROWS * 4
+        out.unlink()
+
+
+@pytest.mark.parametrize("batch_bytes", [8, 24, 100])
+def test_score_parquet_small_batches(capsys, parquet_files, monkeypatch, batch_bytes):
+    # Decoded batches smaller than a chunk and straddling it: the rows are still read in order.
+    import fastloss._readers
+
+    monkeypatch.setattr(fastloss._readers.ParquetSource, "BATCH_BYTES", batch_bytes)
+    tmp, data = parquet_files
+    f = tmp / "d.parquet"
+    code, out, err = score(
+        capsys, "ce", f"{f}:logits", f"{f}:labels", "--reduction", "none", "--out", tmp / "r.npy"
+    )
+    assert code == 0, err
+    np.testing.assert_array_equal(
+        np.load(tmp / "r.npy"), fastloss.cross_entropy(data["logits"], data["labels"], reduction="none")
+    )
+    code, out, err = score(capsys, "mse", f"{f}:y", f"{f}:t", "--chunk-rows", 7)
+    assert code == 0, err
+    assert float(out) == pytest.approx(fastloss.mse(data["y"], data["t"]), rel=1e-12)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty and TIOCSWINSZ")
+@pytest.mark.parametrize("columns", [0, 120])
+def test_score_progress_on_a_real_terminal(tmp_path, columns):
+    """stderr a pty: a tqdm bar with the rate and the ETA, even where the terminal reports no width."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    np.save(tmp_path / "p.npy", np.ones((20000, 8)))
+    np.save(tmp_path / "t.npy", np.zeros((20000, 8)))
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastloss", "score", "mse", tmp_path / "p.npy", tmp_path / "t.npy"]
+        + ["--chunk-rows", "1000"],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the pty
+            break
+        if not data:
+            break
+        shown += data
+    os.close(leader)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and float(stdout) == 1.0
+    last = shown.decode().replace("\r\n", "\r").split("\r")[-2]
+    assert last.startswith("fastloss score mse: 100%|") and "/s]" in last and "<" in last, shown

@@ -1,24 +1,26 @@
-"""The ``fastloss`` command line (also ``python -m fastloss``).
+"""The ``fastloss`` command line (also ``python -m fastloss``): a thin command layer.
 
 ``fastloss bench``
     The benchmark suite (``fastloss._bench``): the four losses on seeded synthetic data against
     the NumPy reference and every installed peer; a table, ``--json`` figures, a PNG chart.
 
-``fastloss score LOSS PRED TARGET``
-    A loss of two arrays stored in ``.npy`` / ``.npz`` files of any size. ``.npy`` files are
-    memory-mapped read-only once their header and size are checked (pickles are never loaded);
-    an ``.npz`` member (``file.npz`` for the archive's first member, i.e.
-    ``np.load(file).files[0]``; ``file.npz:key`` for a named one) is memory-mapped when stored
-    uncompressed (``np.savez``) and decompressed as a stream when compressed
-    (``np.savez_compressed``). Rows are processed in chunks and the pages of rows
-    already consumed are released, so memory use stays at about ``--chunk-mb`` whatever the file
-    size. Reductions combine the chunks' sums exactly as the single call would: ``mean`` is the
-    total sum over the total element count (for ``cross_entropy``, over the count or the class
-    weight of the non-ignored rows, as PyTorch forms it), ``batchmean`` the total over the rows.
-    ``--reduction none`` streams the per-element (per-row for ``cross_entropy``) losses into an
-    ``.npy`` file written through ``np.lib.format.open_memmap``. Every ``--out`` file is written
-    under a temporary name and renamed once complete; a result that cannot be printed (stdout
-    closed, a broken pipe) is an error, exit code 1.
+``fastloss score LOSS A B [options]``
+    A loss (``mse``, ``mae``, ``cross_entropy`` alias ``ce``, ``info_nce``) of arrays stored in
+    ``.npy`` / ``.npz`` files or Parquet columns of any size, every option of the API as a flag.
+    The inputs are read by ``fastloss._readers`` (memory maps, streamed compressed members,
+    Parquet row groups) in row chunks of about ``--chunk-mb``, released once consumed, so memory
+    stays bounded whatever the file size. Each chunk goes through the library's own function
+    (``reduction="sum"``, or ``"none"`` for the rows); the sums of the chunks are added and
+    divided once at the end, by the denominator the library uses: ``mean`` over the element
+    count (with ``--sample-weight``: the weight sum times the elements per row; for
+    ``cross_entropy`` the count or class weight of the non-ignored rows, as PyTorch forms it;
+    for ``info_nce`` the rows), ``batchmean`` over the rows. ``info_nce`` with in-batch
+    negatives (no ``--negatives``) couples every query with every key, so it is one call over
+    the whole (memory-mapped) arrays. ``--reduction none`` streams the per-element (per-row for
+    ``cross_entropy`` and ``info_nce``) losses into an ``.npy`` file written through
+    ``np.lib.format.open_memmap``. Every ``--out`` file is written under a temporary name and
+    renamed once complete; a result that cannot be printed (stdout closed, a broken pipe) is an
+    error, exit code 1. ``--json`` prints a JSON object instead of the bare number.
 
 ``fastloss --version``
     Prints the version.
@@ -27,40 +29,53 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import mmap
 import os
-import struct
 import sys
 import tempfile
-import time
-import zipfile
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import IO, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from ._validation import check_int, check_label_smoothing, check_threads
+from ._readers import InputError, RowSource, drop_pages, load_small, open_array
+from ._validation import check_int, check_label_smoothing, check_temperature, check_threads, divide
 from ._version import __version__
 
 __all__ = ["main"]
 
 PROG = "fastloss"
-LOSSES = ("mse", "mae", "cross_entropy")
+LOSSES = ("mse", "mae", "cross_entropy", "info_nce")
+ALIASES = {"ce": "cross_entropy"}
 REDUCTIONS = ("mean", "sum", "batchmean", "none")
+NEGATIVE_MODES = ("unpaired", "paired")
 # Largest ``reduction none`` result printed to the terminal instead of written with --out.
 _MAX_PRINTED = 10_000_000
 
+# A user error: printed as one line, exit code 1 (the readers' errors are the same kind).
+CliError = InputError
 
-class CliError(Exception):
-    """A user error: printed as one line, exit code 1."""
+# One chunk's call of a loss: (the chunk's rows of each streamed input, start, stop) -> the
+# library's result for the chunk.
+ChunkCall = Callable[[list[np.ndarray], int, int], Any]
 
-
-# One chunk's call of a loss: (pred rows, target rows, start, stop) -> fastloss's result for the chunk.
-ChunkCall = Callable[[np.ndarray, np.ndarray, int, int], Any]
+# Each loss-specific option: its flag, its attribute in the parsed arguments, the losses it
+# applies to. Given to another loss it is an error, never silently ignored.
+_OPTIONS = (
+    ("--sample-weight", "sample_weight", ("mse", "mae")),
+    ("--weight", "weight", ("cross_entropy",)),
+    ("--ignore-index", "ignore_index", ("cross_entropy",)),
+    ("--label-smoothing", "label_smoothing", ("cross_entropy",)),
+    ("--negatives", "negatives", ("info_nce",)),
+    ("--temperature", "temperature", ("info_nce",)),
+    ("--negative-mode", "negative_mode", ("info_nce",)),
+    ("--normalize", "normalize", ("info_nce",)),
+    ("--symmetric", "symmetric", ("info_nce",)),
+)
 
 
 class _BenchRunner(Protocol):
@@ -71,302 +86,7 @@ class _BenchRunner(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-# --- arrays on disk, read by rows ------------------------------------------------------------
-
-
-class RowSource:
-    """Rows ``[start, stop)`` of an array on disk, read in increasing order."""
-
-    def __init__(self, label: str, spec: str, shape: Iterable[int], dtype: npt.DTypeLike) -> None:
-        self.label, self.spec = label, spec
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def row_bytes(self) -> int:
-        return self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def release(self, start: int, stop: int) -> None:
-        """Rows before ``stop`` will not be read again."""
-
-    def whole(self) -> np.ndarray:
-        return self.rows(0, self.shape[0]) if self.ndim else self.rows(0, 0)
-
-    def close(self) -> None:
-        pass
-
-
-class MappedSource(RowSource):
-    """A memory map: random access, pages read on demand and dropped by the OS under pressure."""
-
-    def __init__(self, label: str, spec: str, array: np.ndarray) -> None:
-        super().__init__(label, spec, array.shape, array.dtype)
-        self.array = array
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        return self.array[start:stop] if self.ndim else self.array[()]
-
-    def release(self, start: int, stop: int) -> None:
-        """Drop rows ``[start, stop)`` from this process's resident set once consumed (they
-        stay in the page cache), so RSS stays near one chunk whatever the file size."""
-        _drop_pages(self.array, start, stop)
-
-    def whole(self) -> np.ndarray:
-        return self.array
-
-    def close(self) -> None:
-        # A memory map closes when its last view goes; closing it earlier would leave views
-        # pointing at unmapped memory (mmap refuses that anyway while buffers are exported).
-        self.array = None  # type: ignore[assignment]  # drops the reference: a closed source is not read
-
-
-class StreamSource(RowSource):
-    """A compressed ``.npz`` member decompressed as it is read: rows in order only."""
-
-    def __init__(
-        self, label: str, spec: str, fh: IO[bytes], shape: Iterable[int], dtype: npt.DTypeLike
-    ) -> None:
-        super().__init__(label, spec, shape, dtype)
-        self.fh = fh
-        self.pos = 0
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        if self.ndim == 0:
-            return np.frombuffer(self._read(self.dtype.itemsize), self.dtype).reshape(())
-        if start != self.pos:
-            raise CliError(f"{self.label}: internal error: compressed member read out of order")
-        n = stop - start
-        buf = self._read(n * self.row_bytes)
-        self.pos = stop
-        return np.frombuffer(buf, dtype=self.dtype).reshape((n,) + self.shape[1:])
-
-    def _read(self, nbytes: int) -> bytes:
-        data = _read_member(self.fh, nbytes, f"{self.label}: {self.spec}")
-        if len(data) != nbytes:
-            raise CliError(f"{self.label}: {self.spec} is truncated")
-        return data
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def _drop_pages(array: np.ndarray, start: int, stop: int) -> None:
-    """``madvise(MADV_DONTNEED)`` on the whole pages of rows ``[start, stop)`` of a C-ordered
-    ``np.memmap`` (a no-op where that is not available). Written pages must be flushed first."""
-    mm = getattr(array, "_mmap", None)
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if mm is None or advice is None or not array.flags.c_contiguous or array.ndim == 0:
-        return
-    try:
-        base = np.frombuffer(mm, dtype=np.uint8).__array_interface__["data"][0]
-        first = array.__array_interface__["data"][0] - base
-        row = array.strides[0]
-        lo = first + start * row
-        hi = first + stop * row
-        page = mmap.PAGESIZE
-        lo = -(-lo // page) * page  # whole pages only: neighbours may still be in use
-        hi = hi // page * page
-        if hi > lo:
-            mm.madvise(advice, lo, hi - lo)
-    except (ValueError, OSError, AttributeError, TypeError):
-        pass
-
-
-def _read_member(fh: IO[bytes], nbytes: int, what: str) -> bytes:
-    """``fh.read(nbytes)`` from a compressed ``.npz`` member, a damaged archive as a CliError."""
-    try:
-        return fh.read(nbytes)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise CliError(f"{what} is corrupt ({exc})") from None
-
-
-def _read_npy_header(fh: IO[bytes], what: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(fh)
-        else:
-            # Private, not in NumPy's stubs: the reader of format versions after 2.0 (3.0: utf8 names).
-            shape, fortran, dtype = fmt._read_array_header(fh, version)  # type: ignore[attr-defined]
-    except (zipfile.BadZipFile, zlib.error) as exc:
-        raise CliError(f"{what} is corrupt ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged header raises ValueError, TypeError,
-        # SyntaxError or tokenize.TokenError from NumPy's parser: each means "not an .npy file"
-        raise CliError(f"{what} is not a valid .npy file ({exc})") from None
-    if dtype.hasobject:
-        raise CliError(
-            f"{what} holds Python objects (dtype {dtype}); only numeric arrays are "
-            "read (pickles are never loaded)"
-        )
-    return shape, fortran, dtype
-
-
-def _map_npy(label: str, spec: str, path: str, offset: int, what: str) -> MappedSource:
-    """The ``.npy`` array stored at ``offset`` in ``path`` (a ``.npy`` file, or an uncompressed
-    ``.npz`` member), memory-mapped read-only after its header and size are checked."""
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        shape, fortran, dtype = _read_npy_header(fh, what)
-        data_offset = fh.tell()
-    # Python ints: a corrupt header's shape may overflow int64.
-    nbytes = math.prod(shape) * dtype.itemsize
-    if data_offset + nbytes > os.path.getsize(path):
-        raise CliError(
-            f"{what} is truncated: its header promises {nbytes} bytes of data ("
-            f"{'x'.join(map(str, shape)) or 'scalar'} {dtype})"
-        )
-    if nbytes == 0:
-        return MappedSource(label, spec, np.empty(shape, dtype))
-    arr = np.memmap(
-        path, dtype=dtype, mode="r", offset=data_offset, shape=shape, order="F" if fortran else "C"
-    )
-    return MappedSource(label, spec, arr)
-
-
-def _zip_data_offset(path: str, info: zipfile.ZipInfo) -> int:
-    """Where a stored member's bytes start: after its local header, whose name and extra
-    fields may differ in length from the central directory's copy."""
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        header = fh.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise CliError(f"{path}: bad zip local header for {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + int(name_len) + int(extra_len)
-
-
-def _open_npz(label: str, spec: str, path: str, key: str | None) -> RowSource:
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise CliError(f"{label}: {path} is not a valid .npz file ({exc})") from None
-    with zf:
-        members = [n for n in zf.namelist() if n.endswith(".npy")]
-        if not members:
-            raise CliError(f"{label}: {path} holds no arrays")
-        if key is None:
-            name = members[0]
-        else:
-            name = key if key.endswith(".npy") else key + ".npy"
-            if name not in members:
-                keys = ", ".join(n[:-4] for n in members)
-                raise CliError(f"{label}: {path} has no array named {key!r} (it has: {keys})")
-        info = zf.getinfo(name)
-    what = f"{label} ({path}:{name[:-4]})"
-    if info.compress_type == zipfile.ZIP_STORED:
-        return _map_npy(label, spec, path, _zip_data_offset(path, info), what)
-    # Compressed: decompress while reading, in row order.
-    zf = zipfile.ZipFile(path)
-    try:
-        fh = zf.open(name)
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
-        raise CliError(f"{what} cannot be read ({exc})") from None
-    shape, fortran, dtype = _read_npy_header(fh, what)
-    if fortran and len(shape) > 1:
-        # Rows of a Fortran-order array are not contiguous in the stream: read it whole.
-        print(
-            f"{PROG} score: note: {what} is a compressed Fortran-order array; reading it into memory whole",
-            file=sys.stderr,
-        )
-        nbytes = math.prod(shape) * dtype.itemsize
-        data = _read_member(fh, nbytes, what)
-        fh.close()
-        if len(data) != nbytes:
-            raise CliError(f"{what} is truncated")
-        arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F")
-        return MappedSource(label, spec, arr)
-    return StreamSource(label, spec, fh, shape, dtype)
-
-
-def open_array(label: str, spec: str) -> RowSource:
-    """``path.npy``, ``path.npz`` (its first array) or ``path.npz:key``."""
-    path, key = spec, None
-    if not os.path.exists(spec) and ":" in spec:
-        head, _, tail = spec.rpartition(":")
-        if head.lower().endswith(".npz") and tail:
-            path, key = head, tail
-    if not os.path.exists(path):
-        raise CliError(f"{label}: no such file: {path!r}")
-    if os.path.isdir(path):
-        raise CliError(f"{label}: {path!r} is a directory, not a .npy/.npz file")
-    with open(path, "rb") as fh:
-        start = fh.read(4)
-    # A zip archive starts with a local file header; a truncated one has lost the central
-    # directory that zipfile.is_zipfile looks for, and _open_npz says so.
-    if start == b"PK\x03\x04" or zipfile.is_zipfile(path):
-        return _open_npz(label, spec, path, key)
-    if key is not None:
-        raise CliError(f"{label}: {path} is not an .npz archive, so it has no array {key!r}")
-    return _map_npy(label, spec, path, 0, f"{label} ({path})")
-
-
-def _load_small(label: str, spec: str) -> np.ndarray:
-    src = open_array(label, spec)
-    try:
-        return np.array(src.whole())
-    finally:
-        src.close()
-
-
-# --- progress on stderr ----------------------------------------------------------------------
-
-
-class Progress:
-    """``[#####.....]  48%  1.20/2.50 GiB  612 MiB/s`` on stderr, redrawn at most 10x/s."""
-
-    def __init__(self, total_rows: int, row_bytes: int, title: str, enabled: bool) -> None:
-        self.total = max(total_rows, 0)
-        self.row_bytes = row_bytes
-        self.title = title
-        self.enabled = enabled and self.total > 0
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-        self.done = 0
-
-    def update(self, rows: int) -> None:
-        self.done = rows
-        now = time.perf_counter()
-        if self.enabled and (now - self.last >= 0.1 or rows >= self.total):
-            self.last = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        frac = self.done / self.total if self.total else 1.0
-        width = 30
-        filled = int(frac * width)
-        gib = 2.0**30
-        speed = self.done * self.row_bytes / max(now - self.t0, 1e-9) / 2.0**20
-        sys.stderr.write(
-            f"\r{self.title} [{'#' * filled}{'.' * (width - filled)}] "
-            f"{100 * frac:5.1f}%  {self.done * self.row_bytes / gib:.2f}/"
-            f"{self.total * self.row_bytes / gib:.2f} GiB  {speed:.0f} MiB/s"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 # --- score -----------------------------------------------------------------------------------
-
-
-def _divide(num: float, den: float) -> float:
-    """IEEE division, as fastloss's reductions do it: x/0 is +-inf, 0/0 is nan."""
-    if den == 0:
-        return math.nan if num == 0 or math.isnan(num) else math.copysign(math.inf, num)
-    return num / den
 
 
 def _chunk_rows(args: argparse.Namespace, row_bytes: int) -> int:
@@ -375,51 +95,77 @@ def _chunk_rows(args: argparse.Namespace, row_bytes: int) -> int:
     return max(1, int(args.chunk_mb * 2**20) // max(1, row_bytes))
 
 
-def _score(args: argparse.Namespace) -> int:
-    import fastloss
+def _labels(loss: str) -> tuple[str, str]:
+    """What the two positional inputs are called in messages."""
+    return ("QUERY", "POSITIVE_KEY") if loss == "info_nce" else ("PRED", "TARGET")
 
-    # fastloss's own checks, naming the options: a bad value is refused before any file is read.
+
+def _check_options(args: argparse.Namespace) -> None:
+    """fastloss's own checks, naming the options, and each option against its loss: a bad value
+    is refused before any file is read."""
     if args.threads is not None:
-        fastloss.set_num_threads(check_threads(args.threads, "--threads"))
+        check_threads(args.threads, "--threads")
     if args.ignore_index is not None:
         check_int(args.ignore_index, "--ignore-index")
     if args.label_smoothing is not None:
         check_label_smoothing(args.label_smoothing, "--label-smoothing")
+    if args.temperature is not None:
+        check_temperature(args.temperature, "--temperature")
     if args.reduction == "none" and args.out and not args.out.lower().endswith(".npy"):
         raise CliError(
             f"--out {args.out!r}: reduction 'none' writes an .npy file; give a name ending in .npy"
         )
-    if args.loss != "cross_entropy":
-        for opt, name in (
-            (args.weight, "--weight"),
-            (args.ignore_index, "--ignore-index"),
-            (args.label_smoothing, "--label-smoothing"),
-        ):
-            if opt is not None:
-                raise CliError(f"{name} applies to cross_entropy only, not {args.loss}")
-    elif args.sample_weight is not None:
-        raise CliError("--sample-weight applies to mse and mae; cross_entropy takes --weight")
+    for flag, attr, owners in _OPTIONS:
+        if getattr(args, attr) is not None and args.loss not in owners:
+            hint = " (cross_entropy takes --weight)" if attr == "sample_weight" else ""
+            raise CliError(f"{flag} applies to {' and '.join(owners)} only, not {args.loss}{hint}")
+    if args.loss == "info_nce":
+        if args.negative_mode == "paired" and args.negatives is None:
+            raise CliError(
+                "--negative-mode paired needs --negatives FILE: an (N, M, D) array of each query's negatives"
+            )
+        if args.symmetric and args.negatives is not None:
+            raise CliError("--symmetric applies to in-batch negatives only (no --negatives)")
+
+
+def _score(args: argparse.Namespace) -> int:
+    import fastloss
+
+    args.loss = ALIASES.get(args.loss, args.loss)
+    _check_options(args)
+    if args.threads is not None:
+        fastloss.set_num_threads(args.threads)
 
     args.output = OutputFile(args.out) if args.out else None
     sources: list[RowSource] = []
+    first, second = _labels(args.loss)
     try:
         try:
-            pred = open_array("PRED", args.pred)
+            pred = open_array(first, args.pred)
             sources.append(pred)
-            target = open_array("TARGET", args.target)
+            target = open_array(second, args.target)
             sources.append(target)
             if args.loss in ("mse", "mae"):
                 value, out_map = _score_regression(fastloss, args, pred, target)
-            else:
+            elif args.loss == "cross_entropy":
                 value, out_map = _score_cross_entropy(fastloss, args, pred, target)
+            else:
+                value, out_map = _score_info_nce(fastloss, args, pred, target, sources)
+            rows = 1 if args.loss == "cross_entropy" and pred.ndim == 1 else pred.shape[0]
         finally:
             for s in sources:
                 s.close()
-        wrote = _emit(args, value, out_map)
+        wrote = _emit(args, value, out_map, rows)
         if args.output is not None:
+            shape, dtype = np.shape(value), np.asarray(value).dtype
+            report = None if not args.json else _json_report(args, value, rows)
             del value, out_map  # the output map's last references: unmapped before the rename
             args.output.commit()
             print(f"wrote {args.out}{wrote}", file=sys.stderr)
+            if report is not None:
+                if args.reduction == "none":
+                    report.update(shape=list(shape), dtype=str(dtype))
+                _print_result(json.dumps(report))
     except BaseException:
         if args.output is not None:
             args.output.discard()
@@ -464,27 +210,25 @@ class OutputFile:
 
 def _run_chunks(
     args: argparse.Namespace,
-    pred: RowSource,
-    target: RowSource,
+    sources: Sequence[RowSource],
     call: ChunkCall,
     result_shape: tuple[int, ...],
 ) -> tuple[float, np.ndarray | None]:
-    """Feed row chunks to ``call(p, t, start, stop)``; for ``reduction none`` gather its
-    outputs into ``--out`` (an open_memmap) or an in-memory array. Returns the summed reduction
-    values (``None`` for ``none``) and the ``none`` output."""
-    n_rows = pred.shape[0]
-    step = _chunk_rows(args, pred.row_bytes + target.row_bytes)
-    progress = Progress(
-        n_rows, pred.row_bytes + target.row_bytes, f"{PROG} score {args.loss}", _progress_enabled(args)
-    )
+    """Feed the same row chunk of every source to ``call(parts, start, stop)``; for ``reduction
+    none`` gather its outputs into ``--out`` (an open_memmap) or an in-memory array. Returns the
+    sum of the chunks' reduction values and the ``none`` output."""
+    n_rows = sources[0].shape[0]
+    row_bytes = sum(s.row_bytes for s in sources)
+    step = _chunk_rows(args, row_bytes)
+    bar = _progress_bar(args, n_rows * row_bytes)
     total = 0.0
     out: np.ndarray | None = None
     try:
         for start in range(0, n_rows, step) if n_rows else [0]:
             stop = min(start + step, n_rows)
-            p, t = pred.rows(start, stop), target.rows(start, stop)
+            parts = [s.rows(start, stop) for s in sources]
             try:
-                res = call(p, t, start, stop)
+                res = call(parts, start, stop)
             except (ValueError, TypeError) as exc:
                 where = f" (in rows {start}..{stop - 1})" if stop - start < n_rows else ""
                 raise CliError(f"{exc}{where}") from None
@@ -496,15 +240,46 @@ def _run_chunks(
                     _flush_rows(out, start, stop)
             else:
                 total += float(res)
-            del p, t, res
-            pred.release(start, stop)
-            target.release(start, stop)
-            progress.update(stop)
+            del parts, res
+            for s in sources:
+                s.release(start, stop)
+            if bar is not None:
+                bar.update((stop - start) * row_bytes)
     finally:
-        progress.close()
+        if bar is not None:
+            bar.close()
     if args.reduction == "none" and isinstance(out, np.memmap):
         out.flush()
     return total, out
+
+
+def _progress_bar(args: argparse.Namespace, total_bytes: int) -> Any:
+    """A tqdm bar on stderr (bytes read, rate, ETA), or None when it is off: ``--quiet``,
+    ``--no-progress``, or stderr not a terminal (unless ``--progress``)."""
+    if args.quiet:
+        return None
+    enabled = sys.stderr.isatty() if args.progress is None else bool(args.progress)
+    if not enabled or total_bytes <= 0:
+        return None
+    # tqdm ships no type information.
+    from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
+
+    try:
+        width = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):  # not a terminal (--progress), or no fileno
+        width = 0
+    # A terminal of unknown width (0 columns: some ptys) would get an empty bar from tqdm.
+    size: dict[str, Any] = {"dynamic_ncols": True} if width > 0 else {"ncols": 100}
+    return tqdm(
+        total=total_bytes,
+        desc=f"{PROG} score {args.loss}",
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        mininterval=0.1,
+        **size,
+    )
 
 
 def _flush_rows(out: np.memmap, start: int, stop: int) -> None:
@@ -523,7 +298,7 @@ def _flush_rows(out: np.memmap, start: int, stop: int) -> None:
             mm.flush(lo, hi - lo)
     except (ValueError, OSError, TypeError):
         return
-    _drop_pages(out, start, stop)
+    drop_pages(out, start, stop)
 
 
 def _open_output(args: argparse.Namespace, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
@@ -536,6 +311,20 @@ def _open_output(args: argparse.Namespace, shape: tuple[int, ...], dtype: npt.DT
     if n > _MAX_PRINTED:
         raise CliError(f"reduction 'none' gives {n} values: write them with --out FILE.npy")
     return np.empty(shape, dtype=dtype)
+
+
+def _whole_call(args: argparse.Namespace, compute: Callable[[], Any]) -> tuple[Any, np.ndarray | None]:
+    """One call over whole inputs (nothing to stream): its value, and for ``none`` the output."""
+    try:
+        value = compute()
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    out = None
+    if args.reduction == "none":
+        out = _open_output(args, np.shape(value), np.asarray(value).dtype)
+        out[...] = value
+        value = out
+    return value, out
 
 
 def _score_regression(
@@ -553,7 +342,7 @@ def _score_regression(
     per_row = int(np.prod(pred.shape[1:], dtype=np.int64))
     weights = None
     if args.sample_weight is not None:
-        weights = _load_small("--sample-weight", args.sample_weight)
+        weights = load_small("--sample-weight", args.sample_weight)
         if weights.shape != (n_rows,):
             raise CliError(
                 f"--sample-weight must have shape ({n_rows},) (one weight per row of "
@@ -561,11 +350,11 @@ def _score_regression(
             )
     red = "none" if args.reduction == "none" else "sum"
 
-    def call(p: np.ndarray, t: np.ndarray, start: int, stop: int) -> Any:
+    def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
         w = None if weights is None else weights[start:stop]
-        return f(p, t, reduction=red, sample_weight=w)
+        return f(parts[0], parts[1], reduction=red, sample_weight=w)
 
-    total, out = _run_chunks(args, pred, target, call, pred.shape)
+    total, out = _run_chunks(args, [pred, target], call, pred.shape)
     if args.reduction in ("none", "sum"):
         return (out if args.reduction == "none" else total), out
     if weights is None:
@@ -573,7 +362,7 @@ def _score_regression(
     else:
         wsum = float(weights.sum(dtype=np.float64))
         den = wsum * per_row if args.reduction == "mean" else wsum
-    return _divide(total, den), None
+    return divide(total, den), None
 
 
 def _score_cross_entropy(
@@ -583,23 +372,13 @@ def _score_cross_entropy(
         "ignore_index": -100 if args.ignore_index is None else args.ignore_index,
         "label_smoothing": 0.0 if args.label_smoothing is None else args.label_smoothing,
     }
-    weight = _load_small("--weight", args.weight) if args.weight is not None else None
+    weight = load_small("--weight", args.weight) if args.weight is not None else None
     if weight is not None:
         kw["weight"] = weight
     if logits.ndim == 1:
         # One sample of C logits: nothing to stream.
-        try:
-            value = fastloss.cross_entropy(
-                np.asarray(logits.whole()), np.asarray(target.whole()), reduction=args.reduction, **kw
-            )
-        except (ValueError, TypeError) as exc:
-            raise CliError(str(exc)) from None
-        out = None
-        if args.reduction == "none":
-            out = _open_output(args, np.shape(value), np.asarray(value).dtype)
-            out[...] = value
-            value = out
-        return value, out
+        x, y = np.asarray(logits.whole()), np.asarray(target.whole())
+        return _whole_call(args, lambda: fastloss.cross_entropy(x, y, reduction=args.reduction, **kw))
     if logits.ndim != 2:
         raise CliError(f"cross_entropy PRED (logits) must be (N, C) or (C,); got shape {logits.shape}")
     n_rows, n_classes = logits.shape
@@ -625,7 +404,8 @@ def _score_cross_entropy(
     denominator = [0.0]
     w64 = None if weight is None else np.asarray(weight, dtype=np.float64)
 
-    def call(x: np.ndarray, y: np.ndarray, start: int, stop: int) -> Any:
+    def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
+        x, y = parts
         try:
             res = fastloss.cross_entropy(x, y, reduction=red, **kw)
         except ValueError:
@@ -638,14 +418,76 @@ def _score_cross_entropy(
             denominator[0] += float(w64[kept].sum()) if w64 is not None else float(kept.size)
         return res
 
-    total, out = _run_chunks(args, logits, target, call, (n_rows,))
+    total, out = _run_chunks(args, [logits, target], call, (n_rows,))
     if args.reduction == "none":
         return out, out
     if args.reduction == "sum":
         return total, None
     if args.reduction == "batchmean" or soft:
-        return _divide(total, float(n_rows)), None
-    return _divide(total, denominator[0]), None
+        return divide(total, float(n_rows)), None
+    return divide(total, denominator[0]), None
+
+
+def _score_info_nce(
+    fastloss: ModuleType,
+    args: argparse.Namespace,
+    query: RowSource,
+    key: RowSource,
+    sources: list[RowSource],
+) -> tuple[Any, np.ndarray | None]:
+    if query.ndim != 2:
+        raise CliError(f"info_nce QUERY must be (N, D); got shape {query.shape}")
+    if key.shape != query.shape:
+        raise CliError(
+            f"info_nce QUERY and POSITIVE_KEY must have the same shape (N, D); got QUERY "
+            f"{query.shape} and POSITIVE_KEY {key.shape}"
+        )
+    n_rows, dim = query.shape
+    mode = args.negative_mode or "unpaired"
+    kw: dict[str, Any] = {
+        "temperature": 0.07 if args.temperature is None else args.temperature,
+        "normalize": bool(args.normalize),
+        "negative_mode": mode,
+    }
+    if args.negatives is None:
+        # In-batch negatives: every query's logits hold every key, so the rows do not split
+        # into chunks; one call over the whole arrays (memory-mapped: O(N) extra memory).
+        kw["symmetric"] = bool(args.symmetric)
+        q, k = query.whole(), key.whole()
+        return _whole_call(args, lambda: fastloss.info_nce(q, k, reduction=args.reduction, **kw))
+    red = "none" if args.reduction == "none" else "sum"
+    call: ChunkCall
+    if mode == "unpaired":
+        queue = load_small("--negatives", args.negatives)  # one queue for every chunk, read once
+        if queue.ndim != 2 or queue.shape[1] != dim:
+            raise CliError(
+                f"--negatives (--negative-mode unpaired) must be a queue (M, {dim}) for queries "
+                f"{query.shape}; got {queue.shape}"
+            )
+        streamed = [query, key]
+
+        def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
+            return fastloss.info_nce(parts[0], parts[1], queue, reduction=red, **kw)
+
+    else:
+        negatives = open_array("--negatives", args.negatives)
+        sources.append(negatives)
+        if negatives.ndim != 3 or negatives.shape[0] != n_rows or negatives.shape[2] != dim:
+            raise CliError(
+                f"--negatives (--negative-mode paired) must be ({n_rows}, M, {dim}): M negatives "
+                f"for each of the queries {query.shape}; got {negatives.shape}"
+            )
+        streamed = [query, key, negatives]
+
+        def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
+            return fastloss.info_nce(parts[0], parts[1], parts[2], reduction=red, **kw)
+
+    total, out = _run_chunks(args, streamed, call, (n_rows,))
+    if args.reduction == "none":
+        return out, out
+    if args.reduction == "sum":
+        return total, None
+    return divide(total, float(n_rows)), None  # "mean" = "batchmean": the row losses' sum over N
 
 
 def _check_labels(y: np.ndarray, start: int, n_classes: int, ignore_index: int) -> None:
@@ -659,9 +501,35 @@ def _check_labels(y: np.ndarray, start: int, n_classes: int, ignore_index: int) 
         )
 
 
-def _emit(args: argparse.Namespace, value: Any, out_map: np.ndarray | None) -> str:
-    """Prints the result, or completes ``--out``'s temporary file and returns what it holds (for
-    the "wrote FILE" line, printed once the file has its name)."""
+def _json_value(value: Any) -> Any:
+    """A float or an array as JSON data; strict JSON has no nan/inf: they are the strings
+    ``"nan"``, ``"inf"``, ``"-inf"``."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        x = float(arr)
+        return x if math.isfinite(x) else repr(x)
+    obj = arr.astype(object)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        obj[bad] = [repr(float(v)) for v in arr[bad]]
+    return obj.tolist()
+
+
+def _json_report(args: argparse.Namespace, value: Any, rows: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"loss": args.loss, "reduction": args.reduction, "rows": int(rows)}
+    if args.output is not None:
+        report["out"] = args.out
+    if args.output is None or args.reduction != "none":
+        report["value"] = _json_value(value)
+    return report
+
+
+def _emit(args: argparse.Namespace, value: Any, out_map: np.ndarray | None, rows: int) -> str:
+    """Prints the result (without ``--out``), or completes ``--out``'s temporary file and returns
+    what it holds (for the "wrote FILE" line, printed once the file has its name)."""
+    if args.output is None and args.json:
+        _print_result(json.dumps(_json_report(args, value, rows)))
+        return ""
     if args.reduction == "none":
         if args.output is None:
             with np.printoptions(threshold=1000, precision=8):
@@ -704,12 +572,6 @@ def _print_result(text: str) -> None:
         raise CliError(
             f"cannot write the result to standard output ({exc.strerror or exc}); write it with --out FILE"
         ) from None
-
-
-def _progress_enabled(args: argparse.Namespace) -> bool:
-    if args.progress is None:
-        return sys.stderr.isatty()
-    return bool(args.progress)
 
 
 # --- the parser ------------------------------------------------------------------------------
@@ -763,22 +625,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser(
         "score",
-        help="a loss of two .npy/.npz files of any size, streamed by rows",
-        description="Compute LOSS(PRED, TARGET) from .npy files (memory-mapped) or .npz archives "
-        "(FILE.npz for the first array, FILE.npz:KEY for a named one), in row chunks "
-        "so any size fits in memory.",
+        help="a loss of .npy/.npz/Parquet inputs of any size, streamed by rows",
+        description="Compute LOSS(A, B) from .npy files (memory-mapped), .npz archives "
+        "(FILE.npz:KEY; FILE.npz for a single-array archive) or Parquet columns (FILE.parquet:COLUMN, "
+        "a numeric or fixed-size list column; needs pyarrow), in row chunks so any size fits in memory.",
     )
-    score.add_argument("loss", metavar="LOSS", choices=LOSSES, help=f"one of: {', '.join(LOSSES)}")
-    score.add_argument("pred", metavar="PRED", help="predictions (cross_entropy: logits, (N, C) or (C,))")
     score.add_argument(
-        "target", metavar="TARGET", help="targets (cross_entropy: class indices (N,) or probabilities (N, C))"
+        "loss",
+        metavar="LOSS",
+        choices=LOSSES + tuple(ALIASES),
+        help=f"one of: {', '.join(LOSSES)} (ce = cross_entropy)",
+    )
+    score.add_argument(
+        "pred",
+        metavar="A",
+        help="PRED (mse/mae), logits (cross_entropy: (N, C) or (C,)), QUERY (info_nce: (N, D))",
+    )
+    score.add_argument(
+        "target",
+        metavar="B",
+        help="TARGET (mse/mae), class indices (N,) or probabilities (N, C) (cross_entropy), "
+        "POSITIVE_KEY (info_nce: (N, D))",
     )
     score.add_argument(
         "--reduction",
         choices=REDUCTIONS,
         default="mean",
         help="default mean; 'none' streams one loss per element (per row for "
-        "cross_entropy) into --out FILE.npy",
+        "cross_entropy and info_nce) into --out FILE.npy",
     )
     score.add_argument(
         "--out",
@@ -786,9 +660,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the result to FILE (.npy, or text for a reduction) instead of printing it",
     )
     score.add_argument(
-        "--sample-weight", metavar="FILE", help="mse/mae: (N,) weights, one per row (.npy/.npz)"
+        "--json",
+        action="store_true",
+        help="print a JSON object (loss, reduction, value, rows; with --out: the file) on stdout",
     )
-    score.add_argument("--weight", metavar="FILE", help="cross_entropy: (C,) class weights (.npy/.npz)")
+    score.add_argument("--sample-weight", metavar="FILE", help="mse/mae: (N,) weights, one per row")
+    score.add_argument("--weight", metavar="FILE", help="cross_entropy: (C,) class weights")
     score.add_argument(
         "--ignore-index", type=int, metavar="I", help="cross_entropy: label to ignore (default -100)"
     )
@@ -797,6 +674,33 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="EPS",
         help="cross_entropy: label smoothing in [0, 1] (default 0)",
+    )
+    score.add_argument(
+        "--negatives",
+        metavar="FILE",
+        help="info_nce: a queue (M, D) of negatives shared by every query, read once; with "
+        "--negative-mode paired each query's own (N, M, D), streamed with the rows (default: "
+        "in-batch negatives)",
+    )
+    score.add_argument(
+        "--temperature", type=float, metavar="T", help="info_nce: temperature > 0 (default 0.07)"
+    )
+    score.add_argument(
+        "--negative-mode",
+        choices=NEGATIVE_MODES,
+        help="info_nce: how --negatives is shaped (default unpaired)",
+    )
+    score.add_argument(
+        "--normalize",
+        action="store_true",
+        default=None,
+        help="info_nce: L2-normalise every query and key row first",
+    )
+    score.add_argument(
+        "--symmetric",
+        action="store_true",
+        default=None,
+        help="info_nce, in-batch negatives: average both directions (CLIP)",
     )
     score.add_argument("--threads", type=int, metavar="N", help="kernel threads (default: all cores)")
     score.add_argument(
@@ -813,8 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
+        help="progress bar (rate, ETA) on stderr (default: when stderr is a terminal)",
     )
+    score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     score.set_defaults(func=_score_main)
     return ap
 
