@@ -446,11 +446,16 @@ def test_score_out_of_memory(capsys, tmp_path, monkeypatch):
     def no_memory(*args, **kwargs):
         raise MemoryError
 
+    # the reductions go through the streaming Accumulator, "none" through the function itself
+    monkeypatch.setattr(fastloss.Accumulator, "update", no_memory)
     monkeypatch.setattr(fastloss, "mse", no_memory)
     np.save(tmp_path / "a.npy", np.zeros((4, 3)))
-    code, out, err = score(capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy")
-    assert code == 1 and out == ""
-    assert err == "fastloss score: error: out of memory; try a smaller --chunk-mb\n"
+    for reduction in ("mean", "none"):
+        code, out, err = score(
+            capsys, "mse", tmp_path / "a.npy", tmp_path / "a.npy", "--reduction", reduction
+        )
+        assert code == 1 and out == ""
+        assert err == "fastloss score: error: out of memory; try a smaller --chunk-mb\n"
 
 
 @pytest.mark.parametrize(
@@ -659,15 +664,20 @@ def test_score_failed_none_out_leaves_no_file(capsys, tmp_path, existing):
 def test_score_interrupted_out_leaves_no_file(capsys, tmp_path, monkeypatch, reduction, name):
     np.save(tmp_path / "a.npy", np.ones((10, 3)))
     calls = []
-    real_mse = fastloss.mse
+    # "none" chunks go through fastloss.mse, the reductions through Accumulator.update
+    real_mse, real_update = fastloss.mse, fastloss.Accumulator.update
 
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_mse(*args, **kwargs)
+    def interrupted(real):
+        def call(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(fastloss, "mse", interrupted)
+        return call
+
+    monkeypatch.setattr(fastloss, "mse", interrupted(real_mse))
+    monkeypatch.setattr(fastloss.Accumulator, "update", interrupted(real_update))
     code = main(
         [
             "score",
@@ -1482,3 +1492,52 @@ def test_score_progress_on_a_real_terminal(tmp_path, columns):
     assert proc.returncode == 0 and float(stdout) == 1.0
     last = shown.decode().replace("\r\n", "\r").split("\r")[-2]
     assert last.startswith("fastloss score mse: 100%|") and "/s]" in last and "<" in last, shown
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
+def test_score_chunking_never_changes_a_bit(capsys, tmp_path, reduction):
+    # The motivating defect of "Exact everywhere": `--chunk-mb 1` and the default chunking gave
+    # other bits than the Python call. Now every chunking gives the Python call's bits.
+    rng = np.random.default_rng(11)
+    pred = (rng.standard_normal((257, 9)) * 10.0 ** rng.integers(-6, 6, size=(257, 1))).astype(np.float32)
+    target = rng.standard_normal((257, 9)).astype(np.float32)
+    logits, labels = rng.standard_normal((257, 9)) * 4, rng.integers(0, 9, size=257)
+    queries, keys, queue = (
+        rng.standard_normal((257, 9)),
+        rng.standard_normal((257, 9)),
+        rng.standard_normal((40, 9)),
+    )
+    for name, array in [
+        ("p", pred),
+        ("t", target),
+        ("x", logits),
+        ("y", labels),
+        ("q", queries),
+        ("k", keys),
+        ("n", queue),
+    ]:
+        np.save(tmp_path / f"{name}.npy", array)
+    cases = [
+        (("mse", "p", "t"), (), fastloss.mse(pred, target, reduction=reduction)),
+        (("ce", "x", "y"), (), fastloss.cross_entropy(logits, labels, reduction=reduction)),
+        (
+            ("info_nce", "q", "k"),
+            ("--negatives", tmp_path / "n.npy", "--normalize"),
+            fastloss.info_nce(queries, keys, queue, reduction=reduction, normalize=True),
+        ),
+    ]
+    for (loss, a, b), extra, expected in cases:
+        for chunking in ((), ("--chunk-rows", 1), ("--chunk-rows", 7), ("--chunk-mb", 0.001)):
+            code, out, err = score(
+                capsys,
+                loss,
+                tmp_path / f"{a}.npy",
+                tmp_path / f"{b}.npy",
+                "--reduction",
+                reduction,
+                "--json",
+                *extra,
+                *chunking,
+            )
+            assert code == 0, err
+            assert json.loads(out)["value"] == expected, (loss, chunking)

@@ -9,12 +9,9 @@
     ``.npy`` / ``.npz`` files or Parquet columns of any size, every option of the API as a flag.
     The inputs are read by ``fastloss._readers`` (memory maps, streamed compressed members,
     Parquet row groups) in row chunks of about ``--chunk-mb``, released once consumed, so memory
-    stays bounded whatever the file size. Each chunk goes through the library's own function
-    (``reduction="sum"``, or ``"none"`` for the rows); the sums of the chunks are added and
-    divided once at the end, by the denominator the library uses: ``mean`` over the element
-    count (with ``--sample-weight``: the weight sum times the elements per row; for
-    ``cross_entropy`` the count or class weight of the non-ignored rows, as PyTorch forms it;
-    for ``info_nce`` the rows), ``batchmean`` over the rows. ``info_nce`` with in-batch
+    stays bounded whatever the file size. The reductions are the streaming API's: each chunk
+    updates a ``fastloss.Accumulator``, whose exact sums give the one-call result bit for bit
+    (the reduction rules live in ``fastloss._reduction`` alone). ``info_nce`` with in-batch
     negatives (no ``--negatives``) couples every query with every key, so it is one call over
     the whole (memory-mapped) arrays. ``--reduction none`` streams the per-element (per-row for
     ``cross_entropy`` and ``info_nce``) losses into an ``.npy`` file written through
@@ -43,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._readers import InputError, RowSource, drop_pages, load_small, open_array
-from ._validation import check_int, check_label_smoothing, check_temperature, check_threads, divide
+from ._validation import check_int, check_label_smoothing, check_temperature, check_threads
 from ._version import __version__
 
 __all__ = ["main"]
@@ -339,7 +336,6 @@ def _score_regression(
         )
     f = fastloss.mse if args.loss == "mse" else fastloss.mae
     n_rows = pred.shape[0]
-    per_row = int(np.prod(pred.shape[1:], dtype=np.int64))
     weights = None
     if args.sample_weight is not None:
         weights = load_small("--sample-weight", args.sample_weight)
@@ -348,21 +344,22 @@ def _score_regression(
                 f"--sample-weight must have shape ({n_rows},) (one weight per row of "
                 f"PRED); got {weights.shape}"
             )
-    red = "none" if args.reduction == "none" else "sum"
+    if args.reduction == "none":
 
-    def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
-        w = None if weights is None else weights[start:stop]
-        return f(parts[0], parts[1], reduction=red, sample_weight=w)
+        def rows(parts: list[np.ndarray], start: int, stop: int) -> Any:
+            w = None if weights is None else weights[start:stop]
+            return f(parts[0], parts[1], reduction="none", sample_weight=w)
 
-    total, out = _run_chunks(args, [pred, target], call, pred.shape)
-    if args.reduction in ("none", "sum"):
-        return (out if args.reduction == "none" else total), out
-    if weights is None:
-        den = float(n_rows) * per_row if args.reduction == "mean" else float(n_rows)
-    else:
-        wsum = float(weights.sum(dtype=np.float64))
-        den = wsum * per_row if args.reduction == "mean" else wsum
-    return divide(total, den), None
+        _, out = _run_chunks(args, [pred, target], rows, pred.shape)
+        return out, out
+    acc = fastloss.Accumulator(args.loss, reduction=args.reduction)
+
+    def update(parts: list[np.ndarray], start: int, stop: int) -> Any:
+        acc.update(parts[0], parts[1], sample_weight=None if weights is None else weights[start:stop])
+        return 0.0
+
+    _run_chunks(args, [pred, target], update, pred.shape)
+    return acc.result(), None
 
 
 def _score_cross_entropy(
@@ -400,32 +397,26 @@ def _score_cross_entropy(
             f"cross_entropy TARGET must hold integer class indices or floating "
             f"probabilities; got dtype {target.dtype}"
         )
-    red = "none" if args.reduction == "none" else "sum"
-    denominator = [0.0]
-    w64 = None if weight is None else np.asarray(weight, dtype=np.float64)
+    acc = (
+        None
+        if args.reduction == "none"
+        else fastloss.Accumulator("cross_entropy", reduction=args.reduction, **kw)
+    )
 
     def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
         x, y = parts
         try:
-            res = fastloss.cross_entropy(x, y, reduction=red, **kw)
+            if acc is None:
+                return fastloss.cross_entropy(x, y, reduction="none", **kw)
+            acc.update(x, y)
+            return 0.0
         except ValueError:
             if not soft:
                 _check_labels(np.asarray(y), start, n_classes, kw["ignore_index"])
             raise
-        if not soft and args.reduction == "mean":
-            yv = np.asarray(y)
-            kept = yv[yv != kw["ignore_index"]]  # labels are valid: fastloss checked them
-            denominator[0] += float(w64[kept].sum()) if w64 is not None else float(kept.size)
-        return res
 
-    total, out = _run_chunks(args, [logits, target], call, (n_rows,))
-    if args.reduction == "none":
-        return out, out
-    if args.reduction == "sum":
-        return total, None
-    if args.reduction == "batchmean" or soft:
-        return divide(total, float(n_rows)), None
-    return divide(total, denominator[0]), None
+    _, out = _run_chunks(args, [logits, target], call, (n_rows,))
+    return (out, out) if acc is None else (acc.result(), None)
 
 
 def _score_info_nce(
@@ -455,7 +446,7 @@ def _score_info_nce(
         kw["symmetric"] = bool(args.symmetric)
         q, k = query.whole(), key.whole()
         return _whole_call(args, lambda: fastloss.info_nce(q, k, reduction=args.reduction, **kw))
-    red = "none" if args.reduction == "none" else "sum"
+    acc = None
     call: ChunkCall
     if mode == "unpaired":
         queue = load_small("--negatives", args.negatives)  # one queue for every chunk, read once
@@ -465,9 +456,14 @@ def _score_info_nce(
                 f"{query.shape}; got {queue.shape}"
             )
         streamed = [query, key]
+        if args.reduction != "none":
+            acc = fastloss.Accumulator("info_nce", reduction=args.reduction, negative_keys=queue, **kw)
 
         def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
-            return fastloss.info_nce(parts[0], parts[1], queue, reduction=red, **kw)
+            if acc is None:
+                return fastloss.info_nce(parts[0], parts[1], queue, reduction="none", **kw)
+            acc.update(parts[0], parts[1])
+            return 0.0
 
     else:
         negatives = open_array("--negatives", args.negatives)
@@ -478,16 +474,17 @@ def _score_info_nce(
                 f"for each of the queries {query.shape}; got {negatives.shape}"
             )
         streamed = [query, key, negatives]
+        if args.reduction != "none":
+            acc = fastloss.Accumulator("info_nce", reduction=args.reduction, **kw)
 
         def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
-            return fastloss.info_nce(parts[0], parts[1], parts[2], reduction=red, **kw)
+            if acc is None:
+                return fastloss.info_nce(parts[0], parts[1], parts[2], reduction="none", **kw)
+            acc.update(parts[0], parts[1], parts[2])
+            return 0.0
 
-    total, out = _run_chunks(args, streamed, call, (n_rows,))
-    if args.reduction == "none":
-        return out, out
-    if args.reduction == "sum":
-        return total, None
-    return divide(total, float(n_rows)), None  # "mean" = "batchmean": the row losses' sum over N
+    _, out = _run_chunks(args, streamed, call, (n_rows,))
+    return (out, out) if acc is None else (acc.result(), None)
 
 
 def _check_labels(y: np.ndarray, start: int, n_classes: int, ignore_index: int) -> None:
