@@ -200,7 +200,8 @@ template <class T>
 py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_index,
                               const py::object& target_prob, const py::object& weight, int64_t ignore_index,
                               double label_smoothing, const py::object& out, const py::object& grad,
-                              double grad_scale, bool grad_divide_by_denominator) {
+                              double grad_scale, bool grad_divide_by_denominator,
+                              const py::object& sample_weight) {
   CrossEntropyArgs<T> args;
   args.logits = matrix_view<T>(logits, "logits");
   const int64_t rows = args.logits.rows;
@@ -231,6 +232,7 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
     }
   }
   args.class_weight = double_vector(weight, cols, "weight");
+  args.sample_weight = double_vector(sample_weight, rows, "sample_weight");
   args.ignore_index = ignore_index;
   args.label_smoothing = label_smoothing;
   args.out = output_buffer<T>(out, rows, "out");
@@ -254,17 +256,19 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
 py::tuple cross_entropy(const py::array& logits, const py::object& target_index,
                         const py::object& target_prob, const py::object& weight, int64_t ignore_index,
                         double label_smoothing, const py::object& out, const py::object& grad,
-                        double grad_scale, bool grad_divide_by_denominator) {
+                        double grad_scale, bool grad_divide_by_denominator, const py::object& sample_weight) {
   if (target_index.is_none() == target_prob.is_none()) {
     throw py::value_error("target: pass exactly one of class indices or probabilities");
   }
   if (has_dtype<float>(logits)) {
     return cross_entropy_typed<float>(logits, target_index, target_prob, weight, ignore_index,
-                                      label_smoothing, out, grad, grad_scale, grad_divide_by_denominator);
+                                      label_smoothing, out, grad, grad_scale, grad_divide_by_denominator,
+                                      sample_weight);
   }
   if (has_dtype<double>(logits)) {
     return cross_entropy_typed<double>(logits, target_index, target_prob, weight, ignore_index,
-                                       label_smoothing, out, grad, grad_scale, grad_divide_by_denominator);
+                                       label_smoothing, out, grad, grad_scale, grad_divide_by_denominator,
+                                       sample_weight);
   }
   throw py::type_error("logits: expected native float32 or float64");
 }
@@ -547,10 +551,10 @@ py::object cross_entropy_fast(py::handle logits_h, py::handle target_h, py::hand
   py::tuple sums;
   if (has_dtype<float>(logits)) {
     sums = cross_entropy_typed<float>(logits, target, py::none(), py::none(), -100, 0.0, py::none(),
-                                      py::none(), 1.0, false);
+                                      py::none(), 1.0, false, py::none());
   } else if (has_dtype<double>(logits)) {
     sums = cross_entropy_typed<double>(logits, target, py::none(), py::none(), -100, 0.0, py::none(),
-                                       py::none(), 1.0, false);
+                                       py::none(), 1.0, false, py::none());
   } else {
     return py::none();
   }
@@ -611,7 +615,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target_index"), py::arg("target_prob"),
         py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("out"),
         py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0,
-        py::arg("grad_divide_by_denominator") = false);
+        py::arg("grad_divide_by_denominator") = false, py::arg("sample_weight") = py::none());
   m.def("info_nce", &info_nce, py::arg("query"), py::arg("positive"), py::arg("mode"), py::arg("negatives"),
         py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"),
         py::arg("row_max") = py::none(), py::arg("row_log_sum") = py::none());

@@ -74,6 +74,17 @@ inline void exact_sum_merge(ExactSumState& into, const ExactSumState& from) {
   into.neg_inf += other.neg_inf;
 }
 
+// Adds w * term exactly (weighted) or term: the rounded product and its error (std::fma is exact).
+inline void exact_sum_add_term(ExactSumState& sum, double term, bool weighted, double w) {
+  if (!weighted) {
+    exact_sum_add(sum, term);
+    return;
+  }
+  const double product = term * w;
+  exact_sum_add(sum, product);
+  if (std::isfinite(product)) exact_sum_add(sum, std::fma(term, w, -product));
+}
+
 // v * 2^exponent rounded to the nearest double (ties to even), where `sticky` says that v is
 // followed by more nonzero bits below its lowest one (v then has at least 54 bits).
 inline double exact_sum_round_bits(uint64_t v, bool sticky, int exponent) {

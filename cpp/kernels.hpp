@@ -64,6 +64,9 @@ struct CrossEntropyArgs {
   int64_t target_index_stride = 1;
   MatrixView<T> target_prob;
   const double* class_weight = nullptr;  // C contiguous values or null
+  // N contiguous sample weights or null: each multiplies its row's loss, gradient and share of
+  // the "mean" denominator.
+  const double* sample_weight = nullptr;
   int64_t ignore_index = -100;
   double label_smoothing = 0.0;
   T* out = nullptr;  // N contiguous row losses, or null

@@ -225,15 +225,20 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
   CrossEntropySums sums;
   if (rows == 0 || cols == 0) return sums;
   double grad_scale = a.grad_scale;
-  if (a.grad != nullptr && a.grad_divide_by_denominator && a.target_index != nullptr) {
-    // The "mean" denominator is needed before any gradient is written: one cheap pass over labels,
-    // summed exactly as the returned one is.
+  const bool sample_weighted = a.sample_weight != nullptr;
+  if (a.grad != nullptr && a.grad_divide_by_denominator) {
+    // The "mean" denominator is needed before any gradient is written: one cheap pass over labels
+    // and sample weights, summed exactly as the returned one is.
     ExactSumState denominator;
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t label = load_unaligned(a.target_index + r * a.target_index_stride);
-      if (label != a.ignore_index) {
-        exact_sum_add(denominator, a.class_weight != nullptr ? load_unaligned(a.class_weight + label) : 1.0);
+      double share = 1.0;
+      if (a.target_index != nullptr) {
+        const int64_t label = load_unaligned(a.target_index + r * a.target_index_stride);
+        if (label == a.ignore_index) continue;
+        if (a.class_weight != nullptr) share = load_unaligned(a.class_weight + label);
       }
+      exact_sum_add_term(denominator, share, sample_weighted,
+                         sample_weighted ? load_unaligned(a.sample_weight + r) : 1.0);
     }
     grad_scale /= exact_sum_round(denominator);
   }
@@ -261,11 +266,12 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
           vector_log(exp_sum, log_sum, count);
           for (int64_t k = 0; k < count; ++k) {
             double loss, denominator;
-            cross_entropy_row(a, g0 + k, grad_scale, RowLogSumExp{row_max[k], log_sum[k]}, exp_sum[k], &loss,
-                              &denominator);
-            if (a.out != nullptr) a.out[g0 + k] = static_cast<T>(loss);
-            exact_sum_add(block->loss, loss);
-            exact_sum_add(block->denominator, denominator);
+            const double sample = sample_weighted ? load_unaligned(a.sample_weight + g0 + k) : 1.0;
+            cross_entropy_row(a, g0 + k, grad_scale * sample, RowLogSumExp{row_max[k], log_sum[k]},
+                              exp_sum[k], &loss, &denominator);
+            if (a.out != nullptr) a.out[g0 + k] = static_cast<T>(sample_weighted ? loss * sample : loss);
+            exact_sum_add_term(block->loss, loss, sample_weighted, sample);
+            exact_sum_add_term(block->denominator, denominator, sample_weighted, sample);
           }
         }
       },

@@ -63,17 +63,6 @@ inline typename Simd<T>::V element_grad_vec(typename Simd<T>::V p, typename Simd
   }
 }
 
-// Adds w * term exactly (weighted) or term: the rounded product and its error (std::fma is exact).
-inline void exact_sum_add_term(ExactSumState& sum, double term, bool weighted, double w) {
-  if (!weighted) {
-    exact_sum_add(sum, term);
-    return;
-  }
-  const double product = term * w;
-  exact_sum_add(sum, product);
-  if (std::isfinite(product)) exact_sum_add(sum, std::fma(term, w, -product));
-}
-
 // Adds the exact element loss of (p, t) (times w) to *sum as a sum of double terms: for float32
 // inputs the true (p - t)^2 or |p - t| (the difference as d + d_lo, exact by TwoSum; the squares
 // by fused multiply-adds), for float64 inputs the exact square or magnitude of the rounded

@@ -54,6 +54,7 @@ def cross_entropy(
     grad: _Array | None = None,
     grad_scale: float = 1.0,
     grad_divide_by_denominator: bool = False,
+    sample_weight: _Float64Array | None = None,
 ) -> tuple[bytes, bytes]:
     """Returns the exact ``(loss sum, PyTorch's "mean" denominator)`` as states; exactly one of
     ``target_index`` and ``target_prob`` is given."""

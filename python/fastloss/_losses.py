@@ -276,6 +276,7 @@ def cross_entropy(
     weight: ArrayLike | None = ...,
     ignore_index: int = ...,
     label_smoothing: float = ...,
+    sample_weight: ArrayLike | None = ...,
     return_grad: Literal[False] = ...,
 ) -> float: ...
 @overload
@@ -287,6 +288,7 @@ def cross_entropy(
     weight: ArrayLike | None = ...,
     ignore_index: int = ...,
     label_smoothing: float = ...,
+    sample_weight: ArrayLike | None = ...,
     return_grad: Literal[False] = ...,
 ) -> np.ndarray: ...
 @overload
@@ -298,6 +300,7 @@ def cross_entropy(
     weight: ArrayLike | None = ...,
     ignore_index: int = ...,
     label_smoothing: float = ...,
+    sample_weight: ArrayLike | None = ...,
     return_grad: Literal[True],
 ) -> tuple[float, np.ndarray]: ...
 @overload
@@ -309,6 +312,7 @@ def cross_entropy(
     weight: ArrayLike | None = ...,
     ignore_index: int = ...,
     label_smoothing: float = ...,
+    sample_weight: ArrayLike | None = ...,
     return_grad: Literal[True],
 ) -> tuple[np.ndarray, np.ndarray]: ...
 @overload
@@ -320,6 +324,7 @@ def cross_entropy(
     weight: ArrayLike | None = ...,
     ignore_index: int = ...,
     label_smoothing: float = ...,
+    sample_weight: ArrayLike | None = ...,
     return_grad: bool = ...,
 ) -> LossAndGrad: ...
 def cross_entropy(
@@ -330,6 +335,7 @@ def cross_entropy(
     weight: ArrayLike | None = None,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    sample_weight: ArrayLike | None = None,
     return_grad: bool = False,
 ) -> LossAndGrad:
     """Cross-entropy of softmax(logits) against class indices or class probabilities.
@@ -348,6 +354,10 @@ def cross_entropy(
         weight: optional ``(C,)`` class weights.
         ignore_index: class index whose rows contribute nothing.
         label_smoothing: in ``[0, 1]``; mixes the target with the uniform distribution.
+        sample_weight: optional ``(N,)`` finite weights >= 0 (scikit-learn's ``log_loss``): each
+            multiplies its row's loss and gradient and its share of the denominators: ``"mean"``
+            divides by ``sum(w_i * weight[t_i])`` over the non-ignored rows (``sum(w)`` for
+            probabilities), ``"batchmean"`` by ``sum(w)``.
         return_grad: also return the gradient w.r.t. ``logits`` (softmax minus the target
             distribution, scaled by the reduction), written in the same pass as the loss.
 
@@ -358,6 +368,7 @@ def cross_entropy(
     """
     if (
         weight is None
+        and sample_weight is None
         and return_grad is False
         and type(ignore_index) is int
         and ignore_index == -100
@@ -373,7 +384,7 @@ def cross_entropy(
     ignore_index = check_int(ignore_index, "ignore_index")
     smoothing = check_label_smoothing(label_smoothing)
     partial, out, grad = cross_entropy_partial(
-        logits, target, weight, ignore_index, smoothing, reduction, return_grad
+        logits, target, weight, ignore_index, smoothing, reduction, return_grad, sample_weight
     )
     loss = out if out is not None else partial.result(reduction)
     return (loss, grad) if grad is not None else loss
@@ -387,6 +398,7 @@ def cross_entropy_partial(
     smoothing: float,
     reduction: str,
     return_grad: bool,
+    sample_weight: ArrayLike | None = None,
 ) -> tuple[Partial, np.ndarray | None, np.ndarray | None]:
     """One cross-entropy pass over checked scalars: its partial sums, and the row losses ("none",
     0-d for a single sample) and the gradient of `reduction` when asked for."""
@@ -434,10 +446,17 @@ def cross_entropy_partial(
             raise ValueError("weight: every class weight must be finite")
         check_not_subnormal(class_weight, "weight")
 
-    # Every divisor but PyTorch's weighted "mean" is known up front; that one the kernel forms
-    # from the labels before it writes the gradient.
-    by_denominator = reduction == "mean" and target_index is not None
+    sample_weight_array = sample_weights(sample_weight, rows)
+    # Every divisor but PyTorch's weighted "mean" (and a sample-weighted one) is known up front;
+    # that one the kernel forms from the labels and weights before it writes the gradient.
+    by_denominator = reduction == "mean" and (target_index is not None or sample_weight_array is not None)
+    if reduction == "batchmean" and sample_weight_array is not None:
+        divisor_override: float | None = float(ExactSum.of(sample_weight_array))
+    else:
+        divisor_override = None
     divisor = float(rows) if reduction in ("mean", "batchmean") and not by_denominator else 1.0
+    if divisor_override is not None:
+        divisor = divisor_override
     out = np.empty(rows, dtype=dtype) if reduction == "none" else None
     grad, returned_grad = (
         _gradient_buffers(logits_array.shape, dtype, logits_array) if return_grad else (None, None)
@@ -453,12 +472,13 @@ def cross_entropy_partial(
         None if grad is None else grad.reshape(rows, classes),
         1.0 / divisor if divisor else np.inf,
         by_denominator,
+        sample_weight_array,
     )
     row_count = Partial.count(rows)
     partial = Partial(
         ExactSum(loss_state),
-        ExactSum(denominator_state) if target_index is not None else row_count,
-        row_count,
+        ExactSum(denominator_state),
+        row_count if sample_weight_array is None else ExactSum.of(sample_weight_array),
     )
     finished = (
         _finish_gradient(grad, returned_grad) if grad is not None and returned_grad is not None else None

@@ -50,7 +50,7 @@ class Accumulator:
     shared queue ``negative_keys``. Per-row arrays go to ``update``:
 
     - ``mse``/``mae``: ``update(pred, target, sample_weight=None)``
-    - ``cross_entropy``: ``update(logits, target)``
+    - ``cross_entropy``: ``update(logits, target, sample_weight=None)``
     - ``info_nce``: ``update(query, positive_key)``, or ``update(query, positive_key,
       negative_keys)`` with ``negative_mode="paired"``
 
@@ -120,8 +120,6 @@ class Accumulator:
             )
             self._add(partial, np.shape(arrays[0])[1:])
             return self
-        if sample_weight is not None:
-            raise TypeError(f"{self.loss}.update takes no sample_weight")
         if self.loss == "cross_entropy":
             if len(arrays) != 2:
                 raise TypeError(f"cross_entropy.update takes (logits, target); got {len(arrays)} arrays")
@@ -136,9 +134,12 @@ class Accumulator:
                 self._scalars["label_smoothing"],
                 "sum",
                 False,
+                sample_weight,
             )
             self._add(partial, logits.shape[1:])
             return self
+        if sample_weight is not None:
+            raise TypeError("info_nce.update takes no sample_weight")
         paired = self._scalars["negative_mode"] == "paired"
         if len(arrays) != (3 if paired else 2):
             raise TypeError(
