@@ -11,6 +11,19 @@
 
 #include "kernels.hpp"
 
+// The hot loops' helper lambdas carry vector accumulators by reference: inlined, they stay in
+// registers; called, every step goes through memory (measured: 3.5x slower MSE).
+#if defined(__GNUC__)
+#define FASTLOSS_ALWAYS_INLINE __attribute__((always_inline))
+#define FASTLOSS_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define FASTLOSS_ALWAYS_INLINE __forceinline
+#define FASTLOSS_NOINLINE __declspec(noinline)
+#else
+#define FASTLOSS_ALWAYS_INLINE
+#define FASTLOSS_NOINLINE
+#endif
+
 namespace fastloss {
 namespace FASTLOSS_ISA_NAMESPACE {
 

@@ -99,39 +99,104 @@ inline void exact_sum_add_element(ExactSumState& sum, T p, T t, bool weighted, d
   }
 }
 
-// The vector form of exact_sum_add_element for lanes of double p and t (widened from T): false,
-// adding nothing, where a float32 difference is not exact in double (exponents more than 29
-// apart) or not finite, which the caller then adds lane by lane.
-template <class T, RegressionKind Kind>
-inline bool add_element_lanes(ExactLanes& lanes, typename Simd<double>::V p, typename Simd<double>::V t,
-                              bool weighted, typename Simd<double>::V w) {
+// The exact sums' vector state in regression_contiguous: two expansions for the leading terms
+// (alternate vectors, so that two TwoSum chains overlap) and one for the rounding errors (about
+// 2^-53 of them: mixed with the leading terms they would leave a residual, and a spill, at
+// almost every step). Plain locals of the caller, so that they stay in registers.
+struct RegressionLanes {
+  ExactV high[2][2];
+  ExactV low[2];
+};
+
+// The vector form of exact_sum_add_element for lanes of double p and t (widened from T), into
+// chain `c` of the leading terms: false, adding nothing, where a float32 difference is not exact
+// in double (exponents more than 29 apart) or not finite, which the caller then adds lane by lane.
+template <class T, RegressionKind Kind, int c>
+FASTLOSS_ALWAYS_INLINE inline bool add_element_lanes(RegressionLanes& lanes, ExactV p, ExactV t,
+                                                     bool weighted, ExactV w, ExactSumState* spill) {
   using SD = Simd<double>;
-  using V = typename SD::V;
-  const V d = SD::sub(p, t);
+  const ExactV d = SD::sub(p, t);
   if constexpr (sizeof(T) == sizeof(float)) {
-    const V t_part = SD::sub(p, d);  // TwoSum of p and -t: zero error iff d is exact
-    const V error = SD::add(SD::sub(p, SD::add(d, t_part)), SD::sub(t_part, t));
+    const ExactV t_part = SD::sub(p, d);  // TwoSum of p and -t: zero error iff d is exact
+    const ExactV error = SD::add(SD::sub(p, SD::add(d, t_part)), SD::sub(t_part, t));
     if (SD::any_nonzero(error)) return false;  // NaN (from inf or NaN inputs) is nonzero too
   }
+  ExactV& high0 = lanes.high[c][0];
+  ExactV& high1 = lanes.high[c][1];
   if constexpr (Kind == RegressionKind::squared) {
-    const V e = SD::mul(d, d);
-    const V e_lo = SD::fma_exact(d, d, SD::sub(SD::zero(), e));
+    const ExactV e = SD::mul(d, d);
+    const ExactV e_lo = SD::fma_exact(d, d, SD::sub(SD::zero(), e));
     if (weighted) {
-      lanes.add_product(e, w);
-      lanes.add_product(e_lo, w);
+      exact_lanes_add_product(high0, high1, lanes.low[0], lanes.low[1], e, w, spill);
+      exact_lanes_add_product(lanes.low[0], lanes.low[1], lanes.low[0], lanes.low[1], e_lo, w, spill);
     } else {
-      lanes.add(e);
-      lanes.add(e_lo);
+      exact_lanes_add(high0, high1, e, spill);
+      exact_lanes_add(lanes.low[0], lanes.low[1], e_lo, spill);
     }
   } else {
-    const V e = SD::abs(d);
+    const ExactV e = SD::abs(d);
     if (weighted) {
-      lanes.add_product(e, w);
+      exact_lanes_add_product(high0, high1, lanes.low[0], lanes.low[1], e, w, spill);
     } else {
-      lanes.add(e);
+      exact_lanes_add(high0, high1, e, spill);
     }
   }
   return true;
+}
+
+// One vector of T (kWideParts double vectors) of (p, t) at j, n valid lanes, into chain `c`.
+template <class T, RegressionKind Kind, int c>
+FASTLOSS_ALWAYS_INLINE inline void add_vector_lanes(RegressionLanes& lanes, typename Simd<T>::V pv,
+                                                    typename Simd<T>::V tv, const T* p, const T* t, int64_t n,
+                                                    bool weighted, double weight, ExactV weight_vec,
+                                                    ExactSumState* sum) {
+  using S = Simd<T>;
+  constexpr int64_t kPartLanes = Simd<double>::kLanes;
+  // The lanes of a part whose difference is not exact, one by one.
+  auto one_by_one = [&](int64_t first) {
+    for (int64_t k = first; k < first + kPartLanes && k < n; ++k) {
+      exact_sum_add_element<T, Kind>(*sum, load_unaligned(p + k), load_unaligned(t + k), weighted, weight);
+    }
+  };
+  if (!add_element_lanes<T, Kind, c>(lanes, S::widen(pv, 0), S::widen(tv, 0), weighted, weight_vec, sum)) {
+    one_by_one(0);
+  }
+  if constexpr (S::kWideParts == 2) {
+    if (!add_element_lanes<T, Kind, c>(lanes, S::widen(pv, 1), S::widen(tv, 1), weighted, weight_vec, sum)) {
+      one_by_one(kPartLanes);
+    }
+  }
+}
+
+// The element losses (times the weight) and scaled gradients of one vector, when asked for.
+template <class T, RegressionKind Kind>
+FASTLOSS_ALWAYS_INLINE inline void store_vector(typename Simd<T>::V pv, typename Simd<T>::V tv, const T* p,
+                                                const T* t, int64_t n, bool weighted,
+                                                typename Simd<T>::V out_scale,
+                                                typename Simd<T>::V grad_factor, bool grad_factor_fits,
+                                                double grad_factor_double, T* o, T* g) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int64_t L = S::kLanes;
+  const V e = element_loss_vec<T, Kind>(pv, tv);
+  if (o != nullptr) {
+    const V out = weighted ? S::mul(e, out_scale) : e;
+    if (n == L)
+      S::store(o, out);
+    else
+      S::store_partial(o, out, n);
+  }
+  if (g != nullptr && grad_factor_fits) {
+    const V grad = S::mul(grad_factor, element_grad_vec<T, Kind>(pv, tv));
+    if (n == L)
+      S::store(g, grad);
+    else
+      S::store_partial(g, grad, n);
+  } else if (g != nullptr) {
+    for (int64_t k = 0; k < n; ++k) {
+      g[k] = scaled_element_grad<T, Kind>(grad_factor_double, load_unaligned(p + k), load_unaligned(t + k));
+    }
+  }
 }
 
 // The unit-stride case, one pass at memory speed: lanes of element losses in double go into the
@@ -148,55 +213,40 @@ void regression_contiguous(const T* p, const T* t, int64_t count, double weight,
   const V out_scale = S::set1(static_cast<T>(weight));
   const V grad_factor = S::set1(static_cast<T>(grad_scale * weight));
   const bool grad_factor_fits = fits<T>(grad_scale * weight);
-  const typename SD::V weight_vec = SD::set1(weight);
+  const bool stores = o != nullptr || g != nullptr;
+  const ExactV weight_vec = SD::set1(weight);
   const ExactSumState before = *sum;
-  ExactLanes lanes0(sum), lanes1(sum);
-  auto step = [&](int64_t j, V pv, V tv, ExactLanes& lanes, int64_t n) {
-    for (int part = 0; part < S::kWideParts; ++part) {
-      if (!add_element_lanes<T, Kind>(lanes, S::widen(pv, part), S::widen(tv, part), weighted, weight_vec)) {
-        // Lanes of this part, one by one (zero-filled tail lanes add nothing).
-        constexpr int64_t kPart = SD::kLanes;
-        for (int64_t k = part * kPart; k < (part + 1) * kPart && k < n; ++k) {
-          exact_sum_add_element<T, Kind>(*sum, load_unaligned(p + j + k), load_unaligned(t + j + k), weighted,
-                                         weight);
-        }
-      }
-    }
-    if (o == nullptr && g == nullptr) return;
-    const V e = element_loss_vec<T, Kind>(pv, tv);
-    if (o != nullptr) {
-      const V out = weighted ? S::mul(e, out_scale) : e;
-      if (n == L)
-        S::store(o + j, out);
-      else
-        S::store_partial(o + j, out, n);
-    }
-    if (g != nullptr && grad_factor_fits) {
-      const V grad = S::mul(grad_factor, element_grad_vec<T, Kind>(pv, tv));
-      if (n == L)
-        S::store(g + j, grad);
-      else
-        S::store_partial(g + j, grad, n);
-    } else if (g != nullptr) {
-      for (int64_t k = j; k < j + n; ++k) {
-        g[k] =
-            scaled_element_grad<T, Kind>(grad_scale * weight, load_unaligned(p + k), load_unaligned(t + k));
-      }
-    }
-  };
+  RegressionLanes lanes;
+  lanes.high[0][0] = lanes.high[0][1] = lanes.high[1][0] = lanes.high[1][1] = SD::zero();
+  lanes.low[0] = lanes.low[1] = SD::zero();
   int64_t j = 0;
   for (; j + 2 * L <= count; j += 2 * L) {
-    step(j, S::load(p + j), S::load(t + j), lanes0, L);
-    step(j + L, S::load(p + j + L), S::load(t + j + L), lanes1, L);
+    const V p0 = S::load(p + j), t0 = S::load(t + j);
+    const V p1 = S::load(p + j + L), t1 = S::load(t + j + L);
+    add_vector_lanes<T, Kind, 0>(lanes, p0, t0, p + j, t + j, L, weighted, weight, weight_vec, sum);
+    add_vector_lanes<T, Kind, 1>(lanes, p1, t1, p + j + L, t + j + L, L, weighted, weight, weight_vec, sum);
+    if (stores) {
+      store_vector<T, Kind>(p0, t0, p + j, t + j, L, weighted, out_scale, grad_factor, grad_factor_fits,
+                            grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
+      store_vector<T, Kind>(p1, t1, p + j + L, t + j + L, L, weighted, out_scale, grad_factor,
+                            grad_factor_fits, grad_scale * weight, o ? o + j + L : nullptr,
+                            g ? g + j + L : nullptr);
+    }
   }
   for (; j < count; j += L) {
     const int64_t n = count - j < L ? count - j : L;
     // Zero-filled tails give zero losses.
-    step(j, S::load_partial(p + j, n, T(0)), S::load_partial(t + j, n, T(0)), lanes0, n);
+    const V pv = S::load_partial(p + j, n, T(0)), tv = S::load_partial(t + j, n, T(0));
+    add_vector_lanes<T, Kind, 0>(lanes, pv, tv, p + j, t + j, n, weighted, weight, weight_vec, sum);
+    if (stores) {
+      store_vector<T, Kind>(pv, tv, p + j, t + j, n, weighted, out_scale, grad_factor, grad_factor_fits,
+                            grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
+    }
   }
-  const bool finite0 = lanes0.finish();
-  const bool finite1 = lanes1.finish();
-  if (finite0 && finite1) return;
+  bool finite = exact_lanes_finish(lanes.high[0][0], lanes.high[0][1], sum);
+  finite = exact_lanes_finish(lanes.high[1][0], lanes.high[1][1], sum) && finite;
+  finite = exact_lanes_finish(lanes.low[0], lanes.low[1], sum) && finite;
+  if (finite) return;
   *sum = before;
   for (int64_t k = 0; k < count; ++k) {
     exact_sum_add_element<T, Kind>(*sum, load_unaligned(p + k), load_unaligned(t + k), weighted, weight);
