@@ -337,14 +337,21 @@ const KernelSet<T>& active_set() {
 template <class T>
 void info_nce_typed(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
                     double inv_temperature, bool normalize, const py::object& row_loss,
-                    const py::object& row_max, const py::object& row_log_sum) {
+                    const py::object& row_max, const py::object& row_log_sum, bool positive_in_sum,
+                    const py::object& positive_logit) {
   InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
   args.row_loss = writable_doubles(row_loss, args.query.rows, "row_loss");
+  args.positive_in_sum = positive_in_sum;
+  args.positive_logit = writable_doubles(positive_logit, args.query.rows, "positive_logit");
+
   if (args.row_loss == nullptr) throw py::value_error("row_loss: required");
   args.row_max = writable_doubles(row_max, args.query.rows, "row_max");
   args.row_log_sum = writable_doubles(row_log_sum, args.query.rows, "row_log_sum");
   if ((args.row_max == nullptr) != (args.row_log_sum == nullptr)) {
     throw py::value_error("row_max, row_log_sum: pass both or neither");
+  }
+  if (!positive_in_sum && (args.mode == NegativeMode::in_batch || args.row_max == nullptr)) {
+    throw py::value_error("positive_in_sum: False needs explicit negatives and row_max / row_log_sum");
   }
   const InfoNceFn<T> fn = active_set<T>().info_nce;
   const int threads = num_threads();
@@ -413,13 +420,13 @@ int64_t info_nce_backward_workspace_typed(const py::array& query, const py::arra
 
 void info_nce(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
               double inv_temperature, bool normalize, const py::object& row_loss, const py::object& row_max,
-              const py::object& row_log_sum) {
+              const py::object& row_log_sum, bool positive_in_sum, const py::object& positive_logit) {
   if (has_dtype<float>(query)) {
     info_nce_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max,
-                          row_log_sum);
+                          row_log_sum, positive_in_sum, positive_logit);
   } else if (has_dtype<double>(query)) {
     info_nce_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max,
-                           row_log_sum);
+                           row_log_sum, positive_in_sum, positive_logit);
   } else {
     throw py::type_error("query: expected native float32 or float64");
   }
@@ -618,7 +625,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("grad_divide_by_denominator") = false, py::arg("sample_weight") = py::none());
   m.def("info_nce", &info_nce, py::arg("query"), py::arg("positive"), py::arg("mode"), py::arg("negatives"),
         py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"),
-        py::arg("row_max") = py::none(), py::arg("row_log_sum") = py::none());
+        py::arg("row_max") = py::none(), py::arg("row_log_sum") = py::none(),
+        py::arg("positive_in_sum") = true, py::arg("positive_logit") = py::none());
   m.def("info_nce_backward", &info_nce_backward, py::arg("query"), py::arg("positive"), py::arg("mode"),
         py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_max"),
         py::arg("row_log_sum"), py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"),

@@ -113,6 +113,11 @@ struct InfoNceArgs {
   // forward with normalize: the kernel ORs in kQueryTooLong / kPositiveTooLong / kNegativesTooLong
   // for a finite row too long to normalise after the dot products (kernels/info_nce.inl), or null.
   int* too_long = nullptr;
+  // Queue shards (the streaming API): false leaves the positive out of the log-sum-exp, so that
+  // row_max / row_log_sum are over the negatives alone, and positive_logit (N outputs, or null)
+  // receives each row's positive logit.
+  bool positive_in_sum = true;
+  double* positive_logit = nullptr;
 };
 constexpr int kQueryTooLong = 1, kPositiveTooLong = 2, kNegativesTooLong = 4;
 

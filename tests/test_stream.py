@@ -150,3 +150,48 @@ def test_bad_use():
     data[-5] ^= 0xFF
     with pytest.raises(ValueError):
         Accumulator.from_bytes(bytes(data)).result()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("normalize", [False, True])
+def test_info_nce_queue_split_over_accumulators(isa, reduction, normalize):
+    # The same queries against shards of one queue, merged: each row's log-sum-exp within 2 ulp of
+    # the one-call one (an exp sum in another order), and so the reduced loss.
+    rng = np.random.default_rng(5)
+    q, k = rng.standard_normal((37, 8)), rng.standard_normal((37, 8))
+    queue = rng.standard_normal((1000, 8)) * 3
+    options = {"reduction": reduction, "temperature": 0.1, "normalize": normalize}
+    expected_rows = fastloss.info_nce(q, k, queue, temperature=0.1, normalize=normalize, reduction="none")
+    expected = fastloss.info_nce(q, k, queue, **options)
+    for cuts in ([0, 1000], [0, 300, 1000], [0, 256, 257, 600, 1000], [0, 0, 1000]):
+        shards = [Accumulator("info_nce", queue_split=True, **options) for _ in cuts[:-1]]
+        for acc, a, b in zip(shards, cuts[:-1], cuts[1:], strict=True):
+            acc.update(q[:20], k[:20], queue[a:b])  # rows may come in pieces too
+            acc.update(q[20:], k[20:], queue[a:b])
+        merged = shards[0]
+        for other in shards[1:]:
+            merged.merge(pickle.loads(pickle.dumps(other)))
+        lse_split = np.logaddexp(merged._positive, merged._shard_lse)
+        lse_one = expected_rows + merged._positive
+        assert np.all(np.abs(lse_split - lse_one) <= 2 * np.spacing(np.abs(lse_one))), cuts
+        assert merged.result() == pytest.approx(expected, rel=1e-13)
+
+
+def test_info_nce_queue_split_bad_use():
+    rng = np.random.default_rng(6)
+    q, k, queue = rng.standard_normal((4, 3)), rng.standard_normal((4, 3)), rng.standard_normal((9, 3))
+    with pytest.raises(ValueError, match="unpaired"):
+        Accumulator("info_nce", queue_split=True, negative_mode="paired")
+    with pytest.raises(ValueError, match="negative_keys"):
+        Accumulator("info_nce", queue_split=True, negative_keys=queue)
+    a = Accumulator("info_nce", queue_split=True).update(q, k, queue[:5])
+    with pytest.raises(ValueError, match="different queries"):
+        a.merge(Accumulator("info_nce", queue_split=True).update(q[:3], k[:3], queue[5:]))
+    with pytest.raises(ValueError, match="different losses or options"):
+        a.merge(
+            Accumulator("info_nce").update(q, k, queue)
+            if False
+            else Accumulator("info_nce", negative_keys=queue)
+        )
+    with pytest.raises(TypeError, match="queue_split"):
+        a.update(q, k)

@@ -338,7 +338,8 @@ void info_nce_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int num_
       continue;
     }
     OnlineLogSumExp state;
-    state.merge(f.positive_logit[i], 1.0);
+    if (a.positive_in_sum) state.merge(f.positive_logit[i], 1.0);
+    if (a.positive_logit != nullptr) a.positive_logit[i] = f.positive_logit[i];
     for (int64_t j0 = 0; j0 < m && !interrupted(a.interrupt); j0 += kKeyTile) {
       const int64_t cols = min_i64(kKeyTile, m - j0);
       double key_inv;
@@ -416,7 +417,8 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
     OnlineLogSumExp state;
     // With explicit negatives the positive is class 0 of the (M+1)-way softmax; in-batch it is
     // one of the streamed keys (key i) already.
-    if (!keys.in_batch) state.merge(f.positive_logit[i], 1.0);
+    if (!keys.in_batch && a.positive_in_sum) state.merge(f.positive_logit[i], 1.0);
+    if (!keys.in_batch && a.positive_logit != nullptr) a.positive_logit[i] = f.positive_logit[i];
     for (int64_t c = 0; c < chunks.count; ++c) state.merge(part_max[c * n + i], part_sum[c * n + i]);
     const double positive = keys.in_batch ? diagonal[i] : f.positive_logit[i];
     a.row_loss[i] = state.neg_log_softmax(positive);

@@ -69,8 +69,12 @@ def info_nce(
     row_loss: _Float64Array,
     row_max: _Float64Array | None = None,
     row_log_sum: _Float64Array | None = None,
+    positive_in_sum: bool = True,
+    positive_logit: _Float64Array | None = None,
 ) -> None:
     """Writes the per-row losses to ``row_loss`` (and the log-sum-exp parts for backward).
+    ``positive_in_sum=False`` (a shard of a queue) leaves the positive out of the log-sum-exp and
+    writes each row's positive logit to ``positive_logit``.
     ``mode``: 0 in-batch (``negatives`` None), 1 unpaired ``(M, D)``, 2 paired ``(N, M, D)``."""
 
 def info_nce_backward(

@@ -722,6 +722,31 @@ class InfoNceProblem:
         self._key_stats: np.ndarray | None = None
         self._backward_buffers: _InfoNceBuffers | None = None
 
+    def shard_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """For one shard of a queue of negatives: each row's positive logit and the log-sum-exp of
+        its logits against these negatives alone (-inf for none), both float64."""
+        if self.mode == _IN_BATCH:
+            raise ValueError("negative_keys: a queue shard needs explicit negatives")
+        row_loss = np.empty(self.rows, dtype=np.float64)
+        stats = np.empty((2, self.rows), dtype=np.float64)
+        positive = np.empty(self.rows, dtype=np.float64)
+        _core.info_nce(
+            self.query,
+            self.positive,
+            self.mode,
+            self.negatives,
+            self.inv_tau,
+            self.normalize,
+            row_loss,
+            stats[0],
+            stats[1],
+            positive_in_sum=False,
+            positive_logit=positive,
+        )
+        with np.errstate(invalid="ignore"):  # no negatives: max -inf, log of a zero sum -inf
+            lse = np.where(np.isneginf(stats[0]), -np.inf, stats[0] + stats[1])
+        return positive, lse
+
     def partial(self, row_loss: np.ndarray) -> Partial:
         """The reduction state of these row losses: "mean" and "batchmean" both divide by N."""
         rows = Partial.count(self.rows)

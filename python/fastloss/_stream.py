@@ -47,7 +47,10 @@ class Accumulator:
     or ``"batchmean"``; ``"none"`` has nothing to accumulate) and, for ``cross_entropy``,
     ``weight``, ``ignore_index``, ``label_smoothing``; for ``info_nce``, ``temperature``,
     ``normalize``, ``negative_mode``, ``symmetric`` and, with ``negative_mode="unpaired"``, the
-    shared queue ``negative_keys``. Per-row arrays go to ``update``:
+    shared queue ``negative_keys``, or ``queue_split=True`` to split a queue over accumulators of
+    the same rows (each one's ``update(query, positive_key, shard)`` scores the rows against its
+    shard; merging combines each row's log-sum-exp, within 2 ulp of the one-call one; the state
+    is then O(N)). Per-row arrays go to ``update``:
 
     - ``mse``/``mae``: ``update(pred, target, sample_weight=None)``
     - ``cross_entropy``: ``update(logits, target, sample_weight=None)``
@@ -80,7 +83,14 @@ class Accumulator:
             )
             scalars["normalize"] = check_flag(options.pop("normalize", False), "normalize")
             scalars["symmetric"] = check_flag(options.pop("symmetric", False), "symmetric")
+            scalars["queue_split"] = check_flag(options.pop("queue_split", False), "queue_split")
+            if scalars["queue_split"] and scalars["negative_mode"] != "unpaired":
+                raise ValueError('queue_split: splits a shared queue, so it needs negative_mode="unpaired"')
             self._arrays["negative_keys"] = options.pop("negative_keys", None)
+            if scalars["queue_split"] and self._arrays["negative_keys"] is not None:
+                raise ValueError(
+                    "negative_keys: with queue_split=True each accumulator's shard goes to update()"
+                )
             if self._arrays["negative_keys"] is not None and scalars["negative_mode"] == "paired":
                 raise ValueError(
                     "negative_keys: paired negatives belong to their rows; pass them to update()"
@@ -92,6 +102,9 @@ class Accumulator:
         self._partial: Partial | None = None
         self._row_shape: tuple[int, ...] | None = None
         self._has_arrays = True  # False once restored without the array options it was made with
+        # queue_split: every row's positive logit and log-sum-exp over this shard's negatives
+        self._positive: np.ndarray | None = None
+        self._shard_lse: np.ndarray | None = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -140,6 +153,8 @@ class Accumulator:
             return self
         if sample_weight is not None:
             raise TypeError("info_nce.update takes no sample_weight")
+        if self._scalars.get("queue_split"):
+            return self._update_shard(*arrays)
         paired = self._scalars["negative_mode"] == "paired"
         if len(arrays) != (3 if paired else 2):
             raise TypeError(
@@ -166,26 +181,80 @@ class Accumulator:
         self._add(problem.partial(problem.forward()), (problem.dim,))
         return self
 
+    def _update_shard(self, *arrays: Any) -> Accumulator:
+        """queue_split: rows (query, positive_key) scored against this accumulator's shard of the
+        queue (negative_keys); the rows of successive updates follow one another."""
+        if len(arrays) != 3:
+            raise TypeError(
+                "info_nce.update with queue_split=True takes (query, positive_key, negative_keys); "
+                f"got {len(arrays)} arrays"
+            )
+        problem = _losses.InfoNceProblem(
+            arrays[0],
+            arrays[1],
+            arrays[2],
+            temperature=self._scalars["temperature"],
+            negative_mode="unpaired",
+            normalize=self._scalars["normalize"],
+            symmetric=False,
+        )
+        positive, lse = problem.shard_stats()
+        if self._row_shape is not None and (problem.dim,) != self._row_shape:
+            raise ValueError(
+                f"info_nce: rows of shape {(problem.dim,)} do not match the earlier rows' {self._row_shape}"
+            )
+        self._row_shape = (problem.dim,)
+        if self._positive is None or self._shard_lse is None:
+            self._positive, self._shard_lse = positive, lse
+        else:
+            self._positive = np.concatenate([self._positive, positive])
+            self._shard_lse = np.concatenate([self._shard_lse, lse])
+        return self
+
+    def _merge_shard(self, other: Accumulator) -> None:
+        if other._positive is None or other._shard_lse is None:
+            return
+        if self._positive is None or self._shard_lse is None:
+            self._positive, self._shard_lse = other._positive.copy(), other._shard_lse.copy()
+            self._row_shape = other._row_shape
+            return
+        if self._positive.shape != other._positive.shape or not np.array_equal(
+            self._positive, other._positive
+        ):
+            raise ValueError("merge: queue shards of different queries (their rows or positives differ)")
+        # per row, the log-sum-exp over both shards: logaddexp shifts by the max exactly
+        self._shard_lse = np.logaddexp(self._shard_lse, other._shard_lse)
+
     def merge(self, other: Accumulator) -> Accumulator:
-        """Adds another accumulator's rows (same loss and options); returns self."""
+        """Adds another accumulator's rows (same loss and options); returns self. With
+        queue_split=True, the other holds the same rows against another shard of the queue."""
         if not isinstance(other, Accumulator):
             raise TypeError(f"merge: expected an Accumulator, got {type(other).__name__}")
         if other._key() != self._key():
             raise ValueError(
                 f"merge: accumulators of different losses or options: {self._key()} and {other._key()}"
             )
+        if self._scalars.get("queue_split"):
+            self._merge_shard(other)
+            return self
         if other._partial is not None:
             self._add(other._partial, other._row_shape or ())
         return self
 
     def result(self) -> float:
         """The reduced loss over every row so far (nan for no rows, as the loss of zero rows)."""
+        if self._positive is not None and self._shard_lse is not None:
+            # queue_split: row loss = logaddexp(positive, lse over the negatives) - positive
+            rows = np.logaddexp(0.0, self._shard_lse - self._positive)
+            count = Partial.count(rows.size)
+            return Partial(ExactSum.of(rows), count, count).result(self.reduction)
         partial = self._partial if self._partial is not None else empty_partial()
         return partial.result(self.reduction)
 
     def reset(self) -> None:
         self._partial = None
         self._row_shape = None
+        self._positive = self._shard_lse = None
 
     # -- serialisation ---------------------------------------------------------------------
 
@@ -193,6 +262,10 @@ class Accumulator:
         header = json.dumps({**self._key(), "row_shape": self._row_shape}, sort_keys=True).encode()
         states = b""
         scale = 1
+        if self._positive is not None and self._shard_lse is not None:
+            # queue_split: the per-row arrays (O(N) bytes), flagged by a negative scale: -N
+            states = np.ascontiguousarray(np.stack([self._positive, self._shard_lse]), dtype="<f8").tobytes()
+            scale = -self._positive.size
         if self._partial is not None:
             p = self._partial
             states = p.total.to_bytes() + p.mean_denominator.to_bytes() + p.batch_denominator.to_bytes()
@@ -209,7 +282,7 @@ class Accumulator:
         header_size, states_size, scale, checksum = struct.unpack("<IIqI", data[len(_MAGIC) : fixed])
         if (
             len(data) != fixed + header_size + states_size
-            or states_size % 3
+            or (scale > 0 and states_size % 3)
             or zlib.crc32(data[fixed:]) != checksum
         ):
             raise ValueError("data: a truncated or damaged Accumulator state")
@@ -226,7 +299,13 @@ class Accumulator:
         acc._has_arrays = acc._digests == digests
         acc._digests = digests
         states = data[fixed + header_size :]
-        if states:
+        if scale < 0:  # queue_split rows
+            rows = np.frombuffer(states, dtype="<f8")
+            if rows.size != 2 * -scale:
+                raise ValueError("data: a truncated or damaged Accumulator state")
+            acc._positive, acc._shard_lse = rows[:-scale].copy(), rows[-scale:].copy()
+            acc._row_shape = tuple(row_shape) if row_shape is not None else None
+        elif states:
             third = states_size // 3
             sums = [ExactSum.from_bytes(states[i * third : (i + 1) * third]) for i in range(3)]
             acc._partial = Partial(sums[0], sums[1], sums[2], scale)
