@@ -188,10 +188,6 @@ def test_info_nce_queue_split_bad_use():
     with pytest.raises(ValueError, match="different queries"):
         a.merge(Accumulator("info_nce", queue_split=True).update(q[:3], k[:3], queue[5:]))
     with pytest.raises(ValueError, match="different losses or options"):
-        a.merge(
-            Accumulator("info_nce").update(q, k, queue)
-            if False
-            else Accumulator("info_nce", negative_keys=queue)
-        )
+        a.merge(Accumulator("info_nce", negative_keys=queue))
     with pytest.raises(TypeError, match="queue_split"):
         a.update(q, k)
