@@ -43,7 +43,8 @@ ExactSumState state_from(const py::bytes& bytes, const char* name) {
   }
   std::memcpy(&state, data.data(), sizeof(state));
   // A state from to_bytes() is carried: chunks in [0, 2^32) but the top one, counts >= 0.
-  bool valid = state.adds_since_carry == 0 && state.nan >= 0 && state.pos_inf >= 0 && state.neg_inf >= 0;
+  bool valid = state.adds_since_carry == 0 && state.nan >= 0 && state.pos_inf >= 0 && state.neg_inf >= 0 &&
+               state.error_bound == 0.0;
   for (int i = 0; i < ExactSumState::kChunks - 1 && valid; ++i) {
     valid = state.chunk[i] >= 0 && state.chunk[i] < (int64_t{1} << 32);
   }
@@ -164,7 +165,7 @@ const double* double_vector(const py::object& obj, py::ssize_t size, const char*
 template <class T>
 py::bytes regression_typed(RegressionKind kind, const py::array& pred, const py::array& target,
                            const py::object& sample_weight, const py::object& out, const py::object& grad,
-                           double grad_scale) {
+                           double grad_scale, SumMode mode) {
   const MatrixView<T> p = matrix_view<T>(pred, "pred");
   const MatrixView<T> t = matrix_view<T>(target, "target");
   if (p.rows != t.rows || p.cols != t.cols) throw py::value_error("pred and target: shapes differ");
@@ -180,19 +181,20 @@ py::bytes regression_typed(RegressionKind kind, const py::array& pred, const py:
   const int threads = num_threads();
   ExactSumState sum;
   run_kernel(p.rows * p.cols,
-             [&](Interrupt* interrupt) { fn(kind, p, t, w, o, g, grad_scale, threads, interrupt, &sum); });
+             [&](Interrupt* interrupt) { fn(kind, p, t, w, o, g, grad_scale, threads, interrupt, mode, &sum); });
   return state_bytes(sum);
 }
 
 py::bytes regression(int kind, const py::array& pred, const py::array& target,
                      const py::object& sample_weight, const py::object& out, const py::object& grad,
-                     double grad_scale) {
+                     double grad_scale, bool exact_state) {
   if (kind != 0 && kind != 1) throw py::value_error("kind: expected 0 (squared) or 1 (absolute)");
   const RegressionKind k = static_cast<RegressionKind>(kind);
+  const SumMode mode = exact_state ? SumMode::exact_state : SumMode::rounded;
   if (has_dtype<float>(pred))
-    return regression_typed<float>(k, pred, target, sample_weight, out, grad, grad_scale);
+    return regression_typed<float>(k, pred, target, sample_weight, out, grad, grad_scale, mode);
   if (has_dtype<double>(pred))
-    return regression_typed<double>(k, pred, target, sample_weight, out, grad, grad_scale);
+    return regression_typed<double>(k, pred, target, sample_weight, out, grad, grad_scale, mode);
   throw py::type_error("pred: expected native float32 or float64");
 }
 
@@ -502,7 +504,7 @@ double regression_fast_typed(RegressionKind kind, const py::array& pred, const p
   const int threads = num_threads();
   ExactSumState sum;
   run_kernel(size, [&](Interrupt* interrupt) {
-    fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads, interrupt, &sum);
+    fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads, interrupt, SumMode::rounded, &sum);
     return 0;
   });
   return exact_sum_round(sum);
@@ -618,7 +620,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("exact_merge", &exact_merge, py::arg("a"), py::arg("b"), "The state of the sum of two exact sums.");
   m.def("exact_round", &exact_round, py::arg("state"), "An exact sum rounded once to the nearest double.");
   m.def("regression", &regression, py::arg("kind"), py::arg("pred"), py::arg("target"),
-        py::arg("sample_weight"), py::arg("out"), py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0);
+        py::arg("sample_weight"), py::arg("out"), py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0,
+        py::arg("exact_state") = true);
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target_index"), py::arg("target_prob"),
         py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("out"),
         py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0,

@@ -72,6 +72,7 @@ inline void exact_sum_merge(ExactSumState& into, const ExactSumState& from) {
   into.nan += other.nan;
   into.pos_inf += other.pos_inf;
   into.neg_inf += other.neg_inf;
+  into.error_bound += other.error_bound;
 }
 
 // Adds w * term exactly (weighted) or term: the rounded product and its error (std::fma is exact).
@@ -137,4 +138,28 @@ inline double exact_sum_round(const ExactSumState& state) {
     magnitude = exact_sum_round_bits(v, sticky, 32 * (top - 2) - 1074 + lead);
   }
   return negative ? -magnitude : magnitude;
+}
+
+// Settles a state whose terms were added inexactly, within error_bound of their exact sum (a sum
+// of nonnegative doubles, each rounded up by at most a factor 1 + 2^-53: the factor 2 covers the
+// roundings of as many as 2^51 additions): if every value within the bound rounds to the same
+// double, that double is the correctly rounded exact sum (rounding is monotonic), and the state
+// becomes that double alone. False, leaving the state as it is, if the bound straddles a rounding
+// boundary: the caller then forms the sum exactly.
+inline bool exact_sum_settle(ExactSumState& state) {
+  if (state.error_bound == 0.0) return true;
+  const double bound = 2.0 * state.error_bound;
+  ExactSumState low = state;
+  ExactSumState high = state;
+  exact_sum_add(low, -bound);
+  exact_sum_add(high, bound);
+  const double a = exact_sum_round(low);
+  const double b = exact_sum_round(high);
+  uint64_t a_bits, b_bits;
+  std::memcpy(&a_bits, &a, sizeof(a));
+  std::memcpy(&b_bits, &b, sizeof(b));
+  if (a_bits != b_bits) return false;  // NaN included: exact_sum_round makes one NaN
+  state = ExactSumState{};
+  exact_sum_add(state, a);
+  return true;
 }

@@ -39,7 +39,16 @@ struct ExactSumState {
   int64_t nan = 0;
   int64_t pos_inf = 0;
   int64_t neg_inf = 0;
+  // Zero in an exact state. A kernel asked for only the rounded sum (SumMode::rounded) may add
+  // terms inexactly while it runs, bounding the difference here; it settles the state before it
+  // returns (exact_sum_settle), so no state that leaves a kernel has a nonzero bound.
+  double error_bound = 0.0;
 };
+
+// What a reduction kernel must leave in its ExactSumState: the exact sum of its terms
+// (exact_state: for states that are merged, streamed or serialised) or only a state that rounds
+// to the correctly rounded sum (rounded: a one-call result, which may then take a faster pass).
+enum class SumMode : int { exact_state = 0, rounded = 1 };
 
 enum class RegressionKind : int { squared = 0, absolute = 1 };
 
@@ -48,11 +57,12 @@ enum class RegressionKind : int { squared = 0, absolute = 1 };
 // rows x cols, contiguous) when those are not null.
 // Adds every (weighted) element loss to *sum, exactly: for float32 inputs the element losses are
 // formed in double (where (p - t)^2 and |p - t| are exact), weighted ones as the exact product
-// w * e (two doubles).
+// w * e (two doubles). With SumMode::rounded, *sum is only promised to round to that sum's
+// correctly rounded value.
 template <class T>
 using RegressionFn = void (*)(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
                               const double* row_weight, T* out, T* grad, double grad_scale, int num_threads,
-                              Interrupt* interrupt, ExactSumState* sum);
+                              Interrupt* interrupt, SumMode mode, ExactSumState* sum);
 
 // Cross-entropy over rows of logits (rows = N, cols = C). The target is either class indices
 // (target_index, stride in elements; every value is already checked to lie in [0, C) or to equal

@@ -133,3 +133,56 @@ def test_special_values(isa, loss):
     assert f(np.array([np.inf, -np.inf]), np.zeros(2), reduction="sum") == math.inf
     assert f(np.zeros(3), np.zeros(3), reduction="sum") == 0.0
     assert math.copysign(1.0, f(np.zeros(3), np.zeros(3), reduction="sum")) == 1.0
+
+
+# The one-call pass (mse/mae with a scalar reduction) sums with bounded errors and settles on the
+# correctly rounded value, or redoes the sum exactly when the bound straddles a rounding boundary;
+# the streaming API's states are formed exactly. Both must give the same bits.
+
+
+def one_call_inputs(rng, dtype):
+    """Inputs for both passes: ordinary values, a wide exponent range, differences inexact in
+    float64 (exponents more than 29 apart), and for float64 infinities and NaN."""
+    for n in (1, 31, 32, 33, 64, 95, 1000, 16384 + 17, 40000):
+        pred = rng.standard_normal(n).astype(dtype)
+        target = rng.standard_normal(n).astype(dtype)
+        yield pred, target
+        wide = wide_range(rng, n, dtype)
+        yield wide, wide_range(rng, n, dtype)
+        far = pred.copy()
+        far[rng.integers(0, n, size=max(1, n // 50))] = dtype(2.0**-40)  # vs targets near 1
+        yield far, target
+        if dtype == np.float64 and n > 1:
+            special = pred.copy()
+            special[rng.integers(0, n)] = rng.choice([np.inf, -np.inf, np.nan, 1e200])
+            yield special, target
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_one_call_pass_gives_the_exact_state_bits(isa, loss, dtype):
+    rng = np.random.default_rng(12)
+    for pred, target in one_call_inputs(rng, dtype):
+        for rows in (1, pred.size if pred.size % 2 else pred.size // 2):
+            p, t = pred.reshape(rows, -1), target.reshape(rows, -1)
+            weight = rng.uniform(0.1, 3, size=rows)
+            for w in (None, weight):
+                acc = fastloss.Accumulator(loss, reduction="sum")
+                acc.update(p, t, sample_weight=w)
+                exact, fast = acc.result(), LOSSES[loss](p, t, reduction="sum", sample_weight=w)
+                assert np.float64(fast).tobytes() == np.float64(exact).tobytes(), (p.shape, w is None)
+                if dtype == np.float32 and pred.size <= 1000 and (w is None or rows < 100):
+                    assert fast == float(exact_sum(loss, p, t, w))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_sum_on_a_rounding_boundary_takes_the_exact_pass(isa, dtype):
+    # 64 ones, then 128 terms of 2^-54, then 64 of 2^-110, in every lane of every path: the fast
+    # pass's low lanes hold the 2^-54 terms exactly and lose the 2^-110 ones, so its value is
+    # 64 + 2^-47, a tie between 64 and 64 + 2^-46 that rounds to 64; the true sum is above the tie.
+    # Only the exact pass, taken because the error bound straddles the tie, gives 64 + 2^-46.
+    pred = np.array([1.0] * 64 + [2.0**-27] * 128 + [2.0**-55] * 64, dtype)
+    target = np.zeros_like(pred)
+    truth = exact_sum("mse", pred, target)
+    assert float(truth) == 64 + 2.0**-46
+    assert fastloss.mse(pred, target, reduction="sum") == 64 + 2.0**-46

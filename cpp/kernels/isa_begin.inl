@@ -13,15 +13,19 @@
 
 // The hot loops' helper lambdas carry vector accumulators by reference: inlined, they stay in
 // registers; called, every step goes through memory (measured: 3.5x slower MSE).
+// FASTLOSS_PREFETCH(address): a hint to start loading that cache line (it never faults).
 #if defined(__GNUC__)
 #define FASTLOSS_ALWAYS_INLINE __attribute__((always_inline))
 #define FASTLOSS_NOINLINE __attribute__((noinline))
+#define FASTLOSS_PREFETCH(address) __builtin_prefetch(address)
 #elif defined(_MSC_VER)
 #define FASTLOSS_ALWAYS_INLINE __forceinline
 #define FASTLOSS_NOINLINE __declspec(noinline)
+#define FASTLOSS_PREFETCH(address) ((void)(address))
 #else
 #define FASTLOSS_ALWAYS_INLINE
 #define FASTLOSS_NOINLINE
+#define FASTLOSS_PREFETCH(address) ((void)(address))
 #endif
 
 namespace fastloss {

@@ -113,12 +113,23 @@ struct Simd<double> {
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
   static V fma_exact(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V fms_exact(V a, V b, V c) { return _mm256_fmsub_pd(a, b, c); }  // a * b - c, rounded once
+  // kLanes floats, widened (exactly).
+  static V load_float(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+  // Lanes where a == b and c == d; masks combine with mask_and and all_set.
+  static M eq_and(V a, V b, V c, V d) {
+    return _mm256_and_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ), _mm256_cmp_pd(c, d, _CMP_EQ_OQ));
+  }
+  static M mask_and(M a, M b) { return _mm256_and_pd(a, b); }
+  static bool all_set(M m) { return _mm256_movemask_pd(m) == 0xF; }
   static constexpr int kWideParts = 1;
   static V widen(V v, int) { return v; }
   static bool any_nonzero(V a) { return _mm256_movemask_pd(_mm256_cmp_pd(a, zero(), _CMP_NEQ_UQ)) != 0; }
   static V max(V a, V b) { return _mm256_max_pd(a, b); }
   static V min(V a, V b) { return _mm256_min_pd(a, b); }
   static V abs(V a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
+  // a with its sign flipped where b is negative (-0 included).
+  static V xor_sign(V a, V b) { return _mm256_xor_pd(a, _mm256_and_pd(b, _mm256_set1_pd(-0.0))); }
   static V round(V a) { return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static M gt(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_GT_OQ); }
   static M is_nan(V a) { return _mm256_cmp_pd(a, a, _CMP_UNORD_Q); }

@@ -96,12 +96,23 @@ struct Simd<double> {
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
   static V fma_exact(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V fms_exact(V a, V b, V c) { return _mm512_fmsub_pd(a, b, c); }  // a * b - c, rounded once
+  // kLanes floats, widened (exactly).
+  static V load_float(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+  // Lanes where a == b and c == d; masks combine with mask_and and all_set.
+  static M eq_and(V a, V b, V c, V d) {
+    return _mm512_mask_cmp_pd_mask(_mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ), c, d, _CMP_EQ_OQ);
+  }
+  static M mask_and(M a, M b) { return static_cast<M>(a & b); }
+  static bool all_set(M m) { return m == static_cast<M>(0xFF); }
   static constexpr int kWideParts = 1;
   static V widen(V v, int) { return v; }
   static bool any_nonzero(V a) { return _mm512_cmp_pd_mask(a, zero(), _CMP_NEQ_UQ) != 0; }
   static V max(V a, V b) { return _mm512_max_pd(a, b); }
   static V min(V a, V b) { return _mm512_min_pd(a, b); }
   static V abs(V a) { return _mm512_abs_pd(a); }
+  // a with its sign flipped where b is negative (-0 included).
+  static V xor_sign(V a, V b) { return _mm512_xor_pd(a, _mm512_and_pd(b, set1(-0.0))); }
   static V round(V a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static M gt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
   static M is_nan(V a) { return _mm512_cmp_pd_mask(a, a, _CMP_UNORD_Q); }

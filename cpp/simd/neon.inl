@@ -136,6 +136,13 @@ struct Simd<double> {
   static V fmadd(V a, V b, V c) { return vfmaq_f64(c, a, b); }   // a * b + c, fused
   static V fnmadd(V a, V b, V c) { return vfmsq_f64(c, a, b); }  // c - a * b, fused
   static V fma_exact(V a, V b, V c) { return vfmaq_f64(c, a, b); }
+  static V fms_exact(V a, V b, V c) { return vfmaq_f64(vnegq_f64(c), a, b); }  // a * b - c, rounded once
+  // kLanes floats, widened (exactly).
+  static V load_float(const float* p) { return vcvt_f64_f32(vld1_f32(p)); }
+  // Lanes where a == b and c == d; masks combine with mask_and and all_set.
+  static M eq_and(V a, V b, V c, V d) { return vandq_u64(vceqq_f64(a, b), vceqq_f64(c, d)); }
+  static M mask_and(M a, M b) { return vandq_u64(a, b); }
+  static bool all_set(M m) { return (vgetq_lane_u64(m, 0) & vgetq_lane_u64(m, 1)) == ~uint64_t{0}; }
   static constexpr int kWideParts = 1;
   static V widen(V v, int) { return v; }
   static bool any_nonzero(V a) {
@@ -146,6 +153,11 @@ struct Simd<double> {
   static V max(V a, V b) { return vbslq_f64(vcgtq_f64(a, b), a, b); }
   static V min(V a, V b) { return vbslq_f64(vcltq_f64(a, b), a, b); }
   static V abs(V a) { return vabsq_f64(a); }
+  // a with its sign flipped where b is negative (-0 included).
+  static V xor_sign(V a, V b) {
+    const uint64x2_t sign = vandq_u64(vreinterpretq_u64_f64(b), vdupq_n_u64(uint64_t{1} << 63));
+    return vreinterpretq_f64_u64(veorq_u64(vreinterpretq_u64_f64(a), sign));
+  }
   static V round(V a) { return vrndnq_f64(a); }  // to nearest, ties to even
   static M gt(V a, V b) { return vcgtq_f64(a, b); }
   static M is_nan(V a) { return vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(vceqq_f64(a, a)))); }

@@ -26,7 +26,10 @@ struct Simd {
   static V mul(V a, V b) { return a * b; }
   static V fmadd(V a, V b, V c) { return a * b + c; }
   static V max(V a, V b) { return a > b ? a : b; }  // NaN in `a` is dropped, as maxps does
+  static V min(V a, V b) { return a < b ? a : b; }  // NaN in `a` is dropped, as minps does
   static V abs(V a) { return a < T(0) ? -a : a; }
+  // a with its sign flipped where b is negative (-0 included).
+  static V xor_sign(V a, V b) { return std::signbit(b) ? -a : a; }
   // sign(a) with sign(+-0) = +0 (SPEC: the MAE gradient at pred == target is +0.0) and NaN kept.
   static V sign(V a) { return a > T(0) ? T(1) : (a < T(0) ? T(-1) : (a == a ? T(0) : a)); }
   static T reduce_max(V a) { return a; }
@@ -54,6 +57,13 @@ struct Simd {
   static bool any_nonzero(V a) { return a != T(0); }
   // a * b + c rounded once (std::fma is exact in software where the CPU has no FMA).
   static V fma_exact(V a, V b, V c) { return std::fma(a, b, c); }
+  static V fms_exact(V a, V b, V c) { return std::fma(a, b, -c); }  // a * b - c, rounded once
+  // kLanes floats, widened (exactly).
+  static V load_float(const float* p) { return static_cast<V>(load_unaligned(p)); }
+  // Lanes where a == b and c == d; masks combine with mask_and and all_set.
+  static M eq_and(V a, V b, V c, V d) { return a == b && c == d; }
+  static M mask_and(M a, M b) { return a && b; }
+  static bool all_set(M m) { return m; }
 
   // A float64 accumulator for sums of T lanes.
   struct DoubleSum {

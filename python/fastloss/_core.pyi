@@ -38,10 +38,12 @@ def regression(
     out: _Array | None,
     grad: _Array | None = None,
     grad_scale: float = 1.0,
+    exact_state: bool = True,
 ) -> bytes:
     """MSE (``kind=0``) or MAE (``kind=1``) over 2-D ``pred``/``target``; returns the exact sum of
-    the (weighted) element losses as a state, writes them to ``out`` and the scaled gradient to
-    ``grad`` when given."""
+    the (weighted) element losses as a state (with ``exact_state=False``, a state that only rounds
+    to that sum's correctly rounded value, from a faster pass), writes them to ``out`` and the
+    scaled gradient to ``grad`` when given."""
 
 def cross_entropy(
     logits: _Array,

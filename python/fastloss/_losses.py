@@ -62,17 +62,27 @@ def _regression(
 ) -> LossAndGrad:
     reduction = check_reduction(reduction)
     return_grad = check_flag(return_grad, "return_grad")
-    partial, out, grad = regression_partial(kind, pred, target, sample_weight, reduction, return_grad)
+    partial, out, grad = regression_partial(
+        kind, pred, target, sample_weight, reduction, return_grad, exact_state=False
+    )
     loss = out if out is not None else partial.result(reduction)
     return (loss, grad) if grad is not None else loss
 
 
 def regression_partial(
-    kind: int, pred: ArrayLike, target: ArrayLike, sample_weight: Any, reduction: str, return_grad: bool
+    kind: int,
+    pred: ArrayLike,
+    target: ArrayLike,
+    sample_weight: Any,
+    reduction: str,
+    return_grad: bool,
+    *,
+    exact_state: bool = True,
 ) -> tuple[Partial, np.ndarray | None, np.ndarray | None]:
     """One MSE/MAE pass: its partial sums, and the element losses ("none") and the gradient of
     the `reduction` when asked for (the gradient is scaled as it is written, by the divisor the
-    partial's own denominators give)."""
+    partial's own denominators give). With ``exact_state=False`` the partial's total is fit only
+    for ``result()`` (the correctly rounded sum, from a faster pass), not for merging."""
     pred_array = as_real_array(pred, "pred")
     target_array = as_real_array(target, "target")
     if pred_array.shape != target_array.shape:
@@ -103,7 +113,9 @@ def regression_partial(
     denominators = Partial(ExactSum(), mean_denominator, batch_denominator, scale)
     divisor = denominators.divisor(reduction)  # type: ignore[arg-type]
     total = ExactSum(
-        _core.regression(kind, pred2d, target2d, weights, out, grad, 1.0 / divisor if divisor else np.inf)
+        _core.regression(
+            kind, pred2d, target2d, weights, out, grad, 1.0 / divisor if divisor else np.inf, exact_state
+        )
     )
     partial = Partial(total, mean_denominator, batch_denominator, scale)
     finished = (
