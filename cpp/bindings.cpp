@@ -180,8 +180,9 @@ py::bytes regression_typed(RegressionKind kind, const py::array& pred, const py:
   }();
   const int threads = num_threads();
   ExactSumState sum;
-  run_kernel(p.rows * p.cols,
-             [&](Interrupt* interrupt) { fn(kind, p, t, w, o, g, grad_scale, threads, interrupt, mode, &sum); });
+  run_kernel(p.rows * p.cols, [&](Interrupt* interrupt) {
+    fn(kind, p, t, w, o, g, grad_scale, threads, interrupt, mode, &sum);
+  });
   return state_bytes(sum);
 }
 

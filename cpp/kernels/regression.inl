@@ -304,7 +304,8 @@ FASTLOSS_ALWAYS_INLINE inline void add_difference_rounded(RoundedLanes<T>& lanes
 // The difference of SD::kLanes elements at p and t, and whether it is exact in every lane (float32:
 // TwoSum's error of p and -t is zero, i.e. d + t == p and p - d == t; false for inf and NaN too).
 template <class T>
-FASTLOSS_ALWAYS_INLINE inline ExactV difference_lanes(const T* p, const T* t, typename Simd<double>::M* exact) {
+FASTLOSS_ALWAYS_INLINE inline ExactV difference_lanes(const T* p, const T* t,
+                                                      typename Simd<double>::M* exact) {
   using SD = Simd<double>;
   if constexpr (sizeof(T) == sizeof(float)) {
     const ExactV pd = SD::load_float(p), td = SD::load_float(t);
@@ -540,7 +541,8 @@ void regression_settled(MatrixView<T> pred, MatrixView<T> target, const double* 
                         double grad_scale, int num_threads, Interrupt* interrupt, SumMode mode,
                         ExactSumState* sum) {
   const ExactSumState before = *sum;
-  regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt, mode, sum);
+  regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt, mode,
+                           sum);
   if (mode == SumMode::exact_state || interrupted(interrupt) || exact_sum_settle(*sum)) return;
   // The bound straddles a rounding boundary (about once in 10^8 random calls): the exact pass.
   *sum = before;
@@ -553,8 +555,8 @@ void regression(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target, c
                 T* out, T* grad, double grad_scale, int num_threads, Interrupt* interrupt, SumMode mode,
                 ExactSumState* sum) {
   if (kind == RegressionKind::squared) {
-    regression_settled<T, RegressionKind::squared>(pred, target, row_weight, out, grad, grad_scale, num_threads,
-                                                   interrupt, mode, sum);
+    regression_settled<T, RegressionKind::squared>(pred, target, row_weight, out, grad, grad_scale,
+                                                   num_threads, interrupt, mode, sum);
   } else {
     regression_settled<T, RegressionKind::absolute>(pred, target, row_weight, out, grad, grad_scale,
                                                     num_threads, interrupt, mode, sum);
