@@ -1,4 +1,4 @@
-"""Issue 9's speed budget: the large workloads of `fastloss bench` (float32, seeded), medians of 15
+"""Issue 9's speed budget: the large workloads of `fastloss bench` (float32, seeded), medians of 31
 calls, as one JSON line. Run it once per install (the exact-sum build and the one before it), in
 alternation, on a quiet machine: python bench/exact_budget.py THREADS"""
 
@@ -28,7 +28,7 @@ for name, f in work.items():
     f()
     f()
     ts = []
-    for _ in range(15):
+    for _ in range(31):
         t0 = time.perf_counter()
         f()
         ts.append(time.perf_counter() - t0)

@@ -18,14 +18,17 @@
 #define FASTLOSS_ALWAYS_INLINE __attribute__((always_inline))
 #define FASTLOSS_NOINLINE __attribute__((noinline))
 #define FASTLOSS_PREFETCH(address) __builtin_prefetch(address)
+#define FASTLOSS_PREFETCH_WRITE(address) __builtin_prefetch(address, 1)
 #elif defined(_MSC_VER)
 #define FASTLOSS_ALWAYS_INLINE __forceinline
 #define FASTLOSS_NOINLINE __declspec(noinline)
 #define FASTLOSS_PREFETCH(address) ((void)(address))
+#define FASTLOSS_PREFETCH_WRITE(address) ((void)(address))
 #else
 #define FASTLOSS_ALWAYS_INLINE
 #define FASTLOSS_NOINLINE
 #define FASTLOSS_PREFETCH(address) ((void)(address))
+#define FASTLOSS_PREFETCH_WRITE(address) ((void)(address))
 #endif
 
 namespace fastloss {

@@ -280,25 +280,25 @@ struct RoundedLanes {
 template <class T, RegressionKind Kind, int c>
 FASTLOSS_ALWAYS_INLINE inline void add_difference_rounded(RoundedLanes<T>& lanes, ExactV d) {
   using SD = Simd<double>;
-  const ExactV e = Kind == RegressionKind::squared ? SD::mul(d, d) : SD::abs(d);
   ExactV& high = lanes.high[c];
-  ExactV error;
-  if constexpr (sizeof(T) == sizeof(float)) {
-    // Fast2Sum, exact as the larger operand comes first: both are finite and nonnegative here.
-    const ExactV larger = SD::max(high, e);
-    const ExactV smaller = SD::min(high, e);
-    const ExactV sum = SD::add(larger, smaller);
-    error = SD::sub(smaller, SD::sub(sum, larger));
-    high = sum;
-  } else {
-    // TwoSum: float64 terms may be inf or NaN, which max/min would drop; they reach the lanes.
+  if constexpr (Kind == RegressionKind::squared) {
+    // TwoSum of high and e = d * d, whose error (high - (sum - b_part)) + (e - b_part) joins the
+    // square's low half d * d - e: together (high - (sum - b_part)) + (d * d - b_part), the first
+    // exact, the second one fused multiply-add (of a value below 4 2^-53 sum: the bound's).
+    const ExactV e = SD::mul(d, d);
     const ExactV sum = SD::add(high, e);
-    const ExactV part = SD::sub(sum, high);
-    error = SD::add(SD::sub(high, SD::sub(sum, part)), SD::sub(e, part));
+    const ExactV b_part = SD::sub(sum, high);
+    const ExactV a_error = SD::sub(high, SD::sub(sum, b_part));
     high = sum;
+    lanes.low[c] = SD::add(lanes.low[c], SD::add(a_error, SD::fms_exact(d, d, b_part)));
+  } else {
+    const ExactV e = SD::abs(d);
+    const ExactV sum = SD::add(high, e);
+    const ExactV b_part = SD::sub(sum, high);
+    const ExactV error = SD::add(SD::sub(high, SD::sub(sum, b_part)), SD::sub(e, b_part));
+    high = sum;
+    lanes.low[c] = SD::add(lanes.low[c], error);
   }
-  if constexpr (Kind == RegressionKind::squared) error = SD::add(error, SD::fms_exact(d, d, e));
-  lanes.low[c] = SD::add(lanes.low[c], error);
 }
 
 // The difference of SD::kLanes elements at p and t, and whether it is exact in every lane (float32:
@@ -361,11 +361,12 @@ bool rounded_lanes_finish(const RoundedLanes<T>& lanes, int64_t per_lane, bool w
     high_total += high[k];
   }
   // Per lane of m elements, with T the exact sum of its leading terms (nonnegative, so every
-  // partial sum is at most T and high >= T / 2): each of the 2 plain additions per element adds a
-  // value of at most 2 * 2^-53 T, so each low lane stays below about 4 m 2^-53 T and each addition
-  // errs by at most 2^-53 of that: the lane's error is below 8 (m + 1)^2 2^-106 T. 128 (m + 16)^2
-  // 2^-106 times the high lanes' total covers it with margin (and the low lanes' own rounding in
-  // the weighted case, below).
+  // partial sum is at most T and high >= T / 2): each element adds to its low lane one value of
+  // at most 4 2^-53 T (TwoSum's error and the square's low half), formed with at most one
+  // rounding, so the low lane stays below about 4 m 2^-53 T and each of its additions errs by at
+  // most 2^-53 of that: the lane's error is below 8 (m + 1)^2 2^-106 T <= 16 (m + 1)^2 2^-106 high.
+  // 128 (m + 16)^2 2^-106 times the high lanes' total covers it with margin (and the low lanes' own
+  // rounding in the weighted case, below).
   const double m = static_cast<double>(per_lane + 16);
   double bound = 128.0 * m * m * 0x1p-106 * high_total;
   if (!weighted) {
@@ -392,8 +393,9 @@ bool rounded_lanes_finish(const RoundedLanes<T>& lanes, int64_t per_lane, bool w
   return true;
 }
 
-// regression_contiguous for SumMode::rounded (rounded_lanes_finish for the bound).
-template <class T, RegressionKind Kind>
+// regression_contiguous for SumMode::rounded (rounded_lanes_finish for the bound). Stores: whether
+// o or g is not null, as a template parameter so that the loop without them has no test in it.
+template <class T, RegressionKind Kind, bool Stores>
 void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double weight, bool weighted, T* o,
                                    T* g, double grad_scale, ExactSumState* sum) {
   constexpr uintptr_t kAhead = kRegressionPrefetchBytes;
@@ -405,7 +407,6 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
   const V out_scale = S::set1(static_cast<T>(weight));
   const V grad_factor = S::set1(static_cast<T>(grad_scale * weight));
   const bool grad_factor_fits = fits<T>(grad_scale * weight);
-  const bool stores = o != nullptr || g != nullptr;
   const ExactSumState before = *sum;
   RoundedLanes<T> lanes;
   for (int c = 0; c < RoundedLanes<T>::kChains; ++c) lanes.high[c] = lanes.low[c] = SD::zero();
@@ -420,7 +421,9 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
         exact_sum_add_element<T, Kind>(*sum, load_unaligned(p + k), load_unaligned(t + k), weighted, weight);
       }
     }
-    if (stores) {
+    if constexpr (Stores) {
+      if (g != nullptr)
+        FASTLOSS_PREFETCH_WRITE(reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(g + j) + kAhead));
       const V p0 = S::load(p + j), t0 = S::load(t + j);
       const V p1 = S::load(p + j + L), t1 = S::load(t + j + L);
       store_vector<T, Kind>(p0, t0, p + j, t + j, L, weighted, out_scale, grad_factor, grad_factor_fits,
@@ -436,7 +439,7 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
   }
   for (; j < count; j += L) {
     const int64_t n = count - j < L ? count - j : L;
-    if (stores) {
+    if constexpr (Stores) {
       const V pv = S::load_partial(p + j, n, T(0)), tv = S::load_partial(t + j, n, T(0));
       store_vector<T, Kind>(pv, tv, p + j, t + j, n, weighted, out_scale, grad_factor, grad_factor_fits,
                             grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
@@ -464,8 +467,14 @@ void regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target,
   T* o = out != nullptr ? out + row * pred.cols : nullptr;
   T* g = grad != nullptr ? grad + row * pred.cols : nullptr;
   if (ps == 1 && ts == 1 && mode == SumMode::rounded) {
-    regression_contiguous_rounded<T, Kind>(p + c0, t + c0, c1 - c0, weight, weighted, o ? o + c0 : nullptr,
-                                           g ? g + c0 : nullptr, grad_scale, sum);
+    if (o != nullptr || g != nullptr) {
+      regression_contiguous_rounded<T, Kind, true>(p + c0, t + c0, c1 - c0, weight, weighted,
+                                                   o ? o + c0 : nullptr, g ? g + c0 : nullptr, grad_scale,
+                                                   sum);
+    } else {
+      regression_contiguous_rounded<T, Kind, false>(p + c0, t + c0, c1 - c0, weight, weighted, nullptr,
+                                                    nullptr, grad_scale, sum);
+    }
     return;
   }
   if (ps == 1 && ts == 1) {
