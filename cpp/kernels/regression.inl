@@ -94,7 +94,8 @@ double regression_contiguous(const T* p, const T* t, int64_t count, double weigh
         S::store_partial(g + j, grad, n);
     } else if (g != nullptr) {
       for (int64_t k = j; k < j + n; ++k) {
-        g[k] = scaled_element_grad<T, Kind>(grad_scale * weight, load_unaligned(p + k), load_unaligned(t + k));
+        g[k] =
+            scaled_element_grad<T, Kind>(grad_scale * weight, load_unaligned(p + k), load_unaligned(t + k));
       }
     }
   };
