@@ -6,10 +6,12 @@
 // that 2 threads get many blocks on mid-sized inputs.
 constexpr int64_t kRegressionBlock = 1 << 14;
 
-// How far ahead the one-call pass asks for its inputs. Its arithmetic (about 20 vector operations
-// per 8 elements) fills the out-of-order window, so without it the loads of a stream from memory
-// start too late to overlap: Intel Xeon (AVX-512), 1 thread, 2^24 float32 elements: 0.73 ns per
-// element with none, 0.50 at 4 KiB, 0.40 at 8 KiB (as fast as the plain sum), 0.48 at 16 KiB.
+// How far ahead the one-call pass asks for its inputs (every cache line of each stream, the
+// gradient's for writing). Its arithmetic (about 17 vector operations per 8 elements) fills the
+// out-of-order window, so without it the loads from memory start too late to overlap: Intel Xeon
+// (AVX-512), 1 thread, 2^24 float32 elements, one line in two prefetched: 0.73 ns per element with
+// none, 0.50 at 4 KiB, 0.40 at 8 KiB, 0.48 at 16 KiB; every line at 8 KiB: mse_large 6.85 ms against
+// 7.60 for the plain float sum before exact sums (bench/exact_budget.py).
 constexpr uintptr_t kRegressionPrefetchBytes = 8192;
 
 template <class T, RegressionKind Kind>
@@ -414,16 +416,19 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
   for (; j + 2 * L <= count; j += 2 * L) {
     // Past this block's end too (the next block is most often this thread's next): an address
     // formed as an integer, since pointer arithmetic beyond the array would be undefined.
-    FASTLOSS_PREFETCH(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p + j) + kAhead));
-    FASTLOSS_PREFETCH(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(t + j) + kAhead));
+    for (uintptr_t line = 0; line < 2 * L * sizeof(T); line += 64) {
+      FASTLOSS_PREFETCH(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p + j) + kAhead + line));
+      FASTLOSS_PREFETCH(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(t + j) + kAhead + line));
+    }
     if (!add_iteration_rounded<T, Kind>(lanes, p + j, t + j)) {
       for (int64_t k = j; k < j + 2 * L; ++k) {
         exact_sum_add_element<T, Kind>(*sum, load_unaligned(p + k), load_unaligned(t + k), weighted, weight);
       }
     }
     if constexpr (Stores) {
-      if (g != nullptr)
-        FASTLOSS_PREFETCH_WRITE(reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(g + j) + kAhead));
+      for (uintptr_t line = 0; g != nullptr && line < 2 * L * sizeof(T); line += 64) {
+        FASTLOSS_PREFETCH_WRITE(reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(g + j) + kAhead + line));
+      }
       const V p0 = S::load(p + j), t0 = S::load(t + j);
       const V p1 = S::load(p + j + L), t1 = S::load(t + j + L);
       store_vector<T, Kind>(p0, t0, p + j, t + j, L, weighted, out_scale, grad_factor, grad_factor_fits,
