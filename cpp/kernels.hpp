@@ -69,7 +69,7 @@ using RegressionFn = void (*)(RegressionKind kind, MatrixView<T> pred, MatrixVie
 // ignore_index) or a probability matrix of the logits' shape (target_prob.data != nullptr).
 template <class T>
 struct CrossEntropyArgs {
-  MatrixView<T> logits;
+  MatrixView<T> logits;  // col_stride == 1 (or one column)
   const int64_t* target_index = nullptr;
   int64_t target_index_stride = 1;
   MatrixView<T> target_prob;

@@ -186,3 +186,58 @@ def test_a_sum_on_a_rounding_boundary_takes_the_exact_pass(isa, dtype):
     truth = exact_sum("mse", pred, target)
     assert float(truth) == 64 + 2.0**-46
     assert fastloss.mse(pred, target, reduction="sum") == 64 + 2.0**-46
+
+
+# Cross-entropy and InfoNCE: the same bits for every layout and thread count (on each path; equal
+# bits across paths is "Same bits on every CPU path"). Every layout is read one way: rows with
+# unit stride, others copied first.
+
+CE_LAYOUTS = ("contiguous", "fortran", "strided", "reversed")
+
+
+def _bits(value) -> bytes:
+    return np.ascontiguousarray(value).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_same_bits_for_every_layout_and_thread_count(isa, dtype, restore_threads):
+    rng = np.random.default_rng(21)
+    logits = (rng.standard_normal((301, 37)) * 4).astype(dtype)
+    labels = rng.integers(0, 37, 301)
+    probs = rng.dirichlet(np.ones(37), size=301).astype(dtype)
+    weight = rng.uniform(0.5, 2, size=37)
+    results = set()
+    for threads in (1, 2, 3):
+        fastloss.set_num_threads(threads)
+        for layout in CE_LAYOUTS:
+            x = to_layout(logits, layout)
+            q = to_layout(probs, layout)
+            total, grad = fastloss.cross_entropy(
+                x, labels, weight=weight, label_smoothing=0.1, return_grad=True
+            )
+            soft, soft_grad = fastloss.cross_entropy(x, q, reduction="sum", return_grad=True)
+            rows = fastloss.cross_entropy(x, labels, reduction="none")
+            results.add((total, soft, _bits(grad), _bits(soft_grad), _bits(rows)))
+    assert len(results) == 1
+
+
+def test_info_nce_same_bits_for_every_layout_and_thread_count(isa, restore_threads):
+    rng = np.random.default_rng(22)
+    q = rng.standard_normal((97, 24)).astype(np.float32)
+    k = rng.standard_normal((97, 24)).astype(np.float32)
+    neg = rng.standard_normal((300, 24)).astype(np.float32)
+    results = set()
+    for threads in (1, 2, 3):
+        fastloss.set_num_threads(threads)
+        for layout in CE_LAYOUTS:
+            loss, grads = fastloss.info_nce(
+                to_layout(q, layout), to_layout(k, layout), to_layout(neg, layout), return_grad=True
+            )
+            results.add((loss, *(_bits(g) for g in grads)))
+    assert len(results) == 1
+
+
+def test_cross_entropy_kernel_refuses_strided_rows():
+    logits = np.asfortranarray(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="logits: rows must have unit stride"):
+        fastloss._core.cross_entropy(logits, np.zeros(4, np.int64), None, None, -100, 0.0, None)

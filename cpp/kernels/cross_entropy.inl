@@ -16,15 +16,6 @@ struct RowLogSumExp {
   double neg_log_softmax(double x) const { return log_sum - (x - max); }
 };
 
-template <class T>
-inline T scalar_exp(T x) {
-  if constexpr (sizeof(T) == sizeof(float)) {
-    return ::expf(x);
-  } else {
-    return ::exp(x);
-  }
-}
-
 // A row's max and sum of exp(x - max); the log of the sum is taken later, a vector of rows at a
 // time.
 struct RowSums {
@@ -33,18 +24,18 @@ struct RowSums {
 };
 
 // The max and exp-sum of one row. When `exps` is not null it receives exp(x_c - max), which the
-// gradient turns into softmax probabilities without a second exp. With unit stride the row is
-// read twice while it sits in L1: a vector max, then vector exps summed in float64.
+// gradient turns into softmax probabilities without a second exp. The row (unit stride, which
+// bindings.cpp requires) is read twice while it sits in L1: a vector max, then vector exps summed
+// in float64.
 template <class T>
-RowSums row_exp_sum(const T* x, int64_t cols, int64_t stride, T* exps) {
+RowSums row_exp_sum(const T* x, int64_t cols, T* exps) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int64_t L = S::kLanes;
   const T neg_inf = -static_cast<T>(HUGE_VAL);
   T row_max;
   typename S::DoubleSum sum0, sum1;
-  double strided_sum = 0.0;
-  if (stride == 1) {
+  {
     // The running max is the second operand, so a NaN lane is dropped from it; x * 0 summed
     // alongside is NaN for any NaN or inf logit, and such rows take the exp that handles them.
     V max_vec = S::set1(neg_inf);
@@ -97,19 +88,8 @@ RowSums row_exp_sum(const T* x, int64_t cols, int64_t stride, T* exps) {
       S::accumulate(sum0, e);
       if (exps != nullptr) S::store_partial(exps + j, e, n);
     }
-  } else {
-    row_max = load_unaligned(x);
-    for (int64_t j = 1; j < cols; ++j) {
-      const T v = load_unaligned(x + j * stride);
-      row_max = v > row_max ? v : row_max;
-    }
-    for (int64_t j = 0; j < cols; ++j) {
-      const T e = scalar_exp(load_unaligned(x + j * stride) - row_max);
-      strided_sum += e;
-      if (exps != nullptr) exps[j] = e;
-    }
   }
-  return RowSums{static_cast<double>(row_max), S::total(sum0) + S::total(sum1) + strided_sum};
+  return RowSums{static_cast<double>(row_max), S::total(sum0) + S::total(sum1)};
 }
 
 // Loss of row `i` and its contribution to the "mean" denominator from the row's log-sum-exp; with a
@@ -256,10 +236,9 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
             const int64_t r = g0 + k;
             const bool ignored = a.target_prob.data == nullptr &&
                                  load_unaligned(a.target_index + r * a.target_index_stride) == a.ignore_index;
-            const RowSums sums =
-                ignored ? RowSums{0.0, 1.0}
-                        : row_exp_sum(a.logits.data + r * a.logits.row_stride, cols, a.logits.col_stride,
-                                      a.grad != nullptr ? a.grad + r * cols : nullptr);
+            const RowSums sums = ignored ? RowSums{0.0, 1.0}
+                                         : row_exp_sum(a.logits.data + r * a.logits.row_stride, cols,
+                                                       a.grad != nullptr ? a.grad + r * cols : nullptr);
             row_max[k] = sums.max;
             exp_sum[k] = sums.sum;
           }

@@ -422,7 +422,11 @@ def cross_entropy_partial(
     if classes == 0:
         raise ValueError("logits: need at least one class (C >= 1)")
     dtype = compute_dtype(logits_array)
-    logits2d = to_kernel_layout(logits_array.reshape(1, classes) if single else logits_array, dtype)
+    # Rows with unit stride (other layouts copied): the kernel reads every row one way, so the
+    # loss has the same bits whatever the layout.
+    logits2d = to_kernel_layout(
+        logits_array.reshape(1, classes) if single else logits_array, dtype, contiguous_rows=True
+    )
     rows = logits2d.shape[0]
 
     try:
