@@ -210,7 +210,9 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
   const int64_t rows = args.logits.rows;
   const int64_t cols = args.logits.cols;
   // One way of reading a row, so that a row's loss does not depend on the layout it came in.
-  if (cols > 1 && args.logits.col_stride != 1) throw py::value_error("logits: rows must have unit stride");
+  if (rows > 0 && cols > 1 && args.logits.col_stride != 1) {
+    throw py::value_error("logits: rows must have unit stride");
+  }
   if (!target_index.is_none()) {
     py::array idx = py::reinterpret_borrow<py::array>(target_index);
     if (!has_dtype<int64_t>(idx) || idx.ndim() != 1 || idx.shape(0) != rows) {
