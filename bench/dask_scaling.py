@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, cols = 2**args.rows_log2, args.cols
 
     cluster = distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, memory_limit=0, dashboard_address=None
+        n_workers=2, processes=True, threads_per_worker=1, memory_limit=0, dashboard_address=":0"
     )
     client = distributed.Client(cluster)
     client.run(_set_one_kernel_thread)

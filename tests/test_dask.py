@@ -25,7 +25,13 @@ OTHER_CHUNKS = (20, 5, 25)  # the second argument's rows, unaligned with the fir
 @pytest.fixture(scope="module")
 def client():
     cluster = distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=50
+        # ":0": a free port for the dashboard (None means the default 8787, which another cluster
+        # on the machine may hold; the warning is then an error here).
+        n_workers=2,
+        processes=True,
+        threads_per_worker=1,
+        dashboard_address=":0",
+        silence_logs=50,
     )
     with distributed.Client(cluster, set_as_default=False) as c:
         yield c
