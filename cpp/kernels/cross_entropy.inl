@@ -23,73 +23,94 @@ struct RowSums {
   double sum;
 };
 
+// Virtual lanes of a row's exp-sum: element c goes to lane c mod kCrossEntropyLanes<T> on every
+// path (128 bytes: one AVX-512 register pair, four AVX2 registers, eight NEON ones, 32 or 16
+// scalars), and the lanes are folded by one fixed tree, so the sum has the same bits whatever the
+// vector width.
+template <class T>
+constexpr int64_t kCrossEntropyLanes = 128 / static_cast<int64_t>(sizeof(T));
+
 // The max and exp-sum of one row. When `exps` is not null it receives exp(x_c - max), which the
 // gradient turns into softmax probabilities without a second exp. The row (unit stride, which
 // bindings.cpp requires) is read twice while it sits in L1: a vector max, then vector exps summed
-// in float64.
+// by virtual lane, in runs in T folded into float64.
 template <class T>
 RowSums row_exp_sum(const T* x, int64_t cols, T* exps) {
   using S = Simd<T>;
+  using SD = Simd<double>;
   using V = typename S::V;
   constexpr int64_t L = S::kLanes;
+  constexpr int64_t W = kCrossEntropyLanes<T>;
+  constexpr int64_t R = W / L;          // registers per virtual vector
+  constexpr int64_t P = S::kWideParts;  // double vectors per register
+  static_assert(W % L == 0 && W % SD::kLanes == 0, "the virtual lanes fill whole registers");
   const T neg_inf = -static_cast<T>(HUGE_VAL);
-  T row_max;
-  typename S::DoubleSum sum0, sum1;
-  {
-    // The running max is the second operand, so a NaN lane is dropped from it; x * 0 summed
-    // alongside is NaN for any NaN or inf logit, and such rows take the exp that handles them.
-    V max_vec = S::set1(neg_inf);
-    V probe = S::zero();
-    int64_t j = 0;
-    for (; j + L <= cols; j += L) {
-      const V v = S::load(x + j);
-      max_vec = S::max(v, max_vec);
-      probe = S::fmadd(v, S::zero(), probe);
+  // The running max is the second operand, so a NaN lane is dropped from it; x * 0 summed
+  // alongside is NaN for any NaN or inf logit, and such rows take the exp that handles them.
+  V max_vec = S::set1(neg_inf);
+  V probe = S::zero();
+  int64_t j = 0;
+  for (; j + L <= cols; j += L) {
+    const V v = S::load(x + j);
+    max_vec = S::max(v, max_vec);
+    probe = S::fmadd(v, S::zero(), probe);
+  }
+  if (j < cols) {
+    const V v = S::load_partial(x + j, cols - j, T(0));
+    max_vec = S::max(S::load_partial(x + j, cols - j, neg_inf), max_vec);
+    probe = S::fmadd(v, S::zero(), probe);
+  }
+  // + 0: a max of +0 and -0 is either, by lane order; the sum of them is +0 on every path.
+  const T row_max = S::reduce_max(max_vec) + T(0);
+  const V shift = S::set1(row_max);
+  const bool finite = S::reduce_add(probe) == T(0);
+  auto exp_shifted = [&](V v) {
+    return finite ? S::exp_nonpositive(S::sub(v, shift)) : S::exp(S::sub(v, shift));
+  };
+  // Runs of at most kRun virtual vectors are summed in T lanes (each lane adds <= kRun values in
+  // [0, 1]: relative error <= kRun ulp, ~sqrt(kRun) typical), then folded into float64 lanes.
+  constexpr int kRun = 16;
+  V run[R];
+  typename SD::V total[R * P];
+  for (int64_t r = 0; r < R; ++r) run[r] = S::zero();
+  for (int64_t k = 0; k < R * P; ++k) total[k] = SD::zero();
+  auto fold_runs = [&] {
+    for (int64_t r = 0; r < R; ++r) {
+      for (int q = 0; q < P; ++q) total[r * P + q] = SD::add(total[r * P + q], S::widen(run[r], q));
+      run[r] = S::zero();
     }
-    if (j < cols) {
-      const V v = S::load_partial(x + j, cols - j, T(0));
-      max_vec = S::max(S::load_partial(x + j, cols - j, neg_inf), max_vec);
-      probe = S::fmadd(v, S::zero(), probe);
+  };
+  int runs = 0;
+  j = 0;
+  for (; j + W <= cols; j += W) {
+    for (int64_t r = 0; r < R; ++r) {
+      const V e = exp_shifted(S::load(x + j + r * L));
+      run[r] = S::add(run[r], e);
+      if (exps != nullptr) S::store(exps + j + r * L, e);
     }
-    row_max = S::reduce_max(max_vec);
-    const V shift = S::set1(row_max);
-    const bool finite = S::reduce_add(probe) == T(0);
-    auto exp_shifted = [&](V v) {
-      return finite ? S::exp_nonpositive(S::sub(v, shift)) : S::exp(S::sub(v, shift));
-    };
-    // Runs of at most kRun vectors are summed in T lanes (each lane adds <= kRun values in
-    // [0, 1]: relative error <= kRun ulp, ~sqrt(kRun) typical), then folded into float64.
-    constexpr int kRun = 16;
-    V run0 = S::zero(), run1 = S::zero();
-    int run = 0;
-    j = 0;
-    for (; j + 2 * L <= cols; j += 2 * L) {
-      const V e0 = exp_shifted(S::load(x + j));
-      const V e1 = exp_shifted(S::load(x + j + L));
-      run0 = S::add(run0, e0);
-      run1 = S::add(run1, e1);
-      if (exps != nullptr) {
-        S::store(exps + j, e0);
-        S::store(exps + j + L, e1);
-      }
-      if (++run == kRun) {
-        S::accumulate(sum0, run0);
-        S::accumulate(sum1, run1);
-        run0 = run1 = S::zero();
-        run = 0;
-      }
-    }
-    S::accumulate(sum0, run0);
-    S::accumulate(sum1, run1);
-    for (; j < cols; j += L) {
-      const int64_t n = cols - j < L ? cols - j : L;
-      // The -inf fill gives exp 0 (or exp's floor, < 1.7e-38) in the unused lanes.
-      const V e = exp_shifted(S::load_partial(x + j, n, neg_inf));
-      S::accumulate(sum0, e);
-      if (exps != nullptr) S::store_partial(exps + j, e, n);
+    if (++runs == kRun) {
+      fold_runs();
+      runs = 0;
     }
   }
-  return RowSums{static_cast<double>(row_max), S::total(sum0) + S::total(sum1)};
+  if (j < cols) {
+    // One more virtual vector, -inf filled: exp 0 (or exp's floor, < 1.7e-38) in the unused lanes,
+    // the same lanes on every path.
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t left = cols - j - r * L;
+      const int64_t n = left < 0 ? 0 : (left < L ? left : L);
+      const V e = exp_shifted(S::load_partial(x + j + r * L, n, neg_inf));
+      run[r] = S::add(run[r], e);
+      if (exps != nullptr && n > 0) S::store_partial(exps + j + r * L, e, n);
+    }
+  }
+  fold_runs();
+  double lanes[W];
+  for (int64_t k = 0; k < R * P; ++k) SD::store(lanes + k * SD::kLanes, total[k]);
+  for (int64_t half = W / 2; half >= 1; half /= 2) {
+    for (int64_t k = 0; k < half; ++k) lanes[k] += lanes[k + half];
+  }
+  return RowSums{static_cast<double>(row_max), lanes[0]};
 }
 
 // Loss of row `i` and its contribution to the "mean" denominator from the row's log-sum-exp; with a
