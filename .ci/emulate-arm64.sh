@@ -152,6 +152,14 @@ tests_step() {
     config=$("${PY_ARM64[@]}" -c "import fastloss; print('imported from', fastloss.__file__); fastloss.show_config()")
     echo "$config"
     grep -qx "active path: neon" <<<"$config" || { echo "show_config(): the active path is not neon"; exit 1; }
+    # The native scalar path's bits, which the neon path must give (tests/test_same_bits.py),
+    # when this shell's python has fastloss (CI's venv does).
+    if python -c "import fastloss" 2>/dev/null; then
+      python "$SRC/tests/bits_battery.py" "$WORK/golden.json"
+      export FASTLOSS_GOLDEN_BITS="$WORK/golden.json"
+    else
+      echo "no native fastloss in $(command -v python): the neon bits are not compared with x86's"
+    fi
     local k=()
     [ -z "$ARM64_K" ] || k=(-k "$ARM64_K")
     "${PY_ARM64[@]}" -m pytest -p no:cacheprovider -q -m emulated "${k[@]}" tests

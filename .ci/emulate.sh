@@ -55,7 +55,12 @@ emulated() {
 }
 
 SUMMARY=$(mktemp)
-trap 'rm -f "$SUMMARY"' EXIT
+# The native scalar path's bits (tests/bits_battery.py): every emulated path must give them
+# (tests/test_same_bits.py::test_bits_match_the_native_golden).
+GOLDEN=$(mktemp)
+trap 'rm -f "$SUMMARY" "$GOLDEN"' EXIT
+(cd "$DIR" && "$PYTHON" tests/bits_battery.py "$GOLDEN")
+export FASTLOSS_GOLDEN_BITS="$GOLDEN"
 START=$SECONDS
 emulated "Haswell (qemu)" avx2 qemu-x86_64 -cpu Haswell
 emulated "Nehalem (qemu)" scalar qemu-x86_64 -cpu Nehalem
@@ -71,7 +76,7 @@ if command -v valgrind >/dev/null; then
     step "valgrind: tests/test_dispatch.py + a kernel sample" "${VG[@]}" "$PYTHON" -m pytest -p no:cacheprovider -q \
       -m emulated tests -k "test_dispatch or (avx2 and (test_sizes and f32-2-17 or test_classes and 17] \
 or test_negatives and 17] or test_in_batch and 17] or grad_matches_reference and float32-mean \
-or test_every_tail_length))"
+or test_every_tail_length or test_bits_match_the_native_golden))"
     printf '%s\n' "${TIMES[@]}" >>"$SUMMARY"
   )
 else

@@ -45,7 +45,7 @@ struct Simd {
   }
   static V max(V a, V b) { return a > b ? a : b; }  // NaN in `a` is dropped, as maxps does
   static V min(V a, V b) { return a < b ? a : b; }  // NaN in `a` is dropped, as minps does
-  static V abs(V a) { return a < T(0) ? -a : a; }
+  static V abs(V a) { return std::fabs(a); }  // clears the sign bit, -0 and NaN included, as andnot does
   // a with its sign flipped where b is negative (-0 included).
   static V xor_sign(V a, V b) { return std::signbit(b) ? -a : a; }
   // sign(a) with sign(+-0) = +0 (SPEC: the MAE gradient at pred == target is +0.0) and NaN kept.

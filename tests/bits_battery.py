@@ -1,0 +1,142 @@
+"""The outputs that must have the same bits on every CPU path (SPEC.md, "Same bits on every CPU
+path"): element and row losses, reductions and gradients of every loss, and the vector exp/log,
+on sizes that straddle every lane width and inputs with NaN, inf, huge and subnormal values.
+
+tests/test_same_bits.py compares every path with the scalar one in this process, and under an
+emulated CPU (.ci/emulate.sh, .ci/emulate-arm64.sh) compares the path there with the digests
+this file writes natively:  python tests/bits_battery.py OUT.json  (with the scalar path).
+NaN is compared by position: x86 and ARM make different default NaNs (sign bit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+import fastloss
+import numpy as np
+from fastloss import _core
+
+SPECIAL = [np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-45, -1e-45, 0.0, -0.0, 1.5, -2.25]
+
+
+class _Inputs:
+    """Inputs with the same bits under any NumPy version and CPU (the arm64 step runs Debian's
+    NumPy 1.24): a 64-bit LCG, and values on a power-of-two grid, so every step is exact."""
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed
+
+    def ints(self, n: int, bound: int) -> np.ndarray:
+        out = []
+        for _ in range(n):
+            self.state = (self.state * 6364136223846793005 + 1442695040888963407) % 2**64
+            out.append((self.state >> 24) % bound)
+        return np.array(out, dtype=np.int64)
+
+    def uniform(self, shape, dtype, scale: float = 1.0) -> np.ndarray:
+        """Values in [-scale, scale) on a grid of scale * 2^-20 (scale a power of two)."""
+        n = int(np.prod(shape))
+        grid = (self.ints(n, 2**21) - 2**20).astype(np.float64) * 2.0**-20
+        return (grid * scale).astype(dtype).reshape(shape)
+
+    def positive(self, shape, low: float, dtype=np.float64) -> np.ndarray:
+        """Values in [low, low + 1) on a grid of 2^-20 (low a multiple of it)."""
+        n = int(np.prod(shape))
+        return (low + self.ints(n, 2**20).astype(np.float64) * 2.0**-20).astype(dtype).reshape(shape)
+
+
+def _canonical(value) -> np.ndarray:
+    a = np.array(value)
+    if a.dtype.kind == "f":
+        a = np.where(np.isnan(a), np.array(np.nan, a.dtype), a)  # one NaN
+    return np.ascontiguousarray(a)
+
+
+def _regression(rng) -> dict[str, list]:
+    out = {}
+    for dtype in (np.float32, np.float64):
+        for shape in [(1,), (7,), (33,), (100,), (1031,), (13, 37)]:
+            p = rng.uniform(shape, dtype, 4.0)
+            t = rng.uniform(shape, dtype)
+            w = rng.positive(shape[0], 0.125)
+            for name in ("mse", "mae"):
+                f = getattr(fastloss, name)
+                out[f"{name}-{np.dtype(dtype).name}-{shape}"] = [
+                    f(p, t, reduction="none"),
+                    f(p, t, reduction="sum"),
+                    f(p, t, reduction="mean", sample_weight=w),
+                    f(p, t, return_grad=True)[1],
+                    f(p, t, reduction="none", sample_weight=w, return_grad=True)[1],
+                ]
+        special = np.array(SPECIAL, dtype)
+        for name in ("mse", "mae"):
+            f = getattr(fastloss, name)
+            pairs = np.array(np.meshgrid(special, special)).reshape(2, -1).astype(dtype)
+            out[f"{name}-{np.dtype(dtype).name}-special"] = [
+                f(pairs[0], pairs[1], reduction="none"),
+                f(pairs[0], pairs[1], return_grad=True)[1],
+            ]
+    return out
+
+
+def _cross_entropy(rng) -> dict[str, list]:
+    out = {}
+    for dtype in (np.float32, np.float64):
+        for classes, rows in [(1, 3), (3, 5), (17, 5), (33, 4), (100, 3), (1000, 2)]:
+            x = rng.uniform((rows, classes), dtype, 16.0)
+            y = rng.ints(rows, classes)
+            y[0] = -100
+            q = rng.positive((rows, classes), 0.0, dtype)  # soft targets (unnormalised, as torch allows)
+            w = rng.positive(classes, 0.5)
+            key = f"ce-{np.dtype(dtype).name}-{classes}"
+            out[key] = [
+                fastloss.cross_entropy(x, y, reduction="none"),
+                *fastloss.cross_entropy(x, y, return_grad=True),
+                *fastloss.cross_entropy(x, y, weight=w, label_smoothing=0.1, return_grad=True),
+                *fastloss.cross_entropy(x, q, reduction="sum", label_smoothing=0.2, return_grad=True),
+                fastloss.cross_entropy(x, q, reduction="none", weight=w),
+            ]
+        special = np.array(SPECIAL + [-1e30, 1e30, 88.0, -87.5], dtype)
+        rows = np.stack([np.roll(special, k) for k in range(len(special))])
+        labels = np.arange(len(special)) % len(special)
+        out[f"ce-{np.dtype(dtype).name}-special"] = [
+            fastloss.cross_entropy(rows, labels, reduction="none"),
+            fastloss.cross_entropy(rows, labels, return_grad=True)[1],
+        ]
+    return out
+
+
+def _vecmath(rng: _Inputs) -> dict[str, list]:
+    f32 = np.concatenate([rng.uniform(2003, np.float32, 128.0), np.array(SPECIAL, np.float32)])
+    f64 = np.concatenate([rng.uniform(2003, np.float64, 1024.0), np.array(SPECIAL)])
+    pos = np.ldexp(rng.positive(2003, 1.0), rng.ints(2003, 2000) - 1000)
+    pos = np.concatenate([pos, rng.positive(1001, 0.5), np.array(SPECIAL)])
+    return {
+        "exp-f32": [_core.vector_exp(f32)],
+        "exp-f64": [_core.vector_exp(f64)],
+        "log-f64": [_core.vector_log(pos)],
+    }
+
+
+def battery() -> dict[str, list[np.ndarray]]:
+    """Every output, on the active path, canonicalised (one NaN)."""
+    rng = _Inputs(20261201)
+    cases = {**_regression(rng), **_cross_entropy(rng), **_vecmath(rng)}
+    return {name: [_canonical(v) for v in values] for name, values in cases.items()}
+
+
+def digests(outputs: dict[str, list[np.ndarray]]) -> dict[str, str]:
+    return {
+        name: hashlib.sha256(b"".join(str(a.dtype).encode() + a.tobytes() for a in arrays)).hexdigest()
+        for name, arrays in outputs.items()
+    }
+
+
+if __name__ == "__main__":
+    _core.set_active_isa("scalar")
+    golden = digests(battery())
+    with open(sys.argv[1], "w") as f:
+        json.dump(golden, f, indent=1, sort_keys=True)
+    print(f"bits_battery: {len(golden)} digests of the scalar path in {sys.argv[1]}")
