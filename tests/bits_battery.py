@@ -57,7 +57,7 @@ def _canonical(value) -> np.ndarray:
 def _regression(rng) -> dict[str, list]:
     out = {}
     for dtype in (np.float32, np.float64):
-        for shape in [(1,), (7,), (33,), (100,), (1031,), (13, 37)]:
+        for shape in [(1,), (7,), (15,), (16,), (17,), (31,), (32,), (33,), (64,), (100,), (1031,), (13, 37)]:
             p = rng.uniform(shape, dtype, 4.0)
             t = rng.uniform(shape, dtype)
             w = rng.positive(shape[0], 0.125)
@@ -84,7 +84,21 @@ def _regression(rng) -> dict[str, list]:
 def _cross_entropy(rng) -> dict[str, list]:
     out = {}
     for dtype in (np.float32, np.float64):
-        for classes, rows in [(1, 3), (3, 5), (17, 5), (33, 4), (100, 3), (1000, 2)]:
+        for classes, rows in [
+            (1, 3),
+            (3, 5),
+            (5, 19),
+            (15, 2),
+            (16, 2),
+            (17, 5),
+            (31, 2),
+            (32, 2),
+            (33, 4),
+            (64, 2),
+            (65, 2),
+            (100, 3),
+            (1000, 2),
+        ]:
             x = rng.uniform((rows, classes), dtype, 16.0)
             y = rng.ints(rows, classes)
             y[0] = -100
