@@ -1,5 +1,5 @@
 """The vector exp and log of every ISA path, swept over their stated ranges against long double
-(cpp/simd/vecmath.inl states the bounds; the scalar path uses libm)."""
+(cpp/simd/vecmath.inl states the bounds; the scalar path runs the same polynomials)."""
 
 from __future__ import annotations
 
@@ -34,10 +34,7 @@ def test_exp_error_over_its_range(isa, dtype, low, high):
 
 def test_exp_flushes_below_the_normal_range_and_saturates_above(isa):
     x = np.linspace(-120.0, -87.01, 10_003, dtype=np.float32)
-    if isa == "scalar":  # libm's expf returns the denormals
-        np.testing.assert_allclose(_core.vector_exp(x), np.exp(x), rtol=0, atol=2e-45)
-    else:  # true values < 1.7e-38
-        np.testing.assert_array_equal(_core.vector_exp(x), 0.0)
+    np.testing.assert_array_equal(_core.vector_exp(x), 0.0)  # true values < 1.7e-38
     special = np.array([np.nan, np.inf, -np.inf, 88.73, 100.0, -104.5, -1e30, 0.0], dtype=np.float32)
     out = _core.vector_exp(special)
     assert np.isnan(out[0])

@@ -1,6 +1,8 @@
 // The portable "vector" of one lane: the same kernel templates that the SIMD paths run, as plain
-// scalar code (the scalar object is built without auto-vectorisation). exp and log come from
-// libm.
+// scalar code (the scalar object is built without auto-vectorisation). Every operation rounds as
+// its vector form does, so that this path gives the SIMD paths' bits: fused multiply-adds are
+// std::fma (one rounding; glibc takes the FMA instruction where the CPU has one and an exact
+// software form where it has not), exp and log are vecmath.inl's polynomials, not libm's.
 // Included inside the scalar ISA namespace.
 
 template <class T>
@@ -24,7 +26,23 @@ struct Simd {
   static V add(V a, V b) { return a + b; }
   static V sub(V a, V b) { return a - b; }
   static V mul(V a, V b) { return a * b; }
-  static V fmadd(V a, V b, V c) { return a * b + c; }
+  static V fmadd(V a, V b, V c) { return std::fma(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return std::fma(-a, b, c); }
+  static V div(V a, V b) { return a / b; }
+  static V round(V a) { return std::nearbyint(a); }  // to nearest, ties to even
+  // v * 2^n for integral n whose result is a normal number (as vecmath.inl uses it).
+  static V scale2(V v, V n) { return std::ldexp(v, static_cast<int>(n)); }
+  static M gt(V a, V b) { return a > b; }
+  static M lt(V a, V b) { return a < b; }
+  static M eq(V a, V b) { return a == b; }
+  static M is_nan(V a) { return a != a; }
+  static V select(M m, V if_true, V if_false) { return m ? if_true : if_false; }
+  // x = m 2^e with m in [1, 2), for normal positive x.
+  static V split_exponent(V x, V* mantissa) {
+    int e = 0;
+    *mantissa = std::frexp(x, &e) * T(2);
+    return static_cast<V>(e - 1);
+  }
   static V max(V a, V b) { return a > b ? a : b; }  // NaN in `a` is dropped, as maxps does
   static V min(V a, V b) { return a < b ? a : b; }  // NaN in `a` is dropped, as minps does
   static V abs(V a) { return a < T(0) ? -a : a; }
@@ -34,22 +52,9 @@ struct Simd {
   static V sign(V a) { return a > T(0) ? T(1) : (a < T(0) ? T(-1) : (a == a ? T(0) : a)); }
   static T reduce_max(V a) { return a; }
   static T reduce_add(V a) { return a; }
-  static V exp(V x) {
-    if constexpr (sizeof(T) == sizeof(float)) {
-      return ::expf(x);
-    } else {
-      return ::exp(x);
-    }
-  }
-
-  static V exp_nonpositive(V x) { return exp(x); }
-  static V log(V x) {
-    if constexpr (sizeof(T) == sizeof(float)) {
-      return ::logf(x);
-    } else {
-      return ::log(x);
-    }
-  }
+  static V exp(V x);
+  static V exp_nonpositive(V x);
+  static V log(V x);
 
   // The lanes as double vectors (kWideParts of them), exactly: the exact sums work in double.
   static constexpr int kWideParts = 1;
@@ -72,3 +77,19 @@ struct Simd {
   static void accumulate(DoubleSum& acc, V v) { acc.value += static_cast<double>(v); }
   static double total(const DoubleSum& acc) { return acc.value; }
 };
+
+#include "simd/vecmath.inl"
+
+template <class T>
+inline typename Simd<T>::V Simd<T>::exp(V x) {
+  return exp_poly<T>(x);
+}
+template <class T>
+inline typename Simd<T>::V Simd<T>::exp_nonpositive(V x) {
+  return exp_nonpositive_poly<T>(x);
+}
+// log is the float64 one for both types (kernels.hpp: ElementwiseFn).
+template <>
+inline Simd<double>::V Simd<double>::log(V x) {
+  return log_poly(x);
+}
