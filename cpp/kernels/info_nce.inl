@@ -6,7 +6,10 @@
 //
 // Threads split the work along queries (blocks of kQueryBlock) and keys (chunks whose size
 // depends only on M); every chunk's partial state is merged in chunk order, so results have the
-// same bits for any thread count. Included inside an ISA namespace.
+// same bits for any thread count. Every path (scalar, AVX2, AVX-512, NEON) gives the same bits
+// too: sums run over a fixed number of virtual lanes (virtual_lanes.inl), every element of a
+// matrix product is one chain of fused multiply-adds whatever the micro-kernel's shape, and every
+// exp and log is vecmath.inl's. Included inside an ISA namespace.
 
 constexpr int64_t kKeyTile = 256;     // keys packed at a time: kKeyTile x D stays in L2
 constexpr int64_t kQueryBlock = 96;   // queries per work item (a multiple of every micro-kernel's rows)
@@ -17,22 +20,48 @@ constexpr double kNormFloor = 1e-12;
 inline int64_t min_i64(int64_t x, int64_t y) { return x < y ? x : y; }
 inline int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
 
-// sum_k a[k] b[k] in T lanes, reduced in float64.
+// exp and log of one float64 by the ISA's vector polynomials (simd/vecmath.inl): every path then
+// rounds them alike, which libm's exp and log (another algorithm, possibly per CPU) would not.
+inline double exp1(double x) {
+  using SD = Simd<double>;
+  double out[SD::kLanes];
+  SD::store(out, SD::exp(SD::set1(x)));
+  return out[0];
+}
+inline double log1(double x) {
+  using SD = Simd<double>;
+  double out[SD::kLanes];
+  SD::store(out, SD::log(SD::set1(x)));
+  return out[0];
+}
+
+// sum_k a[k] b[k] in T, with the same bits on every path: kVirtualLanes<T> chains of fused
+// multiply-adds (virtual_lanes.inl), virtual lane v taking k = v (mod kVirtualLanes) in order and
+// the tail as one more step of zeros past n, then the fixed fold. Two registers on AVX-512 keep
+// two chains in flight, as the loop before it had.
 template <class T>
 double dot(const T* a, const T* b, int64_t n) {
   using S = Simd<T>;
   constexpr int64_t L = S::kLanes;
-  typename S::V acc0 = S::zero(), acc1 = S::zero();
+  constexpr int64_t W = kVirtualLanes<T>;
+  constexpr int64_t R = W / L;
+  typename S::V acc[R];
+#pragma GCC unroll 32
+  for (int64_t r = 0; r < R; ++r) acc[r] = S::zero();
   int64_t k = 0;
-  for (; k + 2 * L <= n; k += 2 * L) {
-    acc0 = S::fmadd(S::load(a + k), S::load(b + k), acc0);
-    acc1 = S::fmadd(S::load(a + k + L), S::load(b + k + L), acc1);
+  for (; k + W <= n; k += W) {
+#pragma GCC unroll 32
+    for (int64_t r = 0; r < R; ++r) acc[r] = S::fmadd(S::load(a + k + r * L), S::load(b + k + r * L), acc[r]);
   }
-  for (; k < n; k += L) {
-    const int64_t m = min_i64(L, n - k);
-    acc0 = S::fmadd(S::load_partial(a + k, m, T(0)), S::load_partial(b + k, m, T(0)), acc0);
+  if (k < n) {
+#pragma GCC unroll 32
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t m = n - k - r * L;  // <= 0: all zeros, as every path loads them
+      acc[r] =
+          S::fmadd(S::load_partial(a + k + r * L, m, T(0)), S::load_partial(b + k + r * L, m, T(0)), acc[r]);
+    }
   }
-  return static_cast<double>(S::reduce_add(S::add(acc0, acc1)));
+  return static_cast<double>(fold_virtual_registers<T>(acc));
 }
 
 // With normalize, the dot products are taken before the norms divide them, so |q| |k| (which
@@ -276,33 +305,61 @@ struct OnlineLogSumExp {
     // NaN maxima fall through to the sum and poison it, as IEEE says they should.
     const double new_max = other_max > max ? other_max : max;
     const double shift = shift_for(new_max);
-    sum = sum * ::exp(max - shift) + other_sum * ::exp(other_max - shift);
+    sum = sum * exp1(max - shift) + other_sum * exp1(other_max - shift);
     max = new_max;
   }
 
-  // Folds in `count` logits with vector exps.
+  // Folds in `count` logits with vector exps. The bits are the same on every path: the max is
+  // exact (its zero made +0, which maxps would pick by operand order), and each exp, widened to
+  // float64, goes to virtual lane (index mod kVirtualLanes<double>) in order, folded by the fixed
+  // tree (virtual_lanes.inl).
   template <class T>
   void add(const T* logits, int64_t count) {
     using S = Simd<T>;
+    using SD = Simd<double>;
     constexpr int64_t L = S::kLanes;
+    constexpr int64_t W = kVirtualLanes<double>;  // logits per step, one per float64 virtual lane
+    constexpr int64_t U = W / L;                  // T vectors per step
+    constexpr int64_t R = W / SD::kLanes;         // float64 registers
+    static_assert(U * L == W && U * S::kWideParts == R, "a step fills the float64 lanes exactly");
     const T neg_inf = -static_cast<T>(HUGE_VAL);
     typename S::V max_vec = S::set1(neg_inf);
     int64_t j = 0;
     for (; j + L <= count; j += L) max_vec = S::max(S::load(logits + j), max_vec);
     if (j < count) max_vec = S::max(S::load_partial(logits + j, count - j, neg_inf), max_vec);
-    const T tile_max = S::reduce_max(max_vec);
+    const T tile_max = S::reduce_max(max_vec) + T(0);
     const typename S::V shift = S::set1(static_cast<T>(shift_for(static_cast<double>(tile_max))));
-    typename S::DoubleSum tile_sum;
-    for (j = 0; j + L <= count; j += L) S::accumulate(tile_sum, S::exp(S::sub(S::load(logits + j), shift)));
-    if (j < count) {
-      S::accumulate(tile_sum, S::exp(S::sub(S::load_partial(logits + j, count - j, neg_inf), shift)));
+    typename SD::V sum[R];
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < R; ++r) sum[r] = SD::zero();
+    for (j = 0; j + W <= count; j += W) {
+#pragma GCC unroll 16
+      for (int64_t u = 0; u < U; ++u) {
+        const typename S::V e = S::exp(S::sub(S::load(logits + j + u * L), shift));
+#pragma GCC unroll 2
+        for (int p = 0; p < S::kWideParts; ++p) {
+          sum[u * S::kWideParts + p] = SD::add(sum[u * S::kWideParts + p], S::widen(e, p));
+        }
+      }
     }
-    merge(static_cast<double>(tile_max), S::total(tile_sum));
+    if (j < count) {
+      // Past `count`, -inf: exp gives +0 there, on every path.
+#pragma GCC unroll 16
+      for (int64_t u = 0; u < U; ++u) {
+        const typename S::V x = S::load_partial(logits + j + u * L, count - j - u * L, neg_inf);
+        const typename S::V e = S::exp(S::sub(x, shift));
+#pragma GCC unroll 2
+        for (int p = 0; p < S::kWideParts; ++p) {
+          sum[u * S::kWideParts + p] = SD::add(sum[u * S::kWideParts + p], S::widen(e, p));
+        }
+      }
+    }
+    merge(static_cast<double>(tile_max), fold_virtual_registers<double>(sum));
   }
 
   // -log softmax of a logit x: (max - x) + log(sum), never lse - x, whose log(sum) would round
   // away beside logits of magnitude ~1e16 and beyond.
-  double neg_log_softmax(double x) const { return (max - x) + ::log(sum); }
+  double neg_log_softmax(double x) const { return (max - x) + log1(sum); }
 };
 
 // Paired negatives: query i against its own M keys, one dot product each (no reuse to block for).
@@ -349,7 +406,7 @@ void info_nce_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int num_
     a.row_loss[i] = state.neg_log_softmax(f.positive_logit[i]);
     if (a.row_max != nullptr) {
       a.row_max[i] = state.max;
-      a.row_log_sum[i] = ::log(state.sum);
+      a.row_log_sum[i] = log1(state.sum);
     }
   }
   if (failed) throw std::bad_alloc();
@@ -424,7 +481,7 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
     a.row_loss[i] = state.neg_log_softmax(positive);
     if (a.row_max != nullptr) {
       a.row_max[i] = state.max;
-      a.row_log_sum[i] = ::log(state.sum);
+      a.row_log_sum[i] = log1(state.sum);
     }
   }
 }
@@ -459,15 +516,19 @@ void axpy_row(double coef, const T* x, int64_t dim, double* acc) {
 }
 
 // C[rows x dim] += A[rows x depth] B[depth x dim], A read as a(r, k) = a_rows[r][k * a_stride],
-// B as b[k * ldb + col], C with row stride ldc. The micro-kernel covers every NR-wide column
-// strip; a last partial group of rows runs it on a scratch tile (its missing rows repeat the last
-// one) and only the real rows are added back. Columns past a multiple of NR take a plain loop,
-// so nothing outside the operands is read or written.
+// B as b[k * ldb + col], C with row stride ldc. Every element of C is one chain of fused
+// multiply-adds in T, c = fma(a(r, k), b(k, col), c) for k = 0, 1, ..., whichever code computes
+// it, so the micro-kernel's shape (it differs per ISA) never changes a bit. The micro-kernel
+// covers every NR-wide column strip; a last partial group of rows runs it on a scratch tile that
+// holds C's rows (its missing rows repeat the last A row and are dropped). Columns past a
+// multiple of NR take partial vectors, so nothing outside the operands is read or written.
 template <class T>
 void gemm_accumulate(int64_t rows, int64_t depth, const T* const* a_rows, int64_t a_stride, const T* b,
                      int64_t ldb, T* c, int64_t ldc, int64_t dim) {
-  constexpr int64_t MR = Simd<T>::kMicroRows;
-  constexpr int64_t NR = Simd<T>::kMicroVecs * Simd<T>::kLanes;
+  using S = Simd<T>;
+  constexpr int64_t MR = S::kMicroRows;
+  constexpr int64_t L = S::kLanes;
+  constexpr int64_t NR = S::kMicroVecs * L;
   const int64_t full_cols = dim / NR * NR;
   for (int64_t r0 = 0; r0 < rows; r0 += MR) {
     const int64_t count = min_i64(MR, rows - r0);
@@ -480,21 +541,25 @@ void gemm_accumulate(int64_t rows, int64_t depth, const T* const* a_rows, int64_
       for (int64_t r = 0; r < MR; ++r) padded_rows[r] = a_rows[r0 + min_i64(r, count - 1)];
       T tile[MR * NR];
       for (int64_t d0 = 0; d0 < full_cols; d0 += NR) {
-        micro_kernel<T>(depth, padded_rows, a_stride, b + d0, ldb, tile, NR, false);
+        for (int64_t r = 0; r < MR; ++r) {
+          for (int64_t n = 0; n < NR; ++n) tile[r * NR + n] = r < count ? c[(r0 + r) * ldc + d0 + n] : T(0);
+        }
+        micro_kernel<T>(depth, padded_rows, a_stride, b + d0, ldb, tile, NR, true);
         for (int64_t r = 0; r < count; ++r) {
           T* dst = c + (r0 + r) * ldc + d0;
-          for (int64_t n = 0; n < NR; ++n) dst[n] += tile[r * NR + n];
+          for (int64_t n = 0; n < NR; ++n) dst[n] = tile[r * NR + n];
         }
       }
     }
     for (int64_t r = r0; r < r0 + count; ++r) {
-      for (int64_t d = full_cols; d < dim; ++d) {
-        double acc = 0.0;
+      for (int64_t d = full_cols; d < dim; d += L) {
+        const int64_t m = dim - d;
+        typename S::V acc = S::load_partial(c + r * ldc + d, m, T(0));
         for (int64_t k = 0; k < depth; ++k) {
-          acc += static_cast<double>(load_unaligned(a_rows[r] + k * a_stride)) *
-                 static_cast<double>(load_unaligned(b + k * ldb + d));
+          const typename S::V a = S::set1(load_unaligned(a_rows[r] + k * a_stride));
+          acc = S::fmadd(a, S::load_partial(b + k * ldb + d, m, T(0)), acc);
         }
-        c[r * ldc + d] = static_cast<T>(static_cast<double>(c[r * ldc + d]) + acc);
+        S::store_partial(c + r * ldc + d, acc, m);
       }
     }
   }
@@ -531,7 +596,7 @@ void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f,
       if (j % kKeyTile == 0 && interrupted(a.interrupt)) break;
       double key_inv;
       const double logit = paired_logit(a, f, i, j, &key_inv);
-      const double coef = ::exp((logit - g.row_max[i]) - g.row_log_sum[i]) * scale;
+      const double coef = exp1((logit - g.row_max[i]) - g.row_log_sum[i]) * scale;
       const T* key = a.negatives + i * a.negatives_stride0 + j * a.negatives_stride1;
       axpy_row(coef * key_inv, key, dim, d_query_hat.get());
       for (int64_t k = 0; k < dim; ++k) {
@@ -539,7 +604,7 @@ void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f,
       }
       add_row_gradient(key, d_key_hat.get(), dim, a.normalize, key_inv, g.d_negatives + (i * m + j) * dim);
     }
-    const double coef_pos = (::exp((f.positive_logit[i] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * scale;
+    const double coef_pos = (exp1((f.positive_logit[i] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * scale;
     axpy_row(coef_pos * f.positive_inv_norm[i], p, dim, d_query_hat.get());
     for (int64_t k = 0; k < dim; ++k) {
       d_key_hat[k] = coef_pos * f.query_inv_norm[i] * static_cast<double>(load_unaligned(q + k));
@@ -623,7 +688,7 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
             // The positive's entry, softmax - 1, is formed in float64: it cancels.
             const int64_t j = i - j0;
             const double coef =
-                (::exp((static_cast<double>(logits[j]) - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * scale;
+                (exp1((static_cast<double>(logits[j]) - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * scale;
             cq[j] = static_cast<T>(coef * s.key_inv_norm[j]);
             ck[j] = static_cast<T>(coef * f.query_inv_norm[i]);
           }
@@ -659,7 +724,7 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
     const T* q = a.query.data + i * a.query.row_stride;
     if (!keys.in_batch) {
       const T* p = a.positive.data + i * a.positive.row_stride;
-      const double coef_pos = (::exp((f.positive_logit[i] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) *
+      const double coef_pos = (exp1((f.positive_logit[i] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) *
                               g.row_grad[i] * a.inv_temperature;
       axpy_row(coef_pos * f.positive_inv_norm[i], p, dim, d_query_row.get());
       for (int64_t k = 0; k < dim; ++k) {

@@ -38,6 +38,7 @@ namespace FASTLOSS_ISA_NAMESPACE {
 #include "exact_sum.inl"
 #include FASTLOSS_SIMD
 #include "kernels/exact_lanes.inl"
+#include "kernels/virtual_lanes.inl"
 #include "kernels/buffer.inl"
 #include "reduce.inl"
 #include "kernels/regression.inl"

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _losses
+from . import _core, _losses
 from ._reduction import ExactSum, Partial, empty_partial
 from ._validation import (
     check_choice,
@@ -31,6 +31,22 @@ from ._validation import (
 LOSSES = ("mse", "mae", "cross_entropy", "info_nce")
 _MAGIC = b"FLACC1\0\0"
 _SCALAR_REDUCTIONS = ("sum", "mean", "batchmean")
+
+
+def _logaddexp(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """log(exp(x) + exp(y)) per element (float64), as np.logaddexp, but with the kernels' exp and
+    log (_core.vector_exp / vector_log: the same polynomial, so the same bits, on every path and
+    CPU) instead of NumPy's, which are chosen per CPU (AVX-512 and AVX2 forms may differ in the
+    last bit). max + log1p(exp(-|x - y|)), log1p(e) taken as log(u) e / (u - 1) with u = 1 + e
+    (exact to a few ulp where log(u) alone would lose e's low bits); equal arguments (infinities
+    included) give max + log(2), NaN gives NaN."""
+    x, y = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):  # inf - inf, and 0 / 0 where u == 1
+        d = np.where(x == y, 0.0, -np.abs(x - y)).ravel()
+        e = _core.vector_exp(np.ascontiguousarray(d))
+        u = 1.0 + e
+        log1p = np.where(u == 1.0, e, _core.vector_log(u) * (e / (u - 1.0)))
+    return np.maximum(x, y) + log1p.reshape(x.shape)
 
 
 def _array_digest(value: Any) -> str | None:
@@ -222,8 +238,8 @@ class Accumulator:
             self._positive, other._positive
         ):
             raise ValueError("merge: queue shards of different queries (their rows or positives differ)")
-        # per row, the log-sum-exp over both shards: logaddexp shifts by the max exactly
-        self._shard_lse = np.logaddexp(self._shard_lse, other._shard_lse)
+        # per row, the log-sum-exp over both shards: _logaddexp shifts by the max exactly
+        self._shard_lse = _logaddexp(self._shard_lse, other._shard_lse)
 
     def merge(self, other: Accumulator) -> Accumulator:
         """Adds another accumulator's rows (same loss and options); returns self. With
@@ -245,7 +261,7 @@ class Accumulator:
         """The reduced loss over every row so far (nan for no rows, as the loss of zero rows)."""
         if self._positive is not None and self._shard_lse is not None:
             # queue_split: row loss = logaddexp(positive, lse over the negatives) - positive
-            rows = np.logaddexp(0.0, self._shard_lse - self._positive)
+            rows = _logaddexp(np.zeros_like(self._positive), self._shard_lse - self._positive)
             count = Partial.count(rows.size)
             return Partial(ExactSum.of(rows), count, count).result(self.reduction)
         partial = self._partial if self._partial is not None else empty_partial()
