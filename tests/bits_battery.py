@@ -122,6 +122,37 @@ def _cross_entropy(rng) -> dict[str, list]:
     return out
 
 
+def _info_nce(rng: _Inputs) -> dict[str, list]:
+    out = {}
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        for n, d in [(1, 1), (5, 7), (13, 17), (97, 33)]:
+            q, k = rng.uniform((n, d), dtype, 2.0), rng.uniform((n, d), dtype, 2.0)
+            for normalize in (False, True):
+                loss, grads = fastloss.info_nce(q, k, normalize=normalize, symmetric=True, return_grad=True)
+                out[f"infonce-inbatch-{name}-{n}x{d}-{normalize}"] = [
+                    fastloss.info_nce(q, k, normalize=normalize, reduction="none"),
+                    loss,
+                    *grads,
+                ]
+        for n, d, m in [(13, 17, 1), (13, 17, 257), (5, 40, 600)]:
+            q, k = rng.uniform((n, d), dtype), rng.uniform((n, d), dtype)
+            queue = rng.uniform((m, d), dtype)
+            loss, grads = fastloss.info_nce(q, k, queue, temperature=0.07, return_grad=True)
+            out[f"infonce-queue-{name}-{n}x{d}x{m}"] = [
+                fastloss.info_nce(q, k, queue, reduction="none"),
+                loss,
+                *grads,
+            ]
+        q, k = rng.uniform((5, 33), dtype), rng.uniform((5, 33), dtype)
+        paired = rng.uniform((5, 3, 33), dtype)
+        loss, grads = fastloss.info_nce(
+            q, k, paired, negative_mode="paired", normalize=True, return_grad=True
+        )
+        out[f"infonce-paired-{name}"] = [loss, *grads]
+    return out
+
+
 def _vecmath(rng: _Inputs) -> dict[str, list]:
     f32 = np.concatenate([rng.uniform(2003, np.float32, 128.0), np.array(SPECIAL, np.float32)])
     f64 = np.concatenate([rng.uniform(2003, np.float64, 1024.0), np.array(SPECIAL)])
@@ -137,8 +168,9 @@ def _vecmath(rng: _Inputs) -> dict[str, list]:
 def battery() -> dict[str, list[np.ndarray]]:
     """Every output, on the active path, canonicalised (one NaN)."""
     rng = _Inputs(20261201)
-    cases = {**_regression(rng), **_cross_entropy(rng), **_vecmath(rng)}
-    return {name: [_canonical(v) for v in values] for name, values in cases.items()}
+    cases = {**_regression(rng), **_cross_entropy(rng), **_info_nce(rng), **_vecmath(rng)}
+    # (an absent gradient, None, e.g. d_negatives of in-batch InfoNCE, is left out)
+    return {name: [_canonical(v) for v in values if v is not None] for name, values in cases.items()}
 
 
 def digests(outputs: dict[str, list[np.ndarray]]) -> dict[str, str]:

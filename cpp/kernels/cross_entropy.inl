@@ -23,24 +23,18 @@ struct RowSums {
   double sum;
 };
 
-// Virtual lanes of a row's exp-sum: element c goes to lane c mod kCrossEntropyLanes<T> on every
-// path (128 bytes: one AVX-512 register pair, four AVX2 registers, eight NEON ones, 32 or 16
-// scalars), and the lanes are folded by one fixed tree, so the sum has the same bits whatever the
-// vector width.
-template <class T>
-constexpr int64_t kCrossEntropyLanes = 128 / static_cast<int64_t>(sizeof(T));
-
 // The max and exp-sum of one row. When `exps` is not null it receives exp(x_c - max), which the
 // gradient turns into softmax probabilities without a second exp. The row (unit stride, which
 // bindings.cpp requires) is read twice while it sits in L1: a vector max, then vector exps summed
-// by virtual lane, in runs in T folded into float64.
+// by virtual lane (kernels/virtual_lanes.inl: element c in lane c mod kVirtualLanes<T> on every
+// path), in runs in T folded into float64 lanes, then by the fixed tree.
 template <class T>
 RowSums row_exp_sum(const T* x, int64_t cols, T* exps) {
   using S = Simd<T>;
   using SD = Simd<double>;
   using V = typename S::V;
   constexpr int64_t L = S::kLanes;
-  constexpr int64_t W = kCrossEntropyLanes<T>;
+  constexpr int64_t W = kVirtualLanes<T>;
   constexpr int64_t R = W / L;          // registers per virtual vector
   constexpr int64_t P = S::kWideParts;  // double vectors per register
   static_assert(W % L == 0 && W % SD::kLanes == 0, "the virtual lanes fill whole registers");
@@ -107,10 +101,7 @@ RowSums row_exp_sum(const T* x, int64_t cols, T* exps) {
   fold_runs();
   double lanes[W];
   for (int64_t k = 0; k < R * P; ++k) SD::store(lanes + k * SD::kLanes, total[k]);
-  for (int64_t half = W / 2; half >= 1; half /= 2) {
-    for (int64_t k = 0; k < half; ++k) lanes[k] += lanes[k + half];
-  }
-  return RowSums{static_cast<double>(row_max), lanes[0]};
+  return RowSums{static_cast<double>(row_max), fold_lanes<W>(lanes)};
 }
 
 // Loss of row `i` and its contribution to the "mean" denominator from the row's log-sum-exp; with a
