@@ -553,3 +553,17 @@ def test_against_torch_extreme_float64(isa):
         got = fastloss.cross_entropy(logits, target, reduction=reduction, label_smoothing=0.1)
         assert not np.any(np.isnan(got))
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_soft_targets_of_both_signs_at_huge_logits_sum_to_the_infinity(isa):
+    # A fuzz finding: the row's terms are finite ones whose plain partial sum overflows to +inf
+    # and terms that are -inf themselves; their sum is -inf, not inf - inf = NaN.
+    x = np.array([1.7976931348623157e308, 1.17549435e-38, 0, 0.5, 2, 1, -65504, -1e4, 1.4e-45])
+    q = np.array([-0.1573, 0.7876, 0.62, -1.0205, 0.07306, -2.006, 0.4443, 0.1006, -1.53], np.float16)
+    q = q.astype(np.float64)
+    with np.errstate(over="ignore"):
+        terms = q * (0.0 - (x - x[0]))  # lse = max here: the other exps vanish next to 1
+    with np.errstate(over="ignore"):
+        assert np.isneginf(terms).any() and math.isnan(sum(terms.tolist()))  # the plain sum's NaN
+    assert fastloss.cross_entropy(x, q, reduction="none") == -np.inf
+    assert fastloss.cross_entropy(x, q, reduction="sum") == -np.inf

@@ -104,6 +104,20 @@ RowSums row_exp_sum(const T* x, int64_t cols, T* exps) {
   return RowSums{static_cast<double>(row_max), fold_lanes<W>(lanes)};
 }
 
+// The sum over c of term(c), in order, and where that plain sum is not finite, again exactly: a
+// partial sum beyond the double range next to an infinite term of the other sign gives NaN, though
+// the terms' sum is that infinity (found by tests/fuzz/fuzz_api.py: soft targets of either sign at
+// logits near 1.8e308).
+template <class Term>
+double row_sum(int64_t cols, Term term) {
+  double total = 0.0;
+  for (int64_t c = 0; c < cols; ++c) total += term(c);
+  if (std::isfinite(total)) return total;
+  ExactSumState exact;
+  for (int64_t c = 0; c < cols; ++c) exact_sum_add(exact, term(c));
+  return exact_sum_round(exact);
+}
+
 // Loss of row `i` and its contribution to the "mean" denominator from the row's log-sum-exp; with a
 // gradient buffer (already holding exp(x - max)), also grad_scale * d loss / d logits of this row.
 template <class T>
@@ -122,20 +136,20 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
     // Soft targets: sum_c w_c * q_c * (lse - x_c) with q = (1 - eps) p + eps / C.
     const T* p = a.target_prob.data + i * a.target_prob.row_stride;
     const int64_t ps = a.target_prob.col_stride;
-    double total = 0.0, target_mass = 0.0;
-    for (int64_t c = 0; c < cols; ++c) {
+    auto weighted_target = [&](int64_t c) {
       const double q = (1.0 - smoothing) * static_cast<double>(load_unaligned(p + c * ps)) + uniform;
-      const double wq = w != nullptr ? load_unaligned(w + c) * q : q;
-      total += wq * lse.neg_log_softmax(static_cast<double>(load_unaligned(x + c * cs)));
-      target_mass += wq;
-    }
+      return w != nullptr ? load_unaligned(w + c) * q : q;
+    };
+    const double total = row_sum(cols, [&](int64_t c) {
+      return weighted_target(c) * lse.neg_log_softmax(static_cast<double>(load_unaligned(x + c * cs)));
+    });
+    const double target_mass = row_sum(cols, weighted_target);
     if (g != nullptr) {
       // d/dx_c = softmax_c * sum_c' w_c' q_c' - w_c q_c
       const double inv_sum = 1.0 / exp_sum;
       for (int64_t c = 0; c < cols; ++c) {
-        const double q = (1.0 - smoothing) * static_cast<double>(load_unaligned(p + c * ps)) + uniform;
-        const double wq = w != nullptr ? load_unaligned(w + c) * q : q;
-        g[c] = static_cast<T>(grad_scale * (static_cast<double>(g[c]) * inv_sum * target_mass - wq));
+        g[c] = static_cast<T>(grad_scale *
+                              (static_cast<double>(g[c]) * inv_sum * target_mass - weighted_target(c)));
       }
     }
     *loss = total;
@@ -161,13 +175,11 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
   if (smoothing != 0.0) {
     // eps / C * sum_c w_c (lse - x_c), the uniform part of the smoothed target.
     // Term by term in float64: sum_c x_c - C max would cancel catastrophically at huge logits.
-    double smooth = 0.0;
-    weight_total = 0.0;
-    for (int64_t c = 0; c < cols; ++c) {
+    const double smooth = row_sum(cols, [&](int64_t c) {
       const double term = lse.neg_log_softmax(static_cast<double>(load_unaligned(x + c * cs)));
-      smooth += w != nullptr ? load_unaligned(w + c) * term : term;
-      weight_total += w != nullptr ? load_unaligned(w + c) : 1.0;
-    }
+      return w != nullptr ? load_unaligned(w + c) * term : term;
+    });
+    weight_total = row_sum(cols, [&](int64_t c) { return w != nullptr ? load_unaligned(w + c) : 1.0; });
     total = (1.0 - smoothing) * total + uniform * smooth;
   }
   if (g != nullptr) {
