@@ -46,7 +46,8 @@ def _logaddexp(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         e = _core.vector_exp(np.ascontiguousarray(d))
         u = 1.0 + e
         log1p = np.where(u == 1.0, e, _core.vector_log(u) * (e / (u - 1.0)))
-    return np.maximum(x, y) + log1p.reshape(x.shape)
+    result: np.ndarray = np.maximum(x, y) + log1p.reshape(x.shape)
+    return result
 
 
 def _array_digest(value: Any) -> str | None:
