@@ -11,8 +11,10 @@
 // matrix product is one chain of fused multiply-adds whatever the micro-kernel's shape, and every
 // exp and log is vecmath.inl's. Included inside an ISA namespace.
 
-constexpr int64_t kKeyTile = 256;     // keys packed at a time: kKeyTile x D stays in L2
-constexpr int64_t kQueryBlock = 96;   // queries per work item (a multiple of every micro-kernel's rows)
+constexpr int64_t kKeyTile = 256;    // keys packed at a time: kKeyTile x D stays in L2
+constexpr int64_t kQueryBlock = 96;  // queries per logit tile (a multiple of every micro-kernel's rows)
+constexpr int64_t kQueryGroup =
+    4 * kQueryBlock;                  // queries per work item: each packed key tile serves them all
 constexpr int64_t kChunkKeys = 1024;  // keys per chunk, at least
 constexpr int64_t kMaxChunks = 16;    // so chunk partials stay O(16 N)
 constexpr double kNormFloor = 1e-12;
@@ -84,12 +86,33 @@ double inverse_norm(const T* x, int64_t n, int which = 0, int* too_long = nullpt
   return 1.0 / (norm > kNormFloor ? norm : kNormFloor);
 }
 
-// C[r][0 .. NR) (+)= sum_k a_rows[r][k * a_stride] * b[k * ldb + 0 .. NR) for r < kMicroRows,
-// NR = kMicroVecs * kLanes: kMicroRows x kMicroVecs vector accumulators live in registers, each
-// step loads kMicroVecs vectors of b and broadcasts one a per row.
+// The A operand of a matrix product, element (r, k) of the rows the micro-kernel computes.
+// Packed: data[k * k_stride + r]. The kMicroRows values of one step lie side by side, so a single
+// pointer serves every row (queries packed per row group; coefficients stored key-major).
 template <class T>
-void micro_kernel(int64_t depth, const T* const* a_rows, int64_t a_stride, const T* b, int64_t ldb, T* c,
-                  int64_t ldc, bool accumulate) {
+struct PackedOperand {
+  const T* data;
+  int64_t k_stride;
+  T at(int64_t r, int64_t k) const { return data[k * k_stride + r]; }
+  PackedOperand rows_from(int64_t r0) const { return {data + r0, k_stride}; }
+};
+
+// Rows where they lie: rows[r][k * k_stride]. One pointer per row, which costs the micro-kernel
+// registers; for operands produced row by row.
+template <class T>
+struct RowOperand {
+  const T* const* rows;
+  int64_t k_stride;
+  T at(int64_t r, int64_t k) const { return load_unaligned(rows[r] + k * k_stride); }
+  RowOperand rows_from(int64_t r0) const { return {rows + r0, k_stride}; }
+};
+
+// C[r][0 .. NR) (+)= sum_k a(r, k) * b[k * ldb + 0 .. NR) for r < kMicroRows, NR = kMicroVecs *
+// kLanes: kMicroRows x kMicroVecs vector accumulators live in registers, each step loads
+// kMicroVecs vectors of b and broadcasts one a per row.
+template <class T, class Operand>
+void micro_kernel(int64_t depth, const Operand& a, const T* b, int64_t ldb, T* c, int64_t ldc,
+                  bool accumulate) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int64_t MR = S::kMicroRows;
@@ -107,9 +130,9 @@ void micro_kernel(int64_t depth, const T* const* a_rows, int64_t a_stride, const
     for (int64_t v = 0; v < NV; ++v) bv[v] = S::load(b + k * ldb + v * L);
 #pragma GCC unroll 16
     for (int64_t r = 0; r < MR; ++r) {
-      const V a = S::set1(load_unaligned(a_rows[r] + k * a_stride));
+      const V x = S::set1(a.at(r, k));
 #pragma GCC unroll 4
-      for (int64_t v = 0; v < NV; ++v) acc[r][v] = S::fmadd(a, bv[v], acc[r][v]);
+      for (int64_t v = 0; v < NV; ++v) acc[r][v] = S::fmadd(x, bv[v], acc[r][v]);
     }
   }
 #pragma GCC unroll 16
@@ -156,13 +179,32 @@ struct QueryFactors {
   Buffer<double> query_inv_norm;     // 1 / ||q|| (1 without normalize)
   Buffer<double> positive_inv_norm;  // 1 / ||k+|| (1 without normalize)
   Buffer<double> positive_logit;     // q . k+ scaled (explicit negatives only)
+  // The queries as the micro-kernel's packed operand: row group g (kMicroRows queries, the last
+  // one's missing rows repeating its last query) at g * kMicroRows * dim, element (r, k) at
+  // k * kMicroRows + r.
+  Buffer<T> packed_query;
 
   QueryFactors(const InfoNceArgs<T>& a)
-      : query_inv_norm(a.query.rows), positive_inv_norm(a.query.rows), positive_logit(a.query.rows) {
-    if (!query_inv_norm.ok() || !positive_inv_norm.ok() || !positive_logit.ok()) {
+      : query_inv_norm(a.query.rows),
+        positive_inv_norm(a.query.rows),
+        positive_logit(a.query.rows),
+        packed_query(a.mode == NegativeMode::paired
+                         ? 0
+                         : ceil_div(a.query.rows, Simd<T>::kMicroRows) * Simd<T>::kMicroRows * a.query.cols) {
+    if (!query_inv_norm.ok() || !positive_inv_norm.ok() || !positive_logit.ok() || !packed_query.ok()) {
       throw std::bad_alloc();
     }
     const int64_t dim = a.query.cols;
+    if (a.mode != NegativeMode::paired) {
+      constexpr int64_t MR = Simd<T>::kMicroRows;
+      for (int64_t g = 0; g < ceil_div(a.query.rows, MR); ++g) {
+        T* group = packed_query.get() + g * MR * dim;
+        for (int64_t r = 0; r < MR; ++r) {
+          const T* q = a.query.data + min_i64(g * MR + r, a.query.rows - 1) * a.query.row_stride;
+          for (int64_t k = 0; k < dim; ++k) group[k * MR + r] = load_unaligned(q + k);
+        }
+      }
+    }
     for (int64_t i = 0; i < a.query.rows; ++i) {
       const T* q = a.query.data + i * a.query.row_stride;
       const T* p = a.positive.data + i * a.positive.row_stride;
@@ -213,23 +255,38 @@ struct TileScratch {
   bool ok() const { return packed.ok() && key_inv_norm.ok() && key_scale.ok() && logits.ok(); }
 };
 
+// Whether Simd<T> has transpose_square (a kLanes x kLanes block transposed in registers); the
+// ISAs without it pack element by element.
+template <class S, class = void>
+struct HasTransposeSquare : std::false_type {};
+template <class S>
+struct HasTransposeSquare<S, std::void_t<decltype(&S::transpose_square)>> : std::true_type {};
+
 // Packs keys [j0, j0 + cols) of a shared stream into panels: panel p holds dim rows of NR keys.
 // Keys past `cols` are zero, so their logits are computed but never read.
 template <class T>
 void pack_keys(const InfoNceArgs<T>& a, const KeyStream<T>& keys, int64_t j0, int64_t cols,
                TileScratch<T>* s) {
+  using S = Simd<T>;
   constexpr int64_t NR = TileScratch<T>::kNR;
+  constexpr int64_t L = S::kLanes;
   const int64_t dim = s->dim;
   const int64_t panels = ceil_div(cols, NR);
   for (int64_t p = 0; p < panels; ++p) {
     T* panel = s->packed.get() + p * dim * NR;
-    for (int64_t n = 0; n < NR; ++n) {
-      const int64_t j = p * NR + n;
-      if (j < cols) {
-        const T* key = keys.base + (j0 + j) * keys.stride;
-        for (int64_t k = 0; k < dim; ++k) panel[k * NR + n] = load_unaligned(key + k);
-      } else {
-        for (int64_t k = 0; k < dim; ++k) panel[k * NR + n] = T(0);
+    for (int64_t n0 = 0; n0 < NR; n0 += L) {
+      const int64_t j = p * NR + n0;
+      const T* first = keys.base + (j0 + j) * keys.stride;
+      int64_t k = 0;
+      if constexpr (HasTransposeSquare<S>::value) {
+        if (j + L <= cols) {
+          for (; k + L <= dim; k += L) S::transpose_square(first + k, keys.stride, panel + k * NR + n0, NR);
+        }
+      }
+      for (int64_t n = 0; n < L; ++n) {
+        const T* key = first + n * keys.stride;
+        for (int64_t kk = k; kk < dim; ++kk)
+          panel[kk * NR + n0 + n] = j + n < cols ? load_unaligned(key + kk) : T(0);
       }
     }
   }
@@ -251,19 +308,14 @@ void logit_tile(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int64_t i0, i
   constexpr int64_t MR = TileScratch<T>::kMR;
   const int64_t dim = s->dim;
   const int64_t panels = ceil_div(cols, NR);
-  for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-    const T* a_rows[MR];
-    for (int64_t r = 0; r < MR; ++r) {
-      // Rows past the block repeat its last query; their results are never read.
-      a_rows[r] = a.query.data + (i0 + min_i64(r0 + r, rows - 1)) * a.query.row_stride;
-    }
-    T out_rows[MR * NR];
-    for (int64_t p = 0; p < panels; ++p) {
-      micro_kernel<T>(dim, a_rows, 1, s->packed.get() + p * dim * NR, NR, out_rows, NR, false);
-      for (int64_t r = 0; r < MR && r0 + r < rows; ++r) {
-        T* dst = s->logits.get() + (r0 + r) * kKeyTile + p * NR;
-        for (int64_t n = 0; n < NR; ++n) dst[n] = out_rows[r * NR + n];
-      }
+  // A panel of keys stays in L1 while the packed queries stream past it; the output goes straight
+  // into the tile, whose rows past `rows` take the results of repeated queries (kQueryBlock is a
+  // multiple of MR, and i0 too).
+  for (int64_t p = 0; p < panels; ++p) {
+    const T* panel = s->packed.get() + p * dim * NR;
+    for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+      const PackedOperand<T> queries{f.packed_query.get() + (i0 + r0) * dim, MR};
+      micro_kernel<T>(dim, queries, panel, NR, s->logits.get() + r0 * kKeyTile + p * NR, kKeyTile, false);
     }
   }
   using S = Simd<T>;
@@ -309,12 +361,10 @@ struct OnlineLogSumExp {
     max = new_max;
   }
 
-  // Folds in `count` logits with vector exps. The bits are the same on every path: the max is
-  // exact (its zero made +0, which maxps would pick by operand order), and each exp, widened to
-  // float64, goes to virtual lane (index mod kVirtualLanes<double>) in order, folded by the fixed
-  // tree (virtual_lanes.inl).
-  template <class T>
-  void add(const T* logits, int64_t count) {
+  // sum_j exp(logits[j] - shift) in float64 virtual lanes, folded; kFinite: no NaN or infinity
+  // among the logits (a template argument, so that the loop holds no branch).
+  template <class T, bool kFinite>
+  static double exp_sum(const T* logits, int64_t count, typename Simd<T>::V shift) {
     using S = Simd<T>;
     using SD = Simd<double>;
     constexpr int64_t L = S::kLanes;
@@ -323,38 +373,75 @@ struct OnlineLogSumExp {
     constexpr int64_t R = W / SD::kLanes;         // float64 registers
     static_assert(U * L == W && U * S::kWideParts == R, "a step fills the float64 lanes exactly");
     const T neg_inf = -static_cast<T>(HUGE_VAL);
-    typename S::V max_vec = S::set1(neg_inf);
-    int64_t j = 0;
-    for (; j + L <= count; j += L) max_vec = S::max(S::load(logits + j), max_vec);
-    if (j < count) max_vec = S::max(S::load_partial(logits + j, count - j, neg_inf), max_vec);
-    const T tile_max = S::reduce_max(max_vec) + T(0);
-    const typename S::V shift = S::set1(static_cast<T>(shift_for(static_cast<double>(tile_max))));
     typename SD::V sum[R];
 #pragma GCC unroll 16
     for (int64_t r = 0; r < R; ++r) sum[r] = SD::zero();
-    for (j = 0; j + W <= count; j += W) {
+    const auto accumulate = [&](const typename S::V* x) FASTLOSS_ALWAYS_INLINE {
 #pragma GCC unroll 16
       for (int64_t u = 0; u < U; ++u) {
-        const typename S::V e = S::exp(S::sub(S::load(logits + j + u * L), shift));
+        const typename S::V d = S::sub(x[u], shift);
+        const typename S::V e = kFinite ? exp_nonpositive_finite_poly<T>(d) : S::exp(d);
 #pragma GCC unroll 2
         for (int p = 0; p < S::kWideParts; ++p) {
           sum[u * S::kWideParts + p] = SD::add(sum[u * S::kWideParts + p], S::widen(e, p));
         }
       }
+    };
+    int64_t j = 0;
+    for (; j + W <= count; j += W) {
+      typename S::V x[U];
+#pragma GCC unroll 16
+      for (int64_t u = 0; u < U; ++u) x[u] = S::load(logits + j + u * L);
+      accumulate(x);
     }
     if (j < count) {
       // Past `count`, -inf: exp gives +0 there, on every path.
+      typename S::V x[U];
 #pragma GCC unroll 16
-      for (int64_t u = 0; u < U; ++u) {
-        const typename S::V x = S::load_partial(logits + j + u * L, count - j - u * L, neg_inf);
-        const typename S::V e = S::exp(S::sub(x, shift));
-#pragma GCC unroll 2
-        for (int p = 0; p < S::kWideParts; ++p) {
-          sum[u * S::kWideParts + p] = SD::add(sum[u * S::kWideParts + p], S::widen(e, p));
-        }
-      }
+      for (int64_t u = 0; u < U; ++u) x[u] = S::load_partial(logits + j + u * L, count - j - u * L, neg_inf);
+      accumulate(x);
     }
-    merge(static_cast<double>(tile_max), fold_virtual_registers<double>(sum));
+    return fold_virtual_registers<double>(sum);
+  }
+
+  // Folds in `count` logits with vector exps, relative to the running max (raised first when the
+  // tile's is larger), so that a tile costs no exp of its own beyond its logits'. The bits are the
+  // same on every path: the max is exact (its zero made +0, which maxps would pick by operand
+  // order), and each exp, widened to float64, goes to virtual lane (index mod
+  // kVirtualLanes<double>) in order, folded by the fixed tree (virtual_lanes.inl). A tile of
+  // finite logits takes exp_nonpositive_finite_poly, which has exp_poly's bits there.
+  template <class T>
+  void add(const T* logits, int64_t count) {
+    using S = Simd<T>;
+    constexpr int64_t L = S::kLanes;
+    const T neg_inf = -static_cast<T>(HUGE_VAL);
+    typename S::V max_vec = S::set1(neg_inf);
+    typename S::V non_finite = S::zero();  // x - x: NaN once any logit is NaN or infinite
+    int64_t j = 0;
+    for (; j + L <= count; j += L) {
+      const typename S::V x = S::load(logits + j);
+      max_vec = S::max(x, max_vec);
+      non_finite = S::add(non_finite, S::sub(x, x));
+    }
+    if (j < count) {
+      const typename S::V x = S::load_partial(logits + j, count - j, T(0));
+      max_vec = S::max(S::load_partial(logits + j, count - j, neg_inf), max_vec);
+      non_finite = S::add(non_finite, S::sub(x, x));
+    }
+    const T tile_max = S::reduce_max(max_vec) + T(0);
+    const bool finite = !std::isnan(S::reduce_add(non_finite));
+    const double new_max = static_cast<double>(tile_max) > max ? static_cast<double>(tile_max) : max;
+    const typename S::V shift = S::set1(static_cast<T>(shift_for(new_max)));
+    const double tile_sum =
+        finite ? exp_sum<T, true>(logits, count, shift) : exp_sum<T, false>(logits, count, shift);
+    if (sum == 0.0) {
+      max = new_max;
+      sum = tile_sum;
+      return;
+    }
+    if (new_max > max) sum *= exp1(max - shift_for(new_max));
+    sum += tile_sum;
+    max = new_max;
   }
 
   // -log softmax of a logit x: (max - x) + log(sum), never lse - x, whose log(sum) would round
@@ -423,8 +510,8 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
   }
   const KeyStream<T> keys = key_stream(a);
   const KeyChunks chunks(keys.count);
-  const int64_t query_blocks = ceil_div(n, kQueryBlock);
-  const int64_t items = query_blocks * chunks.count;
+  const int64_t query_groups = ceil_div(n, kQueryGroup);
+  const int64_t items = query_groups * chunks.count;
   // Per (chunk, query) partial log-sum-exps, merged in chunk order below.
   Buffer<double> part_max(chunks.count * n), part_sum(chunks.count * n);
   // In-batch, the positive logit of query i is the streamed logit of key i, kept from its tile so
@@ -438,9 +525,9 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
 #endif
   for (int64_t item = 0; item < items; ++item) {
     if (interrupted(a.interrupt)) continue;
-    const int64_t chunk = item / query_blocks;
-    const int64_t i0 = (item % query_blocks) * kQueryBlock;
-    const int64_t rows = min_i64(kQueryBlock, n - i0);
+    const int64_t chunk = item / query_groups;
+    const int64_t g0 = (item % query_groups) * kQueryGroup;
+    const int64_t group_rows = min_i64(kQueryGroup, n - g0);
     const int64_t c0 = chunk * chunks.size;
     const int64_t c1 = min_i64(keys.count, c0 + chunks.size);
     TileScratch<T> s(a.query.cols);
@@ -451,20 +538,24 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
       failed = true;
       continue;
     }
-    OnlineLogSumExp state[kQueryBlock];
+    OnlineLogSumExp state[kQueryGroup];
     for (int64_t j0 = c0; j0 < c1 && !interrupted(a.interrupt); j0 += kKeyTile) {
       const int64_t cols = min_i64(kKeyTile, c1 - j0);
       pack_keys(a, keys, j0, cols, &s);
-      logit_tile(a, f, i0, rows, cols, &s);
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* row = s.logits.get() + r * kKeyTile;
-        state[r].add(row, cols);
-        if (keys.in_batch && i0 + r >= j0 && i0 + r < j0 + cols) diagonal[i0 + r] = row[i0 + r - j0];
+      for (int64_t b0 = 0; b0 < group_rows; b0 += kQueryBlock) {
+        const int64_t i0 = g0 + b0;
+        const int64_t rows = min_i64(kQueryBlock, group_rows - b0);
+        logit_tile(a, f, i0, rows, cols, &s);
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* row = s.logits.get() + r * kKeyTile;
+          state[b0 + r].add(row, cols);
+          if (keys.in_batch && i0 + r >= j0 && i0 + r < j0 + cols) diagonal[i0 + r] = row[i0 + r - j0];
+        }
       }
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      part_max[chunk * n + i0 + r] = state[r].max;
-      part_sum[chunk * n + i0 + r] = state[r].sum;
+    for (int64_t r = 0; r < group_rows; ++r) {
+      part_max[chunk * n + g0 + r] = state[r].max;
+      part_sum[chunk * n + g0 + r] = state[r].sum;
     }
   }
   if (failed) throw std::bad_alloc();
@@ -515,52 +606,56 @@ void axpy_row(double coef, const T* x, int64_t dim, double* acc) {
   for (int64_t k = 0; k < dim; ++k) acc[k] += coef * static_cast<double>(load_unaligned(x + k));
 }
 
-// C[rows x dim] += A[rows x depth] B[depth x dim], A read as a(r, k) = a_rows[r][k * a_stride],
-// B as b[k * ldb + col], C with row stride ldc. Every element of C is one chain of fused
-// multiply-adds in T, c = fma(a(r, k), b(k, col), c) for k = 0, 1, ..., whichever code computes
-// it, so the micro-kernel's shape (it differs per ISA) never changes a bit. The micro-kernel
-// covers every NR-wide column strip; a last partial group of rows runs it on a scratch tile that
-// holds C's rows (its missing rows repeat the last A row and are dropped). Columns past a
-// multiple of NR take partial vectors, so nothing outside the operands is read or written.
-template <class T>
-void gemm_accumulate(int64_t rows, int64_t depth, const T* const* a_rows, int64_t a_stride, const T* b,
-                     int64_t ldb, T* c, int64_t ldc, int64_t dim) {
+// C[rows x dim] += A[rows x depth] B[depth x dim], A an operand (PackedOperand, RowOperand), B as
+// b[k * ldb + col], C with row stride ldc. Every element of C is one chain of fused multiply-adds
+// in T, c = fma(a(r, k), b(k, col), c) for k = 0, 1, ..., whichever code computes it, so the
+// micro-kernel's shape (it differs per ISA) never changes a bit. The micro-kernel covers every
+// NR-wide column strip, each strip's B staying in L1 while A streams past; a last partial group
+// of rows runs it on copies (A's missing rows repeat its last row, C's are dropped). Columns past
+// a multiple of NR take partial vectors, so nothing outside the operands is read or written.
+template <class T, class Operand>
+void gemm_accumulate(int64_t rows, int64_t depth, const Operand& a, const T* b, int64_t ldb, T* c,
+                     int64_t ldc, int64_t dim) {
   using S = Simd<T>;
   constexpr int64_t MR = S::kMicroRows;
   constexpr int64_t L = S::kLanes;
   constexpr int64_t NR = S::kMicroVecs * L;
   const int64_t full_cols = dim / NR * NR;
-  for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-    const int64_t count = min_i64(MR, rows - r0);
-    if (count == MR) {
-      for (int64_t d0 = 0; d0 < full_cols; d0 += NR) {
-        micro_kernel<T>(depth, a_rows + r0, a_stride, b + d0, ldb, c + r0 * ldc + d0, ldc, true);
+  const int64_t full_rows = rows / MR * MR;
+  for (int64_t d0 = 0; d0 < full_cols; d0 += NR) {
+    for (int64_t r0 = 0; r0 < full_rows; r0 += MR) {
+      micro_kernel<T>(depth, a.rows_from(r0), b + d0, ldb, c + r0 * ldc + d0, ldc, true);
+    }
+  }
+  const int64_t count = rows - full_rows;
+  if (count > 0 && full_cols > 0) {
+    Buffer<T> packed(depth * MR);
+    if (!packed.ok()) throw std::bad_alloc();
+    for (int64_t k = 0; k < depth; ++k) {
+      for (int64_t r = 0; r < MR; ++r) packed[k * MR + r] = a.at(full_rows + min_i64(r, count - 1), k);
+    }
+    const PackedOperand<T> last_rows{packed.get(), MR};
+    T tile[MR * NR];
+    for (int64_t d0 = 0; d0 < full_cols; d0 += NR) {
+      for (int64_t r = 0; r < MR; ++r) {
+        for (int64_t n = 0; n < NR; ++n)
+          tile[r * NR + n] = r < count ? c[(full_rows + r) * ldc + d0 + n] : T(0);
       }
-    } else if (full_cols > 0) {
-      const T* padded_rows[MR];
-      for (int64_t r = 0; r < MR; ++r) padded_rows[r] = a_rows[r0 + min_i64(r, count - 1)];
-      T tile[MR * NR];
-      for (int64_t d0 = 0; d0 < full_cols; d0 += NR) {
-        for (int64_t r = 0; r < MR; ++r) {
-          for (int64_t n = 0; n < NR; ++n) tile[r * NR + n] = r < count ? c[(r0 + r) * ldc + d0 + n] : T(0);
-        }
-        micro_kernel<T>(depth, padded_rows, a_stride, b + d0, ldb, tile, NR, true);
-        for (int64_t r = 0; r < count; ++r) {
-          T* dst = c + (r0 + r) * ldc + d0;
-          for (int64_t n = 0; n < NR; ++n) dst[n] = tile[r * NR + n];
-        }
+      micro_kernel<T>(depth, last_rows, b + d0, ldb, tile, NR, true);
+      for (int64_t r = 0; r < count; ++r) {
+        T* dst = c + (full_rows + r) * ldc + d0;
+        for (int64_t n = 0; n < NR; ++n) dst[n] = tile[r * NR + n];
       }
     }
-    for (int64_t r = r0; r < r0 + count; ++r) {
-      for (int64_t d = full_cols; d < dim; d += L) {
-        const int64_t m = dim - d;
-        typename S::V acc = S::load_partial(c + r * ldc + d, m, T(0));
-        for (int64_t k = 0; k < depth; ++k) {
-          const typename S::V a = S::set1(load_unaligned(a_rows[r] + k * a_stride));
-          acc = S::fmadd(a, S::load_partial(b + k * ldb + d, m, T(0)), acc);
-        }
-        S::store_partial(c + r * ldc + d, acc, m);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t d = full_cols; d < dim; d += L) {
+      const int64_t m = dim - d;
+      typename S::V acc = S::load_partial(c + r * ldc + d, m, T(0));
+      for (int64_t k = 0; k < depth; ++k) {
+        acc = S::fmadd(S::set1(a.at(r, k)), S::load_partial(b + k * ldb + d, m, T(0)), acc);
       }
+      S::store_partial(c + r * ldc + d, acc, m);
     }
   }
 }
@@ -696,13 +791,13 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
         // d q_hat[i0 .. i0 + rows) += coef_query (rows x cols) . keys (cols x dim)
         const T* cq_rows[kQueryBlock];
         for (int64_t r = 0; r < rows; ++r) cq_rows[r] = coef_query.get() + r * kKeyTile;
-        gemm_accumulate<T>(rows, cols, cq_rows, 1, keys.base + j0 * keys.stride, keys.stride,
+        gemm_accumulate<T>(rows, cols, RowOperand<T>{cq_rows, 1}, keys.base + j0 * keys.stride, keys.stride,
                            d_query_hat + i0 * dim, dim, dim);
-        // d k_hat[j0 .. j0 + cols) += coef_key^T (cols x rows) . queries (rows x dim)
-        const T* ck_rows[kKeyTile];
-        for (int64_t j = 0; j < cols; ++j) ck_rows[j] = coef_key.get() + j;
-        gemm_accumulate<T>(cols, rows, ck_rows, kKeyTile, a.query.data + i0 * a.query.row_stride,
-                           a.query.row_stride, d_key_hat.get(), dim, dim);
+        // d k_hat[j0 .. j0 + cols) += coef_key^T (cols x rows) . queries (rows x dim); coef_key
+        // stored query-major is that product's A packed key-major.
+        gemm_accumulate<T>(cols, rows, PackedOperand<T>{coef_key.get(), kKeyTile},
+                           a.query.data + i0 * a.query.row_stride, a.query.row_stride, d_key_hat.get(), dim,
+                           dim);
       }
       for (int64_t j = 0; j < cols; ++j) {
         add_row_gradient(keys.base + (j0 + j) * keys.stride, d_key_hat.get() + j * dim, dim, a.normalize,

@@ -66,6 +66,31 @@ struct Simd<float> {
   static V exp(V x);
   static V exp_nonpositive(V x);
 
+  // dst[j * dst_stride + i] = src[i * src_stride + j] for an 8 x 8 block, in registers: pairs of
+  // rows interleave, then quadruples, then the 128-bit halves trade places.
+  static void transpose_square(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+    V r[8], t[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+#pragma GCC unroll 4
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int g = 0; g < 8; g += 4) {  // r[g + c]: rows g .. g + 3 at column 4 * half + c
+      r[g] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+      r[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xEE);
+      r[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+      r[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      _mm256_storeu_ps(dst + c * dst_stride, _mm256_permute2f128_ps(r[c], r[4 + c], 0x20));
+      _mm256_storeu_ps(dst + (4 + c) * dst_stride, _mm256_permute2f128_ps(r[c], r[4 + c], 0x31));
+    }
+  }
+
   // The lanes as double vectors, exactly: part 0 holds lanes 0-3, part 1 lanes 4-7.
   static constexpr int kWideParts = 2;
   static __m256d widen(V v, int part) {

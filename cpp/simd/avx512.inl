@@ -52,6 +52,37 @@ struct Simd<float> {
   static V exp(V x);
   static V exp_nonpositive(V x);
 
+  // dst[j * dst_stride + i] = src[i * src_stride + j] for a 16 x 16 block, in registers: pairs
+  // of rows interleave, then quadruples, then 128-bit lanes trade places twice.
+  static void transpose_square(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+    V r[16], t[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * src_stride);
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < 16; g += 4) {  // r[g + c]: rows g .. g + 3 at column 4 * lane + c
+      r[g] = _mm512_shuffle_ps(t[g], t[g + 2], 0x44);
+      r[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], 0xEE);
+      r[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+      r[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const V v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+      const V v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+      const V v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+      const V v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+      _mm512_storeu_ps(dst + c * dst_stride, _mm512_shuffle_f32x4(v0, v2, 0x88));
+      _mm512_storeu_ps(dst + (4 + c) * dst_stride, _mm512_shuffle_f32x4(v1, v3, 0x88));
+      _mm512_storeu_ps(dst + (8 + c) * dst_stride, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+      _mm512_storeu_ps(dst + (12 + c) * dst_stride, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+    }
+  }
+
   // The lanes as double vectors, exactly: part 0 holds lanes 0-7, part 1 lanes 8-15.
   static constexpr int kWideParts = 2;
   static __m512d widen(V v, int part) {

@@ -89,6 +89,15 @@ typename Simd<T>::V exp_nonpositive_poly(typename Simd<T>::V x) {
   return S::scale2(exp_r, n);
 }
 
+// exp for finite x <= 0 with exp_poly's bits: exp_nonpositive_poly, whose results equal
+// exp_poly's on [kUnderflow, 0], and 0 below, as exp_poly gives. For tiles known to hold no NaN
+// or infinity (InfoNCE's logits, shifted by their max).
+template <class T>
+typename Simd<T>::V exp_nonpositive_finite_poly(typename Simd<T>::V x) {
+  using S = Simd<T>;
+  return S::select(S::gt(S::set1(ExpConstants<T>::kUnderflow), x), S::zero(), exp_nonpositive_poly<T>(x));
+}
+
 // log for double: x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(m) = 2 atanh(s), s = (m-1)/(m+1),
 // |s| <= 0.1716, by its odd series to s^23 (truncation < 1e-18 relative); e ln2 is added with
 // ln2 split hi/lo. Max error 2 ulp for normal positive x (tests/test_vecmath.py sweeps it); 0 gives
