@@ -88,23 +88,13 @@ double inverse_norm(const T* x, int64_t n, int which = 0, int* too_long = nullpt
 
 // The A operand of a matrix product, element (r, k) of the rows the micro-kernel computes.
 // Packed: data[k * k_stride + r]. The kMicroRows values of one step lie side by side, so a single
-// pointer serves every row (queries packed per row group; coefficients stored key-major).
+// pointer serves every row, where one pointer per row would cost the micro-kernel registers.
 template <class T>
 struct PackedOperand {
   const T* data;
   int64_t k_stride;
   T at(int64_t r, int64_t k) const { return data[k * k_stride + r]; }
   PackedOperand rows_from(int64_t r0) const { return {data + r0, k_stride}; }
-};
-
-// Rows where they lie: rows[r][k * k_stride]. One pointer per row, which costs the micro-kernel
-// registers; for operands produced row by row.
-template <class T>
-struct RowOperand {
-  const T* const* rows;
-  int64_t k_stride;
-  T at(int64_t r, int64_t k) const { return load_unaligned(rows[r] + k * k_stride); }
-  RowOperand rows_from(int64_t r0) const { return {rows + r0, k_stride}; }
 };
 
 // C[r][0 .. NR) (+)= sum_k a(r, k) * b[k * ldb + 0 .. NR) for r < kMicroRows, NR = kMicroVecs *
@@ -262,32 +252,45 @@ struct HasTransposeSquare : std::false_type {};
 template <class S>
 struct HasTransposeSquare<S, std::void_t<decltype(&S::transpose_square)>> : std::true_type {};
 
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols: whole kLanes x kLanes
+// blocks in registers where the ISA has transpose_square, the rest element by element.
+template <class T>
+void transpose_into(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst,
+                    int64_t dst_stride) {
+  using S = Simd<T>;
+  constexpr int64_t L = S::kLanes;
+  int64_t r0 = 0;
+  if constexpr (HasTransposeSquare<S>::value) {
+    for (; r0 + L <= rows; r0 += L) {
+      int64_t c0 = 0;
+      for (; c0 + L <= cols; c0 += L) {
+        S::transpose_square(src + r0 * src_stride + c0, src_stride, dst + c0 * dst_stride + r0, dst_stride);
+      }
+      for (int64_t r = r0; r < r0 + L; ++r) {
+        for (int64_t c = c0; c < cols; ++c)
+          dst[c * dst_stride + r] = load_unaligned(src + r * src_stride + c);
+      }
+    }
+  }
+  for (int64_t r = r0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = load_unaligned(src + r * src_stride + c);
+  }
+}
+
 // Packs keys [j0, j0 + cols) of a shared stream into panels: panel p holds dim rows of NR keys.
 // Keys past `cols` are zero, so their logits are computed but never read.
 template <class T>
 void pack_keys(const InfoNceArgs<T>& a, const KeyStream<T>& keys, int64_t j0, int64_t cols,
                TileScratch<T>* s) {
-  using S = Simd<T>;
   constexpr int64_t NR = TileScratch<T>::kNR;
-  constexpr int64_t L = S::kLanes;
   const int64_t dim = s->dim;
   const int64_t panels = ceil_div(cols, NR);
   for (int64_t p = 0; p < panels; ++p) {
     T* panel = s->packed.get() + p * dim * NR;
-    for (int64_t n0 = 0; n0 < NR; n0 += L) {
-      const int64_t j = p * NR + n0;
-      const T* first = keys.base + (j0 + j) * keys.stride;
-      int64_t k = 0;
-      if constexpr (HasTransposeSquare<S>::value) {
-        if (j + L <= cols) {
-          for (; k + L <= dim; k += L) S::transpose_square(first + k, keys.stride, panel + k * NR + n0, NR);
-        }
-      }
-      for (int64_t n = 0; n < L; ++n) {
-        const T* key = first + n * keys.stride;
-        for (int64_t kk = k; kk < dim; ++kk)
-          panel[kk * NR + n0 + n] = j + n < cols ? load_unaligned(key + kk) : T(0);
-      }
+    const int64_t present = min_i64(NR, cols - p * NR);
+    transpose_into(keys.base + (j0 + p * NR) * keys.stride, keys.stride, present, dim, panel, NR);
+    for (int64_t k = 0; k < dim; ++k) {
+      for (int64_t n = present; n < NR; ++n) panel[k * NR + n] = T(0);
     }
   }
   for (int64_t j = 0; j < cols; ++j) {
@@ -606,7 +609,7 @@ void axpy_row(double coef, const T* x, int64_t dim, double* acc) {
   for (int64_t k = 0; k < dim; ++k) acc[k] += coef * static_cast<double>(load_unaligned(x + k));
 }
 
-// C[rows x dim] += A[rows x depth] B[depth x dim], A an operand (PackedOperand, RowOperand), B as
+// C[rows x dim] += A[rows x depth] B[depth x dim], A a PackedOperand, B as
 // b[k * ldb + col], C with row stride ldc. Every element of C is one chain of fused multiply-adds
 // in T, c = fma(a(r, k), b(k, col), c) for k = 0, 1, ..., whichever code computes it, so the
 // micro-kernel's shape (it differs per ISA) never changes a bit. The micro-kernel covers every
@@ -744,8 +747,9 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
     const int64_t c1 = min_i64(keys.count, c0 + chunks.size);
     if (c0 >= c1) continue;
     TileScratch<T> s(dim);
-    Buffer<T> coef_query(kQueryBlock * kKeyTile), coef_key(kQueryBlock * kKeyTile), d_key_hat(kKeyTile * dim);
-    if (!s.ok() || !coef_query.ok() || !coef_key.ok() || !d_key_hat.ok()) {
+    Buffer<T> coef_query(kQueryBlock * kKeyTile), coef_query_t(kKeyTile * kQueryBlock),
+        coef_key(kQueryBlock * kKeyTile), d_key_hat(kKeyTile * dim);
+    if (!s.ok() || !coef_query.ok() || !coef_query_t.ok() || !coef_key.ok() || !d_key_hat.ok()) {
 #if defined(_OPENMP)
 #pragma omp atomic write
 #endif
@@ -789,10 +793,10 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
           }
         }
         // d q_hat[i0 .. i0 + rows) += coef_query (rows x cols) . keys (cols x dim)
-        const T* cq_rows[kQueryBlock];
-        for (int64_t r = 0; r < rows; ++r) cq_rows[r] = coef_query.get() + r * kKeyTile;
-        gemm_accumulate<T>(rows, cols, RowOperand<T>{cq_rows, 1}, keys.base + j0 * keys.stride, keys.stride,
-                           d_query_hat + i0 * dim, dim, dim);
+        // coef_query transposed is that product's A packed query-major.
+        transpose_into(coef_query.get(), kKeyTile, rows, cols, coef_query_t.get(), kQueryBlock);
+        gemm_accumulate<T>(rows, cols, PackedOperand<T>{coef_query_t.get(), kQueryBlock},
+                           keys.base + j0 * keys.stride, keys.stride, d_query_hat + i0 * dim, dim, dim);
         // d k_hat[j0 .. j0 + cols) += coef_key^T (cols x rows) . queries (rows x dim); coef_key
         // stored query-major is that product's A packed key-major.
         gemm_accumulate<T>(cols, rows, PackedOperand<T>{coef_key.get(), kKeyTile},
