@@ -19,15 +19,15 @@ import time
 import numpy as np
 from fastloss.cli import _positive_int
 
+from . import limits as limits_mod
 from . import memory as memory_mod
 from . import report
 from . import workloads as wl
 from .peers import PEER_NAMES, FastlossPeer, all_peers
 from .timing import BlasThreads, cpu_count, default_threads, measure
 
-__all__ = ["add_arguments", "run", "main", "DEFAULT_CHART"]
+__all__ = ["add_arguments", "run", "main"]
 
-DEFAULT_CHART = os.path.join("bench_results", "bench.png")
 #: Workloads whose peak extra memory is measured (in a fresh subprocess), and by whom.
 MEMORY_WORKLOADS = ("infonce_moco",)
 MEMORY_IMPLS = ("fastloss", "numpy_ref", "numpy_fast", "torch")
@@ -58,10 +58,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument(
         "--chart",
         metavar="FILE.png",
-        help=f"bar chart of the speedups (default {DEFAULT_CHART} when matplotlib is installed)",
+        help="also draw the speedups as a bar chart into FILE.png (needs matplotlib: "
+        "pip install 'fastloss[bench]'); no chart is written unless asked",
     )
-    ap.add_argument("--no-chart", action="store_true", help="do not draw the chart")
+    # Accepted and ignored: scripts written when a chart was drawn by default keep running.
+    ap.add_argument("--no-chart", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument(
+        "-w",
         "--workloads",
         metavar="NAME",
         nargs="+",
@@ -90,7 +93,14 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory measurement (fresh subprocesses)"
     )
-    ap.add_argument("--no-sgemm", action="store_true", help="skip the NumPy float32 matmul reference rate")
+    ap.add_argument(
+        "--no-bandwidth",
+        action="store_true",
+        help="skip the memory-bandwidth limits (read, copy, triad; arrays of twice the largest cache)",
+    )
+    ap.add_argument(
+        "--no-sgemm", action="store_true", help="skip the matmul limit (NumPy's float32 matmul rate)"
+    )
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return ap
 
@@ -209,25 +219,76 @@ def _grads_of(value):
     return value[1] if isinstance(value, tuple) and len(value) == 2 else None
 
 
-def _sgemm_rates(threads: list[int], blas: BlasThreads, quick: bool, repeat: int, log) -> dict:
-    """NumPy's float32 n x n matmul rate, the yardstick of the InfoNCE dot products."""
-    n = 1024 if quick else 4096
-    rng = np.random.default_rng(1)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    out = np.empty((n, n), np.float32)
-    rates = {}
-    for t in threads if blas.available else [None]:
-        if t is not None:
-            blas.set(t)
-        timing, _ = measure(
-            lambda: np.matmul(a, b, out=out), repeat=min(repeat, 3), min_time=0.0, max_time=5.0
+def _fraction_of_limits(results: dict) -> None:
+    """Each row's rate as a fraction of its workload's limit at the row's threads (``limit``,
+    ``limit_fraction``); ``None`` when the limit was not measured or the row's threads are not
+    known to be the row's count."""
+    limits = results.get("limits", {})
+    for entry in results["workloads"]:
+        name = entry.get("limit")
+        for row in entry["results"]:
+            row["limit"] = name
+            row["limit_fraction"] = None
+            limit = limits.get(name, {}).get(str(row["threads"])) if name else None
+            if not limit or "median_s" not in row or not row.get("threads_controlled"):
+                continue
+            work = entry["work"]
+            amount = work["flops"] if name == "matmul" else work["bytes"]
+            row["limit_fraction"] = amount / row["median_s"] / 1e9 / limit
+
+
+def _speedups(entry: dict) -> None:
+    """``speedup`` = peer time / fastloss time at the same threads, only when both rows ran at
+    the row's thread count (``threads_controlled``): a ratio that is not like for like is left out."""
+    for row in entry["results"]:
+        base = next(
+            (
+                r
+                for r in entry["results"]
+                if r["impl"] == "fastloss" and r["threads"] == row["threads"] and "median_s" in r
+            ),
+            None,
         )
-        label = str(t) if t is not None else "default"
-        rates[label] = 2.0 * n**3 / timing.median / 1e9
-        log(f"  numpy sgemm {n}x{n} at {label} threads: {rates[label]:.1f} GFLOP/s")
-    blas.restore()
-    return {f"numpy float32 matmul {n}x{n}": rates}
+        if row["impl"] == "fastloss" and "median_s" in row and entry["fastloss_rel_err"] is None:
+            entry["fastloss_rel_err"] = row["rel_err"]
+        if base and "median_s" in row:
+            if row.get("threads_controlled") and base.get("threads_controlled"):
+                row["speedup"] = row["median_s"] / base["median_s"]
+            else:
+                row["speedup"] = None
+
+
+def _cache_note(results: dict) -> str | None:
+    info = results.get("limits_info", {}).get("bandwidth")
+    cache = info.get("largest_cache_bytes") if info else None
+    if not cache:
+        return None
+    fits = [
+        f"{w['name']} ({report.fmt_bytes(w['work']['bytes'])})"
+        for w in results["workloads"]
+        if w.get("limit") in limits_mod.BANDWIDTH_KINDS and w["work"]["bytes"] < cache
+    ]
+    if not fits:
+        return None
+    return (
+        f"the data of {', '.join(fits)} fits in the {report.fmt_bytes(cache)} cache: repeated calls "
+        "can read it from there, so their fraction of the (out-of-cache) bandwidth can pass 100%"
+    )
+
+
+def _limit_notes(results: dict) -> list[str]:
+    """A limit that drops as threads are added means another process held a core meanwhile."""
+    notes = []
+    for name, per in results.get("limits", {}).items():
+        measured = sorted((int(t), v) for t, v in per.items() if v)
+        for (t1, v1), (t2, v2) in zip(measured, measured[1:], strict=False):
+            if v2 < 0.9 * v1:
+                notes.append(
+                    f"the {name} limit at {t2} threads ({v2:.3g}) came out below the one at {t1} "
+                    f"({v1:.3g}): other processes were likely using the cores, so the fractions "
+                    f"of it at {t2} threads read high"
+                )
+    return notes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,14 +299,23 @@ def run(args: argparse.Namespace) -> int:
         settings   quick, repeat, threads, min_time, max_time, command
         machine    platform, cpu model and count, memory, python, numpy/torch/jax versions, BLAS
         fastloss   version, show_config text, active_isa, default_threads
-        peers      name -> description, version, available, reason
-        workloads  [{name, family, grad, dims, label, reference, work {bytes, flops},
+        peers      name -> description, version, available, reason, threads (how they are set)
+        workloads  [{name, family, grad, dims, label, reference, work {bytes, flops}, limit,
                      fastloss_rel_err,
-                     results [{impl, threads, median_s, times_s, repeats, number, warmup_s,
-                               value, rel_err, grad_rel_err, speedup, error}]}]
+                     results [{impl, threads, threads_controlled, median_s, times_s, repeats,
+                               number, warmup_s, value, rel_err, grad_rel_err, speedup,
+                               limit, limit_fraction, error}]}]
+        limits     {"read"|"copy"|"triad": {threads: GB/s}, "matmul": {threads: GFLOP/s}}
+        limits_info  {"bandwidth": {method, array_bytes, largest_cache_bytes, ...},
+                      "matmul": {method, n, statistic}}
+        summary    {threads: [{workload, fastloss_s, best_peer, best_peer_s, x_best_peer,
+                               x_numpy_ref, limit, limit_fraction}]}
         memory     [{workload, impl, extra_bytes, method, ...}]
         machine_reference  {"numpy float32 matmul 4096x4096": {threads: GFLOP/s}}
         notes      [str]
+
+    ``speedup`` is ``None`` (and ``limit_fraction`` too) for a row whose threads could not be
+    set to the row's count: such a row is shown, not compared.
     """
 
     def log(msg: str) -> None:
@@ -263,20 +333,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastloss bench: error: {exc}", file=sys.stderr)
         return 2
 
-    peers = all_peers(args.peers)
+    blas = BlasThreads()
+    peers = all_peers(args.peers, blas)
     fl_peer = next(p for p in peers if isinstance(p, FastlossPeer))
     fl = fl_peer.fl
-    blas = BlasThreads()
     notes: list[str] = []
     if blas.note():
         notes.append(blas.note())
     for p in peers:
         if not p.available():
             notes.append(f"{p.name} skipped: {p.reason}")
-        elif not p.threads_controlled:
+        elif not p.threads_settable:
+            at = p.measured_at(threads)
             notes.append(
-                f"{p.name}: its thread count is fixed when it is imported; measured "
-                f"at {max(threads)} threads only"
+                f"{p.name}: its threads are {p.threads_how()}; measured at {at[0]} threads only"
+                + ("" if p.set_threads(at[0]) else " (threads not controlled: no ratio)")
             )
     if any(w.grad for w in selected) and not fl_peer.supports_grad():
         dropped = [w.name for w in selected if w.grad]
@@ -286,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     results = {
-        "schema": 1,
+        "schema": 2,
         "tool": "fastloss bench",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {
@@ -301,6 +372,9 @@ def run(args: argparse.Namespace) -> int:
         "fastloss": _fastloss_info(fl),
         "peers": {p.name: p.info() for p in peers},
         "workloads": [],
+        "limits": {},
+        "limits_info": {},
+        "summary": {},
         "memory": [],
         "memory_context": [],
         "machine_reference": {},
@@ -324,6 +398,7 @@ def run(args: argparse.Namespace) -> int:
                 "label": wl.size_label(w, data),
                 "reference": ref_loss,
                 "work": wl.work(w, data),
+                "limit": w.limit,
                 "results": [],
                 "fastloss_rel_err": None,
             }
@@ -337,13 +412,13 @@ def run(args: argparse.Namespace) -> int:
                 blas.set(t)
                 for p in active:
                     fn = fns.get(p.name)
-                    if fn is None or (not p.threads_controlled and t != max(threads)):
+                    if fn is None or t not in p.measured_at(threads):
                         continue
                     row = {"impl": p.name, "threads": t}
                     try:
                         if isinstance(fn, Exception):
                             raise fn
-                        p.set_threads(t)
+                        row["threads_controlled"] = p.set_threads(t)
                         timing, value = measure(fn, repeat, min_time, max_time)
                     except Exception as exc:
                         row["error"] = f"{type(exc).__name__}: {exc}"
@@ -371,22 +446,11 @@ def run(args: argparse.Namespace) -> int:
                     log(
                         f"  {w.name} {t} thr {p.name:<10} {report.fmt_time(timing.median):>9}"
                         f"  ({timing.repeats}x{timing.number})"
+                        + ("" if row["threads_controlled"] else "  threads not controlled")
                     )
                     del value
             blas.restore()
-            for row in entry["results"]:
-                base = next(
-                    (
-                        r
-                        for r in entry["results"]
-                        if r["impl"] == "fastloss" and r["threads"] == row["threads"] and "median_s" in r
-                    ),
-                    None,
-                )
-                if base and "median_s" in row:
-                    row["speedup"] = row["median_s"] / base["median_s"]
-                    if row["impl"] == "fastloss" and entry["fastloss_rel_err"] is None:
-                        entry["fastloss_rel_err"] = row["rel_err"]
+            _speedups(entry)
             results["workloads"].append(entry)
             del fns, data, ref_grads
 
@@ -406,21 +470,24 @@ def run(args: argparse.Namespace) -> int:
                     log(f"{name}: peak extra memory of one {impl} call (fresh subprocess)")
                     results["memory"].append(memory_mod.peak_extra_memory(name, impl, quick, max(threads)))
 
-        if not args.no_sgemm and any(w.family.startswith("infonce") for w in selected):
-            results["machine_reference"] = _sgemm_rates(threads, blas, quick, repeat, log)
-            rates = next(iter(results["machine_reference"].values()))
-            for entry in results["workloads"]:
-                if entry["name"] != "infonce_moco":
-                    continue
-                for row in entry["results"]:
-                    rate = rates.get(str(row["threads"])) or rates.get("default")
-                    if row["impl"] == "fastloss" and "median_s" in row and rate:
-                        got = entry["work"]["flops"] / row["median_s"] / 1e9
-                        notes.append(
-                            f"infonce_moco at {row['threads']} threads: fastloss's dot "
-                            f"products run at {got:.3g} GFLOP/s = "
-                            f"{100 * got / rate:.0f}% of NumPy's float32 matmul"
-                        )
+        wanted = {w.limit for w in selected}
+        if not args.no_bandwidth and wanted & set(limits_mod.BANDWIDTH_KINDS):
+            log("machine limits: memory bandwidth (fastloss's probe, out of cache)")
+            bw = limits_mod.bandwidth(threads, repeat, log)
+            results["limits_info"]["bandwidth"] = bw.pop("info")
+            results["limits"].update(bw)
+        if not args.no_sgemm and "matmul" in wanted:
+            log("machine limits: NumPy's float32 matmul")
+            mm = limits_mod.matmul(threads, blas, quick, repeat, log)
+            results["limits_info"]["matmul"] = mm.pop("info")
+            results["limits"].update(mm)
+            results["machine_reference"] = {results["limits_info"]["matmul"]["method"]: mm["matmul"]}
+        _fraction_of_limits(results)
+        results["summary"] = report.summary(results)
+        notes.extend(_limit_notes(results))
+        note = _cache_note(results)
+        if note:
+            notes.append(note)
     finally:
         blas.restore()
         if original_threads:
@@ -444,13 +511,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         report.write_json(results, args.json)
         print(f"wrote {args.json}")
-    if not args.no_chart:
-        path = args.chart or DEFAULT_CHART
-        why_not = report.write_chart(results, path)
+    if args.chart:
+        why_not = report.write_chart(results, args.chart)
         if why_not is None:
-            print(f"wrote {path}")
+            print(f"wrote {args.chart}")
         else:
-            print(f"chart skipped: {why_not}")
+            print(f"chart not written: {why_not}")
     if fastloss_failed:
         print("fastloss bench: error: fastloss failed on some workloads (see the table)", file=sys.stderr)
         return 1

@@ -84,10 +84,14 @@ def default_threads() -> list[int]:
 
 
 class BlasThreads:
-    """Limits NumPy's BLAS pool with threadpoolctl when it is installed.
+    """Limits NumPy's BLAS pool with threadpoolctl (a dependency of fastloss, for this) and says
+    whether the limit took.
 
     Only the ``blas`` API is limited: threadpoolctl's ``openmp`` controller would call
-    ``omp_set_num_threads`` in the OpenMP runtime fastloss uses too.
+    ``omp_set_num_threads`` in the OpenMP runtime fastloss uses too. ``set(n)`` is True only when
+    threadpoolctl found NumPy's BLAS and every BLAS library it found now reports ``n`` threads:
+    a library it cannot control (or a missing threadpoolctl) makes the ``numpy_*`` rows not like
+    for like, and the report then prints no ratio for them.
     """
 
     def __init__(self) -> None:
@@ -100,19 +104,35 @@ class BlasThreads:
             self._tpc = threadpoolctl
             self.version = getattr(threadpoolctl, "__version__", "?")
         self._limiter = None
+        self._at: int | None = None  # the thread count the last set() made every BLAS pool run at
 
     @property
     def available(self) -> bool:
         return self._tpc is not None
 
     def note(self) -> str | None:
-        if self.available:
-            return None
-        return (
-            "threadpoolctl is not installed, so NumPy's BLAS threads are not controlled: the "
-            "numpy_* rows use BLAS's default thread count at every threads setting "
-            "(pip install threadpoolctl)"
-        )
+        if not self.available:
+            return (
+                "threadpoolctl is not installed, so NumPy's BLAS threads are not controlled: the "
+                "numpy_* rows use BLAS's default thread count and get no ratio "
+                "(pip install threadpoolctl)"
+            )
+        if not self.info():
+            return (
+                "threadpoolctl finds no BLAS library in this NumPy, so its threads are not "
+                "controlled: the numpy_* rows get no ratio"
+            )
+        return None
+
+    def how(self) -> str:
+        """How the numpy_* rows' threads are set, for the report."""
+        libs = self.info()
+        if not self.available:
+            return "not controlled: threadpoolctl is not installed"
+        if not libs:
+            return "not controlled: threadpoolctl finds no BLAS library in NumPy"
+        names = ", ".join(f"{d.get('internal_api')} {d.get('version') or ''}".strip() for d in libs)
+        return f"threadpoolctl {self.version} limits {names}; checked after every change"
 
     def info(self) -> list:
         if not self.available:
@@ -139,13 +159,22 @@ class BlasThreads:
         except Exception:  # threadpoolctl inspects native libraries; never fail the run on it
             return []
 
-    def set(self, n: int) -> None:
-        if not self.available:
-            return
+    def set(self, n: int) -> bool:
+        """Limit every BLAS pool to ``n`` threads; True when each one now reports ``n``."""
         self.restore()
+        if not self.available:
+            return False
         self._limiter = self._tpc.threadpool_limits(limits=n, user_api="blas")
+        libs = self.info()
+        self._at = n if libs and all(d.get("num_threads") == n for d in libs) else None
+        return self._at == n
+
+    def runs_at(self, n: int) -> bool:
+        """Whether the last ``set`` made NumPy's BLAS run at ``n`` threads."""
+        return self._at == n
 
     def restore(self) -> None:
+        self._at = None
         if self._limiter is not None:
             self._limiter.restore_original_limits()
             self._limiter = None
