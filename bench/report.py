@@ -344,13 +344,14 @@ _PEER_COLOURS = {
 
 
 def _ratio_ticks(lo: float, hi: float) -> list[float]:
-    """1-2-5 ticks covering [lo, hi] (a log axis readable at a glance: 0.5x, 1x, 2x, 5x...)."""
+    """Ticks covering [lo, hi] on a log axis, as many as stay readable: 1-2-5 per decade over
+    a short range (0.5x, 1x, 2x, 5x), 1-3 over a longer one, powers of ten beyond."""
+    decades = math.log10(hi / lo)
+    steps = (1.0, 2.0, 5.0) if decades <= 2.2 else ((1.0, 3.0) if decades <= 3.5 else (1.0,))
     ticks = []
     decade = 10.0 ** math.floor(math.log10(lo))
-    while decade <= hi * 10:
-        for m in (1.0, 2.0, 5.0):
-            if lo <= m * decade <= hi:
-                ticks.append(m * decade)
+    while decade <= hi:
+        ticks += [m * decade for m in steps if lo <= m * decade <= hi]
         decade *= 10
     return ticks
 
@@ -482,7 +483,7 @@ def write_chart(results: dict, path: str) -> str | None:
     )
     if left_out:
         fig.text(0.01, 0.005, f"not drawn ({NOT_CONTROLLED}): " + ", ".join(left_out), fontsize=7.5)
-    fig.tight_layout(rect=(0, 0.5 / fig_h + 0.02, 1, 1))
+    fig.tight_layout(rect=(0, 0.35 / fig_h + 0.01, 1, 1))
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fig.savefig(path, dpi=110)
