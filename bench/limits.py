@@ -152,7 +152,7 @@ def bandwidth(threads: list[int], repeat: int, log: Callable[[str], None]) -> di
 
 def matmul(threads: list[int], blas: BlasThreads, quick: bool, repeat: int, log) -> dict:
     """``{"matmul": {str(threads): GFLOP/s or None}, "info": {...}}``: NumPy's float32 matmul,
-    ``None`` at a thread count whose BLAS threads threadpoolctl could not set."""
+    ``None`` at a thread count NumPy's BLAS could not be set to (``BlasThreads.set``)."""
     n = 1024 if quick else 4096
     rng = np.random.default_rng(1)
     a = rng.standard_normal((n, n), dtype=np.float32)

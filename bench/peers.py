@@ -51,6 +51,10 @@ class Peer:
         """How the peer's threads are set, for the report."""
         return "single-threaded"
 
+    def threads_set_by(self) -> str:
+        """What sets the threads, in a word or two (each row's ``threads_set_by`` in the JSON)."""
+        return "single-threaded"
+
     def measured_at(self, threads: list[int]) -> list[int]:
         """The ``--threads`` values the peer is measured at."""
         return list(threads)
@@ -86,6 +90,9 @@ class FastlossPeer(Peer):
         self.fl.set_num_threads(n)
         # A build without OpenMP runs every call on one thread, whatever it is told.
         return self.fl.get_num_threads() == n and (n == 1 or bool(self.fl._core.openmp))
+
+    def threads_set_by(self) -> str:
+        return "fastloss.set_num_threads"
 
     def threads_how(self) -> str:
         if not self.fl._core.openmp:
@@ -146,6 +153,11 @@ class _NumpyPeer(Peer):
 
     def threads_how(self) -> str:
         return "ufuncs on one thread; BLAS " + self.blas.how()
+
+    def threads_set_by(self) -> str:
+        # "threadpoolctl" (in this process) or "environment" (OPENBLAS_NUM_THREADS and the like,
+        # in a child process per thread count)
+        return self.blas.method
 
 
 class NumpyRefPeer(_NumpyPeer):
@@ -441,6 +453,9 @@ class TorchPeer(Peer):
     def threads_how(self) -> str:
         return "torch.set_num_threads, checked with torch.get_num_threads"
 
+    def threads_set_by(self) -> str:
+        return "torch.set_num_threads"
+
     def prepare(self, w, data):
         torch, F = self.torch, self.F
         t = {key: torch.from_numpy(a) for key, a in data.items()}
@@ -550,6 +565,9 @@ class JaxPeer(Peer):
         if self.fixed_threads is None:
             return "fixed by XLA at import (XLA_FLAGS sets it; count unknown): not controlled"
         return f"fixed by XLA at import to all {self.fixed_threads} cores: like for like at that count only"
+
+    def threads_set_by(self) -> str:
+        return "XLA, at import"
 
     def measured_at(self, threads: list[int]) -> list[int]:
         # One measurement: at the count XLA runs at when it is asked for, else (marked as not

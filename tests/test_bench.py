@@ -1,10 +1,13 @@
 """The benchmark's own logic (``fastloss._bench``), on made-up results: ratios only between rows
-that ran at their thread count, fractions of the machine limits, the summary, the chart, and the
-bandwidth probe. The end-to-end ``fastloss bench --quick`` run is in test_cli.py."""
+that ran at their thread count, fractions of the machine limits, the summary, the chart, the
+bandwidth probe, and NumPy's BLAS threads set by environment in a child process per thread count
+when threadpoolctl is not installed. The end-to-end ``fastloss bench --quick`` run is in
+test_cli.py."""
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 
 import fastloss
@@ -185,20 +188,108 @@ def test_blas_threads_reports_whether_the_limit_took(monkeypatch):
         blas.restore()
 
 
-def test_numpy_rows_are_not_controlled_without_threadpoolctl(monkeypatch):
+def test_numpy_rows_are_not_controlled_in_process_without_threadpoolctl(monkeypatch):
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)
     blas = timing.BlasThreads()
-    assert not blas.available and not blas.set(1)
-    assert "threadpoolctl is not installed" in blas.note()
+    assert not blas.available and blas.method == "environment" and not blas.set(1)
+    assert "threadpoolctl is not installed" in blas.note() and "child process" in blas.note()
     from fastloss._bench.peers import NumpyRefPeer
 
     assert NumpyRefPeer(blas).set_threads(1) is False
 
 
-def test_threadpoolctl_is_a_dependency():
+def test_blas_threads_by_environment_count_only_what_numpy_reports(monkeypatch):
+    found = timing.numpy_blas_threads()
+    if found is None:
+        pytest.skip("NumPy's BLAS thread count cannot be read back here")
+    n = found[0]
+    blas = timing.BlasThreads(environment=n)  # as in a child started with blas_thread_env(n)
+    assert blas.method == "environment" and blas._tpc is None
+    assert blas.set(n) and blas.runs_at(n)
+    assert not blas.set(n + 1)  # fixed when NumPy loaded: another count cannot be right
+    wrong = timing.BlasThreads(environment=n + 1)  # the environment did not reach the BLAS
+    assert not wrong.set(n + 1) and not wrong.runs_at(n + 1)
+    monkeypatch.setattr(timing, "numpy_blas_threads", lambda: None)  # no way to read it back
+    assert not timing.BlasThreads(environment=n).set(n)
+    assert timing.blas_thread_env(3)["OPENBLAS_NUM_THREADS"] == "3"
+    assert set(timing.blas_thread_env(3)) == set(timing.THREAD_ENV_VARS)
+
+
+def _table_rows(text):
+    """The results table's mse_small rows (not the summary's)."""
+    return [
+        line for line in text.splitlines() if line.split()[:2] in (["mse_small", "1"], ["mse_small", "2"])
+    ]
+
+
+def _bench_without_threadpoolctl(monkeypatch, tmp_path, capsys):
+    """``fastloss bench --quick -w mse_small --threads 1 2`` with threadpoolctl hidden; returns
+    (exit code, stdout, the JSON)."""
+    if timing.cpu_count() < 2:
+        pytest.skip("needs 2 cores: a BLAS caps its threads at the cores it has")
+    if timing.numpy_blas_threads() is None:
+        pytest.skip("NumPy's BLAS thread count cannot be read back here")
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    for name in timing.THREAD_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "b.json"
+    args = ["bench", "--quick", "-w", "mse_small", "--threads", "1", "2", "--peers", "numpy_ref"]
+    args += ["numpy_fast", "--no-memory", "-q", "--repeat", "1", "--json", str(out)]
+    code = fastloss.cli.main(args)
+    return code, capsys.readouterr().out, json.loads(out.read_text())
+
+
+def test_without_threadpoolctl_each_thread_count_runs_in_a_child_with_the_environment(
+    monkeypatch, tmp_path, capsys
+):
+    code, text, data = _bench_without_threadpoolctl(monkeypatch, tmp_path, capsys)
+    assert code == 0
+    control = data["thread_control"]
+    assert control["blas"] == "environment"
+    assert control["processes"] == "one child process per thread count"
+    assert "OPENBLAS_NUM_THREADS" in control["environment"]
+    # Each child's BLAS reported the child's count.
+    assert control["numpy_blas"] == {
+        "1": {"controlled": True, "num_threads": [1]},
+        "2": {"controlled": True, "num_threads": [2]},
+    }
+    (entry,) = data["workloads"]
+    rows = {(r["impl"], r["threads"]): r for r in entry["results"]}
+    # The merged output holds both thread counts for every implementation, once each.
+    assert len(rows) == len(entry["results"]) == 6
+    assert set(rows) == {(i, t) for i in ("fastloss", "numpy_ref", "numpy_fast") for t in (1, 2)}
+    for impl in ("numpy_ref", "numpy_fast"):
+        for t in (1, 2):
+            r = rows[(impl, t)]
+            assert r["threads_set_by"] == "environment" and r["threads_controlled"] is True
+            assert r["speedup"] is not None and r["speedup"] > 0, r
+    assert rows[("fastloss", 2)]["threads_set_by"] == "fastloss.set_num_threads"
+    assert set(data["summary"]) == {"1", "2"}
+    assert all(s["x_numpy_ref"] for t in ("1", "2") for s in data["summary"][t])
+    assert len(_table_rows(text)) == 6 and not [line for line in _table_rows(text) if NC in line]
+    assert "summary at 1 thread:" in text and "summary at 2 threads:" in text
+
+
+def test_a_child_whose_blas_missed_its_count_gets_no_ratio(monkeypatch, tmp_path, capsys):
+    # The same run with the children started without the variables: NumPy's BLAS then uses its
+    # default (every core), which is not 1, and the 1-thread numpy rows must not be compared.
+    monkeypatch.setattr(runner, "blas_thread_env", lambda n: {})
+    code, text, data = _bench_without_threadpoolctl(monkeypatch, tmp_path, capsys)
+    assert code == 0
+    assert data["thread_control"]["numpy_blas"]["1"]["controlled"] is False
+    one = [r for r in data["workloads"][0]["results"] if r["threads"] == 1 and r["impl"] != "fastloss"]
+    assert one and all(r["threads_controlled"] is False and r["speedup"] is None for r in one)
+    assert [line for line in _table_rows(text) if line.split()[1] == "1" and NC in line]
+
+
+def test_runtime_dependencies_are_numpy_and_tqdm_only():
+    """SPEC.md, Package: threadpoolctl belongs to the bench extra, not to ``pip install .``."""
     from importlib.metadata import requires
 
-    assert any(r.replace(" ", "").startswith("threadpoolctl") for r in requires("fastloss") or [])
+    reqs = [r.replace(" ", "") for r in requires("fastloss") or []]
+    runtime = sorted(r.split(">")[0].split("=")[0].split("<")[0] for r in reqs if "extra==" not in r)
+    assert runtime == ["numpy", "tqdm"]
+    assert any(r.startswith("threadpoolctl") and 'extra=="bench"' in r for r in reqs), reqs
 
 
 def test_chart_is_a_png(tmp_path):

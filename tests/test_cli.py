@@ -83,7 +83,8 @@ def test_bench_quick_exits_0(quick_bench):
     assert "machine limits, measured in this run" in proc.stdout
     for t in default_threads():
         assert f"summary at {t} thread" in proc.stdout
-    # Every peer's threads are set on a plain install (threadpoolctl is a dependency).
+    # Every peer's threads are set on a plain install: NumPy's BLAS with threadpoolctl when it is
+    # installed (the bench extra), else by environment in a child process per thread count.
     rows = [line for line in proc.stdout.splitlines() if line.split(" ", 1)[0] in FORWARD_WORKLOADS]
     assert rows and not [line for line in rows if "threads not controlled" in line]
     # No chart unless asked: the run's folder holds only the --json file.
@@ -100,6 +101,11 @@ def test_bench_json(quick_bench):
     assert data["machine"]["cpu_count"] >= 1 and data["machine"]["numpy"] == np.__version__
     by_name = {w["name"]: w for w in data["workloads"]}
     assert set(FORWARD_WORKLOADS) <= set(by_name)
+    # How NumPy's BLAS threads were set, and that they took at every thread count.
+    control = data["thread_control"]
+    assert control["blas"] in ("threadpoolctl", "environment"), control
+    assert set(control["numpy_blas"]) == {str(t) for t in data["settings"]["threads"]}
+    assert all(v["controlled"] for v in control["numpy_blas"].values()), control
     for name in FORWARD_WORKLOADS:
         rows = by_name[name]["results"]
         impls = {r["impl"] for r in rows}
@@ -110,6 +116,8 @@ def test_bench_json(quick_bench):
             # Every implementation computes the same loss as the float64 reference.
             assert r["rel_err"] < 1e-4, (name, r["impl"], r["rel_err"])
             assert r["threads_controlled"] is True, (name, r["impl"], r["threads"])
+            if r["impl"].startswith("numpy_"):
+                assert r["threads_set_by"] == control["blas"]
         threads = {r["threads"] for r in rows if r["impl"] == "fastloss"}
         assert 1 in threads
     # The machine limits at each thread count, and each large workload's fraction of its limit.
