@@ -14,8 +14,10 @@ Modules:
 - ``workloads``: the workloads (shapes, seeded data, float64 references);
 - ``peers``: the implementations under test;
 - ``timing``: medians of repeated ``time.perf_counter`` timings and thread control;
+- ``limits``: the machine's limits in the same run (memory bandwidth by fastloss's probe,
+  NumPy's float32 matmul rate), which each workload's rate is a fraction of;
 - ``memory``: the peak extra memory of one call, measured in a fresh subprocess;
-- ``report``: the table, the JSON file and the PNG chart;
+- ``report``: the table and its per-thread summary, the JSON file and the PNG chart (``--chart``);
 - ``runner``: the command line (``fastloss bench``) that ties them together.
 
 Shipped inside the package as ``fastloss._bench``; from a source checkout ``python -m bench``

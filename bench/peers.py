@@ -10,10 +10,12 @@ The callable returns the loss as a Python float, or ``(loss, grads)`` for gradie
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 
 import numpy as np
 
+from .timing import BlasThreads, cpu_count
 from .workloads import Workload
 
 __all__ = ["Peer", "all_peers", "PEER_NAMES"]
@@ -29,9 +31,9 @@ class Peer:
 
     name = ""
     description = ""
-    #: False when the peer's thread count cannot be set at run time; it is then measured only
-    #: at the largest ``--threads`` value.
-    threads_controlled = True
+    #: False when the peer's thread count is fixed when it is imported: it is then measured at
+    #: one thread count only (``measured_at``).
+    threads_settable = True
 
     def __init__(self) -> None:
         self.version: str | None = None
@@ -40,8 +42,22 @@ class Peer:
     def available(self) -> bool:
         return True
 
-    def set_threads(self, n: int) -> None:
-        """Set the peer's own thread pool (NumPy's BLAS pool is handled by ``timing``)."""
+    def set_threads(self, n: int) -> bool:
+        """Run the peer's calls on ``n`` threads; True when it is known to do so now (its own
+        pool reports ``n``). A row measured after False is not like for like: it gets no ratio."""
+        return True
+
+    def threads_how(self) -> str:
+        """How the peer's threads are set, for the report."""
+        return "single-threaded"
+
+    def threads_set_by(self) -> str:
+        """What sets the threads, in a word or two (each row's ``threads_set_by`` in the JSON)."""
+        return "single-threaded"
+
+    def measured_at(self, threads: list[int]) -> list[int]:
+        """The ``--threads`` values the peer is measured at."""
+        return list(threads)
 
     def prepare(self, w: Workload, data: dict[str, np.ndarray]) -> Fn | None:
         raise NotImplementedError
@@ -52,7 +68,7 @@ class Peer:
             "version": self.version,
             "available": self.available(),
             "reason": self.reason,
-            "threads_controlled": self.threads_controlled,
+            "threads": self.threads_how() if self.available() else None,
         }
 
 
@@ -70,8 +86,18 @@ class FastlossPeer(Peer):
         self.fl = fastloss
         self.version = getattr(fastloss, "__version__", None)
 
-    def set_threads(self, n: int) -> None:
+    def set_threads(self, n: int) -> bool:
         self.fl.set_num_threads(n)
+        # A build without OpenMP runs every call on one thread, whatever it is told.
+        return self.fl.get_num_threads() == n and (n == 1 or bool(self.fl._core.openmp))
+
+    def threads_set_by(self) -> str:
+        return "fastloss.set_num_threads"
+
+    def threads_how(self) -> str:
+        if not self.fl._core.openmp:
+            return "fastloss.set_num_threads, but this build has no OpenMP: one thread always"
+        return "fastloss.set_num_threads (OpenMP)"
 
     def prepare(self, w, data):
         fl = self.fl
@@ -113,15 +139,32 @@ def _np_ce_mean(logits, labels):
     return float(np.mean(lse - z[np.arange(logits.shape[0]), labels]))
 
 
-class NumpyRefPeer(Peer):
+class _NumpyPeer(Peer):
+    """NumPy's ufuncs run on one thread; its BLAS calls (dot, matmul) on the pool ``blas``
+    limits, so a row is like for like only when that limit took."""
+
+    def __init__(self, blas: BlasThreads) -> None:
+        super().__init__()
+        self.version = np.__version__
+        self.blas = blas
+
+    def set_threads(self, n: int) -> bool:
+        return self.blas.runs_at(n)
+
+    def threads_how(self) -> str:
+        return "ufuncs on one thread; BLAS " + self.blas.how()
+
+    def threads_set_by(self) -> str:
+        # "threadpoolctl" (in this process) or "environment" (OPENBLAS_NUM_THREADS and the like,
+        # in a child process per thread count)
+        return self.blas.method
+
+
+class NumpyRefPeer(_NumpyPeer):
     name = "numpy_ref"
     description = (
         "NumPy as a user writes it: float32, one expression per formula, the InfoNCE logits materialised"
     )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.version = np.__version__
 
     def prepare(self, w, data):
         if w.family in ("mse", "mae"):
@@ -201,16 +244,12 @@ def _rows_per_block(row_elems: int) -> int:
     return max(1, _BLOCK_ELEMS // max(1, row_elems))
 
 
-class NumpyFastPeer(Peer):
+class NumpyFastPeer(_NumpyPeer):
     name = "numpy_fast"
     description = (
         "the fastest NumPy we could write: BLAS dot products, in-place ufuncs on a "
         "reused L2-sized workspace, blocked online log-sum-exp for InfoNCE"
     )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.version = np.__version__
 
     def prepare(self, w, data):
         f = getattr(self, "_" + w.family)
@@ -407,8 +446,15 @@ class TorchPeer(Peer):
     def available(self) -> bool:
         return self.torch is not None
 
-    def set_threads(self, n: int) -> None:
+    def set_threads(self, n: int) -> bool:
         self.torch.set_num_threads(n)
+        return bool(self.torch.get_num_threads() == n)
+
+    def threads_how(self) -> str:
+        return "torch.set_num_threads, checked with torch.get_num_threads"
+
+    def threads_set_by(self) -> str:
+        return "torch.set_num_threads"
 
     def prepare(self, w, data):
         torch, F = self.torch, self.F
@@ -493,7 +539,7 @@ class TorchPeer(Peer):
 class JaxPeer(Peer):
     name = "jax"
     description = "JAX, jax.jit-compiled, block_until_ready (threads fixed by XLA at import)"
-    threads_controlled = False
+    threads_settable = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -504,9 +550,29 @@ class JaxPeer(Peer):
         except Exception as exc:
             self.jax = None
             self.reason = f"not importable ({type(exc).__name__}: {exc})"
+        # XLA's CPU client sizes its pool once, to the cores this process may run on, unless
+        # XLA_FLAGS changes that (then the count is unknown here).
+        flags = os.environ.get("XLA_FLAGS", "")
+        self.fixed_threads: int | None = None if ("thread" in flags or "eigen" in flags) else cpu_count()
 
     def available(self) -> bool:
         return self.jax is not None
+
+    def set_threads(self, n: int) -> bool:
+        return n == self.fixed_threads
+
+    def threads_how(self) -> str:
+        if self.fixed_threads is None:
+            return "fixed by XLA at import (XLA_FLAGS sets it; count unknown): not controlled"
+        return f"fixed by XLA at import to all {self.fixed_threads} cores: like for like at that count only"
+
+    def threads_set_by(self) -> str:
+        return "XLA, at import"
+
+    def measured_at(self, threads: list[int]) -> list[int]:
+        # One measurement: at the count XLA runs at when it is asked for, else (marked as not
+        # controlled) at the largest.
+        return [self.fixed_threads] if self.fixed_threads in threads else [max(threads)]
 
     def prepare(self, w, data):
         jax, jnp = self.jax, self.jnp
@@ -570,10 +636,16 @@ PEER_NAMES: list[str] = ["fastloss", "numpy_ref", "numpy_fast", "torch", "jax"]
 _CLASSES = {c.name: c for c in (FastlossPeer, NumpyRefPeer, NumpyFastPeer, TorchPeer, JaxPeer)}
 
 
-def all_peers(names: list[str] | None = None) -> list[Peer]:
+def all_peers(names: list[str] | None = None, blas: BlasThreads | None = None) -> list[Peer]:
     """The peers to measure, fastloss first; unavailable ones are included (``available()`` is
-    False and ``reason`` says why) so the report can say what was skipped."""
+    False and ``reason`` says why) so the report can say what was skipped. ``blas`` is the
+    limiter the runner sets per thread count (the numpy_* peers ask it whether the limit took)."""
     wanted = names or PEER_NAMES
     if "fastloss" not in wanted:
         wanted = ["fastloss"] + list(wanted)
-    return [_CLASSES[n]() for n in PEER_NAMES if n in wanted]
+    blas = blas if blas is not None else BlasThreads()
+    return [
+        _CLASSES[n](blas) if issubclass(_CLASSES[n], _NumpyPeer) else _CLASSES[n]()
+        for n in PEER_NAMES
+        if n in wanted
+    ]

@@ -10,7 +10,7 @@ import json
 import math
 import os
 
-__all__ = ["fmt_time", "fmt_bytes", "table", "write_json", "write_chart"]
+__all__ = ["fmt_time", "fmt_bytes", "table", "summary", "write_json", "write_chart", "NOT_CONTROLLED"]
 
 
 def fmt_time(seconds: float | None) -> str:
@@ -48,6 +48,153 @@ def _fmt_err(x: float | None) -> str:
     return f"{x:.1e}"
 
 
+NOT_CONTROLLED = "threads not controlled"
+
+
+def _fmt_fraction(fraction: float | None, limit: str | None) -> str:
+    if fraction is None or limit is None:
+        return "-"
+    return f"{100 * fraction:.0f}% {limit}"
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return f"{x:.2f}x" if x else "-"
+
+
+def _grid(
+    header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int], gap_on: int | None = 0
+) -> list[str]:
+    """Aligned text columns; a blank line between groups of rows that differ in column ``gap_on``."""
+    widths = [
+        max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
+        for i in range(len(header))
+    ]
+
+    def fmt_row(r):
+        return "  ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)
+        ).rstrip()
+
+    lines = [fmt_row(header), "  ".join("-" * n for n in widths)]
+    prev = None
+    for r in rows:
+        if gap_on is not None and prev is not None and r[gap_on] != prev:
+            lines.append("")
+        prev = r[gap_on] if gap_on is not None else None
+        lines.append(fmt_row(r))
+    return lines
+
+
+def summary(results: dict) -> dict:
+    """Per thread count, per workload: fastloss against the fastest peer it can be compared
+    with (one whose threads were the row's), against ``numpy_ref``, and its fraction of the
+    workload's machine limit. Peers left out for their threads are listed in ``not_compared``."""
+    out: dict = {}
+    for t in results["settings"]["threads"]:
+        rows = []
+        for w in results["workloads"]:
+            at = [r for r in w["results"] if r["threads"] == t and "median_s" in r]
+            fl = next((r for r in at if r["impl"] == "fastloss"), None)
+            if fl is None:
+                continue
+            peers = [r for r in at if r["impl"] != "fastloss" and r.get("speedup")]
+            best = min(peers, key=lambda r: r["median_s"]) if peers else None
+            ref = next((r for r in peers if r["impl"] == "numpy_ref"), None)
+            rows.append(
+                {
+                    "workload": w["name"],
+                    "fastloss_s": fl["median_s"],
+                    "best_peer": best["impl"] if best else None,
+                    "best_peer_s": best["median_s"] if best else None,
+                    "x_best_peer": best["speedup"] if best else None,
+                    "x_numpy_ref": ref["speedup"] if ref else None,
+                    "limit": fl.get("limit"),
+                    "limit_fraction": fl.get("limit_fraction"),
+                    "not_compared": sorted(
+                        r["impl"] for r in at if r["impl"] != "fastloss" and not r.get("speedup")
+                    ),
+                }
+            )
+        out[str(t)] = rows
+    return out
+
+
+def _limits_lines(results: dict) -> list[str]:
+    limits = results.get("limits") or {}
+    if not limits:
+        return []
+    names = [n for n in ("read", "copy", "triad", "matmul") if n in limits]
+    units = {"read": "GB/s", "copy": "GB/s", "triad": "GB/s", "matmul": "GFLOP/s"}
+    header = ("threads", *(f"{n} {units[n]}" for n in names))
+    rows = []
+    for t in results["settings"]["threads"]:
+        vals = [limits[n].get(str(t)) for n in names]
+        rows.append((str(t), *("not measured" if v is None else f"{v:.3g}" for v in vals)))
+    lines = ["machine limits, measured in this run (the fastest sample of each):"]
+    lines += ["  " + line for line in _grid(header, rows, set(range(1, len(header))), gap_on=None)]
+    info = results.get("limits_info", {})
+    bw = info.get("bandwidth")
+    if bw:
+        cache = bw.get("largest_cache_bytes")
+        lines.append(
+            f"  read/copy/triad: fastloss's probe (plain OpenMP loops, ordinary stores) over "
+            f"{bw['arrays']} float32 arrays of {fmt_bytes(bw['array_bytes'])}"
+            + (
+                f" (the largest cache: {fmt_bytes(cache)}, from {bw['cache_source']})"
+                if cache
+                else " (no cache size found)"
+            )
+            + "; bytes counted as STREAM does: read 4, copy 8, triad 12 per element"
+            + (
+                ""
+                if bw.get("out_of_cache")
+                else "; NOT twice the cache size: the limits may include cache hits"
+            )
+        )
+    mm = info.get("matmul")
+    if mm:
+        lines.append(f"  matmul: {mm['method']}, BLAS limited to the row's threads, GFLOP/s = 2 n^3 / time")
+    return lines
+
+
+def _summary_lines(results: dict) -> list[str]:
+    lines: list[str] = []
+    for t, rows in (results.get("summary") or {}).items():
+        if not rows:
+            continue
+        lines.append("")
+        lines.append(
+            f"summary at {t} thread{'s' if t != '1' else ''}: fastloss against the fastest peer whose "
+            "threads were the same, against numpy_ref, and its fraction of the machine limit"
+        )
+        header = (
+            "workload",
+            "fastloss",
+            "fastest peer",
+            "its median",
+            "x fastest peer",
+            "x numpy_ref",
+            "of limit",
+        )
+        body = [
+            (
+                r["workload"],
+                fmt_time(r["fastloss_s"]),
+                r["best_peer"] or "(none compared)",
+                fmt_time(r["best_peer_s"]),
+                _fmt_ratio(r["x_best_peer"]),
+                _fmt_ratio(r["x_numpy_ref"]),
+                _fmt_fraction(r["limit_fraction"], r["limit"]),
+            )
+            for r in rows
+        ]
+        lines += _grid(header, body, {1, 3, 4, 5, 6}, gap_on=None)
+        left_out = sorted({impl for r in rows for impl in r["not_compared"]})
+        if left_out:
+            lines.append(f"not compared ({NOT_CONTROLLED}): {', '.join(left_out)}")
+    return lines
+
+
 def table(results: dict) -> str:
     """The report printed by ``fastloss bench``."""
     lines: list[str] = []
@@ -67,6 +214,12 @@ def table(results: dict) -> str:
         f"(each sample loops until >= {s['min_time'] * 1e3:g} ms); "
         f"speedup = peer time / fastloss time at the same threads" + ("; --quick sizes" if s["quick"] else "")
     )
+    peers = {k: v for k, v in results.get("peers", {}).items() if v.get("available") and v.get("threads")}
+    if peers:
+        lines.append(f"threads (a row not run at its thread count gets no ratio: '{NOT_CONTROLLED}'):")
+        width = max(len(k) for k in peers)
+        for name, p in peers.items():
+            lines.append(f"  {name:<{width}}  {p['threads']}")
     lines.append("")
     for w in results["workloads"]:
         ref = w.get("reference")
@@ -83,6 +236,7 @@ def table(results: dict) -> str:
         "median",
         "samples",
         "rate",
+        "of limit",
         "fl speedup",
         "rel.err",
         "grad rel.err",
@@ -92,10 +246,15 @@ def table(results: dict) -> str:
         for r in w["results"]:
             if r.get("error"):
                 rows.append(
-                    (w["name"], str(r["threads"]), r["impl"], "error", "", "", "", "", r["error"][:60])
+                    (w["name"], str(r["threads"]), r["impl"], "error", "", "", "", "", "", r["error"][:60])
                 )
                 continue
-            sp = r.get("speedup")
+            if r["impl"] == "fastloss":
+                speedup = "-" if r.get("threads_controlled", True) else NOT_CONTROLLED
+            elif not r.get("threads_controlled", True):
+                speedup = NOT_CONTROLLED
+            else:
+                speedup = _fmt_ratio(r.get("speedup"))
             rows.append(
                 (
                     w["name"],
@@ -104,7 +263,8 @@ def table(results: dict) -> str:
                     fmt_time(r["median_s"]),
                     f"{r['repeats']}x{r['number']}",
                     _fmt_rate(r, w["work"]),
-                    "-" if r["impl"] == "fastloss" else (f"{sp:.2f}x" if sp else "-"),
+                    _fmt_fraction(r.get("limit_fraction"), r.get("limit")),
+                    speedup,
                     _fmt_err(r.get("rel_err")),
                     _fmt_err(r.get("grad_rel_err")) if w.get("grad") else "",
                 )
@@ -112,25 +272,7 @@ def table(results: dict) -> str:
     if not any(w.get("grad") for w in results["workloads"]):
         header = header[:-1]
         rows = [r[:-1] for r in rows]
-    widths = [
-        max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
-        for i in range(len(header))
-    ]
-    right = {3, 4, 5, 6, 7, 8}
-
-    def fmt_row(r):
-        return "  ".join(
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)
-        ).rstrip()
-
-    lines.append(fmt_row(header))
-    lines.append("  ".join("-" * n for n in widths))
-    prev = None
-    for r in rows:
-        if prev is not None and r[0] != prev:
-            lines.append("")
-        prev = r[0]
-        lines.append(fmt_row(r))
+    lines += _grid(header, rows, {3, 4, 5, 6, 7, 8, 9})
     lines.append("")
     lines.append(
         "agreement with the float64 reference (fastloss, |loss - ref| / |ref|): "
@@ -149,8 +291,13 @@ def table(results: dict) -> str:
         )
     for mem in results.get("memory_context", []):
         lines.append(mem)
-    for name, per in results.get("machine_reference", {}).items():
-        lines.append(f"{name}: " + ", ".join(f"{v:.3g} GFLOP/s at {t} threads" for t, v in per.items()))
+    limit_lines = _limits_lines(results)
+    if limit_lines:
+        lines.append("")
+        lines += limit_lines
+    lines += _summary_lines(results)
+    if results.get("notes"):
+        lines.append("")
     for note in results.get("notes", []):
         lines.append(f"note: {note}")
     if results.get("elapsed_s") is not None:
@@ -188,48 +335,155 @@ def _json_default(obj):
     return str(obj)
 
 
+_PEER_COLOURS = {
+    "numpy_ref": "#9e9e9e",
+    "numpy_fast": "#4c72b0",
+    "torch": "#dd8452",
+    "jax": "#55a868",
+}
+
+
+def _ratio_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks covering [lo, hi] on a log axis, as many as stay readable: 1-2-5 per decade over
+    a short range (0.5x, 1x, 2x, 5x), 1-3 over a longer one, powers of ten beyond."""
+    decades = math.log10(hi / lo)
+    steps = (1.0, 2.0, 5.0) if decades <= 2.2 else ((1.0, 3.0) if decades <= 3.5 else (1.0,))
+    ticks = []
+    decade = 10.0 ** math.floor(math.log10(lo))
+    while decade <= hi:
+        ticks += [m * decade for m in steps if lo <= m * decade <= hi]
+        decade *= 10
+    return ticks
+
+
+def _limits_title(results: dict) -> str:
+    limits = results.get("limits") or {}
+    parts = []
+    for t in results["settings"]["threads"]:
+        bits = [
+            f"{name} {limits[name][str(t)]:.3g}"
+            for name in ("read", "copy", "triad")
+            if limits.get(name, {}).get(str(t))
+        ]
+        text = (", ".join(bits) + " GB/s") if bits else ""
+        mm = limits.get("matmul", {}).get(str(t))
+        if mm:
+            text += (", " if text else "") + f"matmul {mm:.3g} GFLOP/s"
+        if text:
+            parts.append(f"{t} thr: {text}")
+    return ("limits  " + "  |  ".join(parts)) if parts else "limits not measured"
+
+
+def _fmt_bar(v: float) -> str:
+    return f"{v:.2f}x" if v < 10 else (f"{v:.1f}x" if v < 100 else f"{v:.0f}x")
+
+
 def write_chart(results: dict, path: str) -> str | None:
-    """A grouped bar chart of the speedups; returns ``None`` on success, else why not."""
+    """Horizontal bars, one per workload and peer: peer time / fastloss time (> 1: fastloss is
+    faster), the value printed on each bar, a line at 1x, one panel per thread count; the machine
+    and its limits in the title. Rows without a ratio (threads not controlled) are not drawn.
+    Returns ``None`` on success, else why no chart was written."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
     except Exception as exc:  # ImportError, or a backend that will not load
-        return f"matplotlib not importable ({type(exc).__name__})"
-    series = {}  # (impl, threads) -> {workload: speedup}
+        return (
+            f"matplotlib is not importable ({type(exc).__name__}); "
+            "install it with pip install 'fastloss[bench]' (or pip install matplotlib)"
+        )
+    threads = results["settings"]["threads"]
     names = [w["name"] for w in results["workloads"]]
-    for w in results["workloads"]:
-        for r in w["results"]:
-            if r["impl"] != "fastloss" and r.get("speedup"):
-                series.setdefault((r["impl"], r["threads"]), {})[w["name"]] = r["speedup"]
-    if not series:
-        return "no peer results to chart"
-    order = [r["impl"] for w in results["workloads"] for r in w["results"]]
-    keys = sorted(series, key=lambda k: (order.index(k[0]), k[1]))
-    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(names) + 2), 5))
-    width = 0.8 / len(keys)
-    for i, key in enumerate(keys):
-        xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(names))]
-        ys = [series[key].get(n, float("nan")) for n in names]
-        # Bars start at 1x: up when fastloss is faster than the peer, down when slower.
-        ax.bar(xs, [y - 1.0 for y in ys], width, bottom=1.0, label=f"vs {key[0]}, {key[1]} thr")
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=20, ha="right")
-    ax.set_ylabel("fastloss speedup (peer time / fastloss time)")
-    m = results["machine"]
-    ax.set_title(
-        f"fastloss {results['fastloss'].get('version')} "
-        f"({results['fastloss'].get('active_isa') or '?'}) on "
-        f"{m.get('cpu_model') or m.get('machine')}, {m.get('cpu_count')} cores"
-        + (" [quick]" if results["settings"]["quick"] else ""),
-        fontsize=10,
+    impls = [
+        i for i in _PEER_COLOURS if any(r["impl"] == i for w in results["workloads"] for r in w["results"])
+    ]
+    impls += sorted(
+        {r["impl"] for w in results["workloads"] for r in w["results"]} - set(impls) - {"fastloss"}
     )
-    ax.legend(fontsize=8, ncol=2)
-    ax.grid(axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
+    ratios = {
+        (w["name"], r["impl"], r["threads"]): r["speedup"]
+        for w in results["workloads"]
+        for r in w["results"]
+        if r["impl"] != "fastloss" and r.get("speedup")
+    }
+    if not ratios:
+        return "no ratio to chart (no peer ran at a controlled thread count)"
+    lo = min(min(ratios.values()), 1.0) / 1.6
+    hi = max(max(ratios.values()), 1.0) * 2.2  # room for the value labels
+    fractions = {
+        (w["name"], r["threads"]): (r.get("limit_fraction"), r.get("limit"))
+        for w in results["workloads"]
+        for r in w["results"]
+        if r["impl"] == "fastloss"
+    }
+    bar_h = 0.8 / max(1, len(impls))
+    fig_h = 1.6 + 0.24 * len(names) * len(impls) + 0.25 * len(names)
+    fig, axes = plt.subplots(1, len(threads), figsize=(7.0 * len(threads), fig_h), squeeze=False)
+    for ax, t in zip(axes[0], threads, strict=True):
+        for k, impl in enumerate(impls):
+            ys, vals = [], []
+            for j, name in enumerate(names):
+                v = ratios.get((name, impl, t))
+                if v:
+                    ys.append(j - 0.4 + (k + 0.5) * bar_h)
+                    vals.append(v)
+            if not vals:
+                continue
+            colour = _PEER_COLOURS.get(impl, f"C{k}")
+            ax.barh(ys, [v - lo for v in vals], height=bar_h * 0.9, left=lo, color=colour, label=f"vs {impl}")
+            for y, v in zip(ys, vals, strict=True):
+                ax.text(v * 1.04, y, _fmt_bar(v), va="center", fontsize=7.5)
+        ax.axvline(1.0, color="black", linewidth=1.2)
+        ax.set_xscale("log")
+        ax.set_xlim(lo, hi)
+        ticks = _ratio_ticks(lo, hi / 1.5)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"{t} thread{'s' if t != 1 else ''}", fontsize=10)
+        ax.set_xlabel("peer time / fastloss time  (right of 1x: fastloss faster)", fontsize=8.5)
+        # Each panel names its workloads with fastloss's fraction of their limit at its threads.
+        labels = []
+        for name in names:
+            fraction, limit = fractions.get((name, t), (None, None))
+            labels.append(
+                name + (f"\nfastloss {100 * fraction:.0f}% of {limit}" if fraction is not None else "")
+            )
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(labels, fontsize=8.5)
+        ax.set_ylim(len(names) - 0.5, -0.5)  # the first workload on top
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8.5, frameon=False)
+    m = results["machine"]
+    fl = results["fastloss"]
+    fig.suptitle(
+        f"fastloss {fl.get('version')} against its peers: {m.get('cpu_model') or m.get('machine')}, "
+        f"{fl.get('active_isa') or '?'} path, {m.get('cpu_count')} cores"
+        + (" [--quick sizes]" if results["settings"]["quick"] else "")
+        + "\n"
+        + _limits_title(results),
+        fontsize=9.5,
+    )
+    left_out = sorted(
+        {
+            f"{r['impl']} at {r['threads']} thr"
+            for w in results["workloads"]
+            for r in w["results"]
+            if r["impl"] != "fastloss" and "median_s" in r and not r.get("speedup")
+        }
+    )
+    if left_out:
+        fig.text(0.01, 0.005, f"not drawn ({NOT_CONTROLLED}): " + ", ".join(left_out), fontsize=7.5)
+    fig.tight_layout(rect=(0, 0.35 / fig_h + 0.01, 1, 1))
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -37,7 +37,11 @@ class Workload:
 
     ``family`` picks the loss and the layout of the data; ``dims`` are the full-run sizes
     (``N``, ``D``/``C``, ``M``), ``quick_dims`` the ``--quick`` ones. ``grad`` asks for
-    the loss and its gradient (``return_grad=True``) instead of the loss alone.
+    the loss and its gradient (``return_grad=True``) instead of the loss alone. ``limit`` names
+    the machine limit (``limits``) the workload's rate is a fraction of: ``read``, ``copy`` or
+    ``triad`` bandwidth for the memory-bound ones (their bytes, ``work``, follow the same
+    pattern: inputs read, a gradient written), ``matmul`` for the dot products of InfoNCE,
+    ``None`` for the small calls (in cache, bound by the fixed cost of a call).
     """
 
     name: str
@@ -47,6 +51,7 @@ class Workload:
     grad: bool = False
     temperature: float = 0.07
     data_name: str = ""  # the workload whose data this one reuses (the forward of a grad case)
+    limit: str | None = None
 
     def sizes(self, quick: bool) -> dict[str, int]:
         return dict(self.quick_dims if quick else self.dims)
@@ -72,15 +77,25 @@ _MOCO_QUICK = dict(N=256, D=128, M=4096)
 #: installed fastloss supports ``return_grad``.
 WORKLOADS: tuple[Workload, ...] = (
     _w("mse_small", "mse", dict(N=256, D=16)),
-    _w("mse_large", "mse", _MSE_LARGE, _MSE_LARGE_QUICK),
-    _w("mae_large", "mae", _MSE_LARGE, _MSE_LARGE_QUICK),
+    _w("mse_large", "mse", _MSE_LARGE, _MSE_LARGE_QUICK, limit="read"),
+    _w("mae_large", "mae", _MSE_LARGE, _MSE_LARGE_QUICK, limit="read"),
     _w("ce_small", "ce", dict(N=64, C=10)),
-    _w("ce_large", "ce", _CE_LARGE, _CE_LARGE_QUICK),
-    _w("infonce_moco", "infonce_queue", _MOCO, _MOCO_QUICK),
-    _w("infonce_inbatch", "infonce_inbatch", dict(N=4096, D=256), dict(N=512, D=128)),
-    _w("mse_large_grad", "mse", _MSE_LARGE, _MSE_LARGE_QUICK, grad=True, data_name="mse_large"),
-    _w("ce_large_grad", "ce", _CE_LARGE, _CE_LARGE_QUICK, grad=True, data_name="ce_large"),
-    _w("infonce_moco_grad", "infonce_queue", _MOCO, _MOCO_QUICK, grad=True, data_name="infonce_moco"),
+    _w("ce_large", "ce", _CE_LARGE, _CE_LARGE_QUICK, limit="read"),
+    _w("infonce_moco", "infonce_queue", _MOCO, _MOCO_QUICK, limit="matmul"),
+    _w("infonce_inbatch", "infonce_inbatch", dict(N=4096, D=256), dict(N=512, D=128), limit="matmul"),
+    _w(
+        "mse_large_grad", "mse", _MSE_LARGE, _MSE_LARGE_QUICK, grad=True, data_name="mse_large", limit="triad"
+    ),
+    _w("ce_large_grad", "ce", _CE_LARGE, _CE_LARGE_QUICK, grad=True, data_name="ce_large", limit="copy"),
+    _w(
+        "infonce_moco_grad",
+        "infonce_queue",
+        _MOCO,
+        _MOCO_QUICK,
+        grad=True,
+        data_name="infonce_moco",
+        limit="matmul",
+    ),
 )
 
 

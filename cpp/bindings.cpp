@@ -13,6 +13,7 @@
 
 #include "dispatch.hpp"
 #include "kernels.hpp"
+#include "memory_probe.hpp"
 
 #ifndef FASTLOSS_VERSION
 #define FASTLOSS_VERSION "0+unknown"
@@ -600,6 +601,48 @@ py::array vector_math(const py::array& in, bool log) {
   throw py::type_error("x: expected float32 (exp) or float64");
 }
 
+// `fastloss bench`'s memory-bandwidth probe (memory_probe.hpp): kind "sum" reads x, "copy" writes
+// out = x, "triad" writes out = x + 3 * y; every array a contiguous 1-D float32 of x's length.
+// Returns (sum of x for "sum", else 0.0; the OpenMP threads that ran).
+py::tuple memory_probe(const std::string& kind, const py::array& x, const py::object& y,
+                       const py::object& out, int threads) {
+  MemoryProbeKind k;
+  if (kind == "sum") {
+    k = MemoryProbeKind::sum;
+  } else if (kind == "copy") {
+    k = MemoryProbeKind::copy;
+  } else if (kind == "triad") {
+    k = MemoryProbeKind::triad;
+  } else {
+    throw py::value_error("kind: expected 'sum', 'copy' or 'triad', got '" + kind + "'");
+  }
+  if (threads < 1) throw py::value_error("threads: expected >= 1");
+  if (!has_dtype<float>(x) || x.ndim() != 1 || !c_contiguous(x)) {
+    throw py::value_error("x: expected a contiguous 1-D float32 array");
+  }
+  const py::ssize_t n = x.shape(0);
+  const float* y_data = nullptr;
+  if (k == MemoryProbeKind::triad) {
+    const char* bad_y = "y: expected a contiguous 1-D float32 array of x's length";
+    if (!py::isinstance<py::array>(y)) throw py::value_error(bad_y);
+    const auto ya = py::reinterpret_borrow<py::array>(y);
+    if (!has_dtype<float>(ya) || ya.ndim() != 1 || ya.shape(0) != n || !c_contiguous(ya)) {
+      throw py::value_error(bad_y);
+    }
+    y_data = static_cast<const float*>(ya.data());
+  }
+  float* out_data = nullptr;
+  if (k != MemoryProbeKind::sum) {
+    if (!py::isinstance<py::array>(out)) throw py::value_error("out: expected a float32 array");
+    out_data = output_buffer<float>(out, n, "out");
+  }
+  const float* x_data = static_cast<const float*>(x.data());
+  const MemoryProbeResult r = run_kernel(static_cast<int64_t>(n), [&](Interrupt*) {
+    return memory_probe_f32(k, x_data, y_data, out_data, static_cast<int64_t>(n), threads);
+  });
+  return py::make_tuple(r.value, r.threads);
+}
+
 std::string compiler() {
 #if defined(__clang__)
   return std::string("clang ") + __clang_version__;
@@ -649,6 +692,9 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("vector_exp", [](const py::array& x) { return vector_math(x, false); }, py::arg("x"));
   m.def("vector_log", [](const py::array& x) { return vector_math(x, true); }, py::arg("x"));
+
+  m.def("memory_probe", &memory_probe, py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("out"),
+        py::arg("threads"));
 
   m.def("compiled_isas", &compiled_isas);
   m.def("available_isas", &available_isas);

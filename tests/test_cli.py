@@ -7,7 +7,6 @@ subprocess serves the bench tests.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import fastloss
 import numpy as np
 import pytest
 from conftest import not_under_sanitizers
+from fastloss._bench.timing import default_threads
 from fastloss.cli import main
 
 FORWARD_WORKLOADS = [
@@ -78,10 +78,18 @@ def test_bench_quick_exits_0(quick_bench):
         assert name in proc.stdout
     assert "numpy_ref" in proc.stdout and "numpy_fast" in proc.stdout
     assert "peak extra memory, infonce_moco fastloss" in proc.stdout
-    if importlib.util.find_spec("matplotlib") is None:
-        assert "chart skipped" in proc.stdout
-    else:
-        assert (tmp / "bench_results" / "bench.png").stat().st_size > 0
+    # The fraction of the machine limit per row, the limits, and a summary per thread count.
+    assert any(line.startswith("workload") and "of limit" in line for line in proc.stdout.splitlines())
+    assert "machine limits, measured in this run" in proc.stdout
+    for t in default_threads():
+        assert f"summary at {t} thread" in proc.stdout
+    # Every peer's threads are set on a plain install: NumPy's BLAS with threadpoolctl when it is
+    # installed (the bench extra), else by environment in a child process per thread count.
+    rows = [line for line in proc.stdout.splitlines() if line.split(" ", 1)[0] in FORWARD_WORKLOADS]
+    assert rows and not [line for line in rows if "threads not controlled" in line]
+    # No chart unless asked: the run's folder holds only the --json file.
+    assert "chart" not in proc.stdout
+    assert sorted(p.name for p in tmp.iterdir()) == ["bench.json"]
 
 
 def test_bench_json(quick_bench):
@@ -93,6 +101,11 @@ def test_bench_json(quick_bench):
     assert data["machine"]["cpu_count"] >= 1 and data["machine"]["numpy"] == np.__version__
     by_name = {w["name"]: w for w in data["workloads"]}
     assert set(FORWARD_WORKLOADS) <= set(by_name)
+    # How NumPy's BLAS threads were set, and that they took at every thread count.
+    control = data["thread_control"]
+    assert control["blas"] in ("threadpoolctl", "environment"), control
+    assert set(control["numpy_blas"]) == {str(t) for t in data["settings"]["threads"]}
+    assert all(v["controlled"] for v in control["numpy_blas"].values()), control
     for name in FORWARD_WORKLOADS:
         rows = by_name[name]["results"]
         impls = {r["impl"] for r in rows}
@@ -102,8 +115,26 @@ def test_bench_json(quick_bench):
             assert r["median_s"] > 0 and r["repeats"] >= 1 and r["speedup"] > 0
             # Every implementation computes the same loss as the float64 reference.
             assert r["rel_err"] < 1e-4, (name, r["impl"], r["rel_err"])
+            assert r["threads_controlled"] is True, (name, r["impl"], r["threads"])
+            if r["impl"].startswith("numpy_"):
+                assert r["threads_set_by"] == control["blas"]
         threads = {r["threads"] for r in rows if r["impl"] == "fastloss"}
         assert 1 in threads
+    # The machine limits at each thread count, and each large workload's fraction of its limit.
+    for limit in ("read", "copy", "triad", "matmul"):
+        for t in data["settings"]["threads"]:
+            assert data["limits"][limit][str(t)] > 0, (limit, t)
+    assert data["limits_info"]["bandwidth"]["array_bytes"] >= 128 << 20
+    for name, limit in [("mse_large", "read"), ("ce_large", "read"), ("infonce_moco", "matmul")]:
+        assert by_name[name]["limit"] == limit
+        fl_rows = [r for r in by_name[name]["results"] if r["impl"] == "fastloss"]
+        assert all(r["limit"] == limit and r["limit_fraction"] > 0 for r in fl_rows), fl_rows
+    assert all(r["limit_fraction"] is None for r in by_name["mse_small"]["results"])
+    for t in data["settings"]["threads"]:
+        summary = {r["workload"]: r for r in data["summary"][str(t)]}
+        assert set(FORWARD_WORKLOADS) <= set(summary)
+        assert summary["ce_large"]["best_peer"] in {"numpy_ref", "numpy_fast", "torch", "jax"}
+        assert summary["ce_large"]["x_best_peer"] > 0 and summary["ce_large"]["x_numpy_ref"] > 0
     mem = [m for m in data["memory"] if m["impl"] == "fastloss"]
     assert mem and mem[0]["workload"] == "infonce_moco"
 

@@ -114,6 +114,18 @@ def vector_exp(x: _Array) -> _Array:
 def vector_log(x: _Array) -> NDArray[np.float64]:
     """Test hook: the active path's vector log of a contiguous 1-D float64 array."""
 
+def memory_probe(
+    kind: str,
+    x: NDArray[np.float32],
+    y: NDArray[np.float32] | None,
+    out: NDArray[np.float32] | None,
+    threads: int,
+) -> tuple[float, int]:
+    """``fastloss bench``'s bandwidth probe (cpp/memory_probe.hpp): one pass of ``"sum"`` (reads
+    ``x``), ``"copy"`` (``out = x``) or ``"triad"`` (``out = x + 3 * y``) over contiguous 1-D
+    float32 arrays on ``threads`` OpenMP threads; returns (the sum for ``"sum"``, else 0.0; the
+    threads that ran)."""
+
 def compiled_isas() -> list[str]:
     """Paths compiled into this build, best last."""
 

@@ -2,7 +2,9 @@
 
 ``fastloss bench``
     The benchmark suite (``fastloss._bench``): the four losses on seeded synthetic data against
-    the NumPy reference and every installed peer; a table, ``--json`` figures, a PNG chart.
+    the NumPy reference and every installed peer, each at the same thread count, with the
+    machine's limits (memory bandwidth, matmul rate) measured in the same run; a table,
+    ``--json`` figures, a PNG chart with ``--chart FILE``.
 
 ``fastloss score LOSS A B [options]``
     A loss (``mse``, ``mae``, ``cross_entropy`` alias ``ce``, ``info_nce``) of arrays stored in
@@ -606,8 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmark fastloss against NumPy and any installed peer",
         description="Run the four losses (float32) on seeded synthetic data against the NumPy "
-        "reference, the fastest NumPy formulation, PyTorch and JAX when installed; "
-        "print medians, speedups and agreement with a float64 reference.",
+        "reference, the fastest NumPy formulation, PyTorch and JAX when installed, at the same "
+        "thread counts; print medians, speedups, agreement with a float64 reference and the "
+        "fraction of the machine's limits (memory bandwidth, matmul rate) measured in the same run.",
     )
     try:
         # fastloss._bench is bench/, installed by CMake (not in python/fastloss): mypy finds it untyped
