@@ -352,17 +352,16 @@ bool rounded_lanes_finish(const RoundedLanes<T>& lanes, int64_t per_lane, bool w
   using SD = Simd<double>;
   constexpr int kChains = RoundedLanes<T>::kChains;
   constexpr int64_t kLanes = SD::kLanes;
-  double high[kChains * kLanes];
-  double low[kChains * kLanes];
+  // x - x is 0 for finite x and NaN for inf and NaN: one test for every lane.
+  ExactV probe = SD::zero();
+  ExactV high_sum = SD::zero();
   for (int c = 0; c < kChains; ++c) {
-    SD::store(high + c * kLanes, lanes.high[c]);
-    SD::store(low + c * kLanes, lanes.low[c]);
+    probe =
+        SD::add(probe, SD::add(SD::sub(lanes.high[c], lanes.high[c]), SD::sub(lanes.low[c], lanes.low[c])));
+    high_sum = SD::add(high_sum, lanes.high[c]);
   }
-  double high_total = 0.0;
-  for (int k = 0; k < kChains * kLanes; ++k) {
-    if (!std::isfinite(high[k]) || !std::isfinite(low[k])) return false;
-    high_total += high[k];
-  }
+  if (SD::any_nonzero(probe)) return false;
+  const double high_total = SD::reduce_add(high_sum);  // in any order: the bound has the margin
   // Per lane of m elements, with T the exact sum of its leading terms (nonnegative, so every
   // partial sum is at most T and high >= T / 2): each element adds to its low lane one value of
   // at most 4 2^-53 T (TwoSum's error and the square's low half), formed with at most one
@@ -406,6 +405,12 @@ bool rounded_lanes_finish(const RoundedLanes<T>& lanes, int64_t per_lane, bool w
   } else {
     // The exact path adds each product w e as two rounded doubles; products below 2^-969 may lose
     // up to 2^-1075 each there (subnormal errors), so the bound covers that difference too.
+    double high[kChains * kLanes];
+    double low[kChains * kLanes];
+    for (int c = 0; c < kChains; ++c) {
+      SD::store(high + c * kLanes, lanes.high[c]);
+      SD::store(low + c * kLanes, lanes.low[c]);
+    }
     double low_total = 0.0;
     for (int k = 0; k < kChains * kLanes; ++k) {
       const double product = high[k] * w;
