@@ -10,6 +10,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "dispatch.hpp"
 #include "kernels.hpp"
@@ -117,6 +118,14 @@ auto run_kernel(int64_t work, Kernel kernel) -> decltype(kernel(nullptr)) {
 }
 
 template <class T>
+const KernelSet<T>& active_set() {
+  if constexpr (sizeof(T) == sizeof(float))
+    return active_table().f32;
+  else
+    return active_table().f64;
+}
+
+template <class T>
 bool has_dtype(const py::array& a) {
   return a.dtype().equal(py::dtype::of<T>());
 }
@@ -173,17 +182,15 @@ py::bytes regression_typed(RegressionKind kind, const py::array& pred, const py:
   const double* w = double_vector(sample_weight, p.rows, "sample_weight");
   T* o = output_buffer<T>(out, p.rows * p.cols, "out");
   T* g = output_buffer<T>(grad, p.rows * p.cols, "grad");
-  const RegressionFn<T> fn = [] {
-    if constexpr (sizeof(T) == sizeof(float))
-      return active_table().f32.regression;
-    else
-      return active_table().f64.regression;
-  }();
+  const RegressionFn<T> fn = active_set<T>().regression;
   const int threads = num_threads();
   ExactSumState sum;
+  double rounded = 0.0;
   run_kernel(p.rows * p.cols, [&](Interrupt* interrupt) {
-    fn(kind, p, t, w, o, g, grad_scale, threads, interrupt, mode, &sum);
+    fn(kind, p, t, w, o, g, grad_scale, threads, interrupt, mode, &sum, &rounded);
   });
+  // A rounded sum crosses as the state of that one double, which rounds to it again.
+  if (mode == SumMode::rounded) exact_sum_add(sum, rounded);
   return state_bytes(sum);
 }
 
@@ -200,12 +207,14 @@ py::bytes regression(int kind, const py::array& pred, const py::array& target,
   throw py::type_error("pred: expected native float32 or float64");
 }
 
+// The kernel's arguments from the Python ones, checked (labels included); the arrays stay owned by
+// the caller's references.
 template <class T>
-py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_index,
-                              const py::object& target_prob, const py::object& weight, int64_t ignore_index,
-                              double label_smoothing, const py::object& out, const py::object& grad,
-                              double grad_scale, bool grad_divide_by_denominator,
-                              const py::object& sample_weight) {
+CrossEntropyArgs<T> cross_entropy_args(const py::array& logits, const py::object& target_index,
+                                       const py::object& target_prob, const py::object& weight,
+                                       int64_t ignore_index, double label_smoothing, const py::object& out,
+                                       const py::object& grad, double grad_scale,
+                                       bool grad_divide_by_denominator, const py::object& sample_weight) {
   CrossEntropyArgs<T> args;
   args.logits = matrix_view<T>(logits, "logits");
   const int64_t rows = args.logits.rows;
@@ -247,18 +256,42 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
   args.grad = output_buffer<T>(grad, rows * cols, "grad");
   args.grad_scale = grad_scale;
   args.grad_divide_by_denominator = grad_divide_by_denominator;
-  const CrossEntropyFn<T> fn = [] {
-    if constexpr (sizeof(T) == sizeof(float))
-      return active_table().f32.cross_entropy;
-    else
-      return active_table().f64.cross_entropy;
-  }();
+  return args;
+}
+
+template <class T>
+CrossEntropySums run_cross_entropy(CrossEntropyArgs<T>& args) {
+  const CrossEntropyFn<T> fn = active_set<T>().cross_entropy;
   const int threads = num_threads();
-  const CrossEntropySums sums = run_kernel(rows * cols, [&](Interrupt* interrupt) {
+  return run_kernel(args.logits.rows * args.logits.cols, [&](Interrupt* interrupt) {
     args.interrupt = interrupt;
     return fn(args, threads);
   });
+}
+
+template <class T>
+py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_index,
+                              const py::object& target_prob, const py::object& weight, int64_t ignore_index,
+                              double label_smoothing, const py::object& out, const py::object& grad,
+                              double grad_scale, bool grad_divide_by_denominator,
+                              const py::object& sample_weight) {
+  CrossEntropyArgs<T> args =
+      cross_entropy_args<T>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out,
+                            grad, grad_scale, grad_divide_by_denominator, sample_weight);
+  const CrossEntropySums sums = run_cross_entropy(args);
   return py::make_tuple(state_bytes(sums.loss), state_bytes(sums.denominator));
+}
+
+// The one-call loss sum and "mean" denominator of plain index targets, correctly rounded.
+template <class T>
+std::pair<double, double> cross_entropy_rounded(const py::array& logits, const py::array& target) {
+  CrossEntropyArgs<T> args = cross_entropy_args<T>(logits, target, py::none(), py::none(), -100, 0.0,
+                                                   py::none(), py::none(), 1.0, false, py::none());
+  double rounded[2] = {0.0, 0.0};
+  args.mode = SumMode::rounded;
+  args.rounded = rounded;
+  run_cross_entropy(args);
+  return {rounded[0], rounded[1]};
 }
 
 py::tuple cross_entropy(const py::array& logits, const py::object& target_index,
@@ -332,14 +365,6 @@ template <class T>
 int64_t info_nce_work(const InfoNceArgs<T>& args) {
   const int64_t keys = args.mode == NegativeMode::in_batch ? args.query.rows : args.num_negatives;
   return args.query.rows * (keys + 1) * (args.query.cols + 1);
-}
-
-template <class T>
-const KernelSet<T>& active_set() {
-  if constexpr (sizeof(T) == sizeof(float))
-    return active_table().f32;
-  else
-    return active_table().f64;
 }
 
 template <class T>
@@ -508,12 +533,12 @@ double regression_fast_typed(RegressionKind kind, const py::array& pred, const p
   MatrixView<T> t{static_cast<const T*>(target.data()), 1, size, size, 1};
   const RegressionFn<T> fn = active_set<T>().regression;
   const int threads = num_threads();
-  ExactSumState sum;
+  double rounded = 0.0;
   run_kernel(size, [&](Interrupt* interrupt) {
-    fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads, interrupt, SumMode::rounded, &sum);
+    fn(kind, p, t, nullptr, nullptr, nullptr, 1.0, threads, interrupt, SumMode::rounded, nullptr, &rounded);
     return 0;
   });
-  return exact_sum_round(sum);
+  return rounded;
 }
 
 py::object regression_fast(int kind, py::handle pred_h, py::handle target_h, py::handle reduction_h) {
@@ -563,24 +588,21 @@ py::object cross_entropy_fast(py::handle logits_h, py::handle target_h, py::hand
       target.strides(0) % static_cast<py::ssize_t>(sizeof(int64_t)) != 0) {
     return py::none();
   }
-  py::tuple sums;
+  std::pair<double, double> sums;
   if (has_dtype<float>(logits)) {
-    sums = cross_entropy_typed<float>(logits, target, py::none(), py::none(), -100, 0.0, py::none(),
-                                      py::none(), 1.0, false, py::none());
+    sums = cross_entropy_rounded<float>(logits, target);
   } else if (has_dtype<double>(logits)) {
-    sums = cross_entropy_typed<double>(logits, target, py::none(), py::none(), -100, 0.0, py::none(),
-                                       py::none(), 1.0, false, py::none());
+    sums = cross_entropy_rounded<double>(logits, target);
   } else {
     return py::none();
   }
-  const double loss = exact_round(sums[0].cast<py::bytes>());
   switch (reduction) {
     case FastReduction::sum:
-      return py::float_(loss);
+      return py::float_(sums.first);
     case FastReduction::mean:
-      return py::float_(loss / exact_round(sums[1].cast<py::bytes>()));
+      return py::float_(sums.first / sums.second);
     default:
-      return py::float_(loss / static_cast<double>(logits.shape(0)));
+      return py::float_(sums.first / static_cast<double>(logits.shape(0)));
   }
 }
 

@@ -75,17 +75,6 @@ inline void exact_sum_merge(ExactSumState& into, const ExactSumState& from) {
   into.error_bound += other.error_bound;
 }
 
-// Adds w * term exactly (weighted) or term: the rounded product and its error (std::fma is exact).
-inline void exact_sum_add_term(ExactSumState& sum, double term, bool weighted, double w) {
-  if (!weighted) {
-    exact_sum_add(sum, term);
-    return;
-  }
-  const double product = term * w;
-  exact_sum_add(sum, product);
-  if (std::isfinite(product)) exact_sum_add(sum, std::fma(term, w, -product));
-}
-
 // v * 2^exponent rounded to the nearest double (ties to even), where `sticky` says that v is
 // followed by more nonzero bits below its lowest one (v then has at least 54 bits).
 inline double exact_sum_round_bits(uint64_t v, bool sticky, int exponent) {
@@ -162,4 +151,102 @@ inline bool exact_sum_settle(ExactSumState& state) {
   state = ExactSumState{};
   exact_sum_add(state, a);
   return true;
+}
+
+// A sum of doubles within a known bound of the exact sum, for the one-call results of small inputs
+// (SumMode::rounded with no threads to start): there the superaccumulator's fixed costs (zeroing,
+// carrying and rounding 67 chunks, a copy or two of the state) outweigh summing a few thousand
+// terms. Sum2 of Ogita, Rump and Oishi ("Accurate sum and dot product", 2005): TwoSum moves each
+// addition's rounding error into `low` exactly, so that `high` plus the exact sum of those errors
+// is the exact sum of the terms. `low`'s own additions are plain; each errs by at most 2^-53 of its
+// result (round to nearest, gradual underflow), and low_magnitude adds up those results, so the
+// exact sum lies within 2^-53 low_magnitude + error_bound of high + low. error_bound is for the
+// caller's terms that carry a known error of their own (the vector lanes of the regression kernel).
+// compensated_sum_round then gives the correctly rounded sum, or says that the bound does not pin
+// it down (a sum within the bound of a rounding boundary, an inf or NaN term, a sum near the ends
+// of the double range), and the caller forms that sum exactly. Plain scalar code, independent of
+// any vector width, so every path decides alike.
+struct CompensatedSum {
+  double high = 0.0;
+  double low = 0.0;
+  double low_magnitude = 0.0;
+  double error_bound = 0.0;
+};
+
+inline void compensated_sum_add(CompensatedSum& s, double x) {
+  const double sum = s.high + x;
+  const double b_part = sum - s.high;
+  const double error = (s.high - (sum - b_part)) + (x - b_part);  // TwoSum: high + x = sum + error
+  s.high = sum;
+  s.low += error;
+  s.low_magnitude += std::fabs(s.low);
+}
+
+// `from` added into `into`: the high part by TwoSum, the rest plainly (its error counted as above).
+inline void compensated_sum_merge(CompensatedSum& into, const CompensatedSum& from) {
+  compensated_sum_add(into, from.high);
+  into.low += from.low;
+  into.low_magnitude += from.low_magnitude + std::fabs(into.low);
+  into.error_bound += from.error_bound;
+}
+
+// The terms of a reduction go to either kind of sum through one name.
+inline void sum_add(ExactSumState& s, double x) { exact_sum_add(s, x); }
+inline void sum_add(CompensatedSum& s, double x) { compensated_sum_add(s, x); }
+template <class Sum>
+constexpr bool kIsExactSum = false;
+template <>
+constexpr bool kIsExactSum<ExactSumState> = true;
+
+// Adds w * term (weighted) or term to `sum` as exact terms: the rounded product and its error
+// (std::fma is exact).
+template <class Sum>
+void exact_sum_add_term(Sum& sum, double term, bool weighted, double w) {
+  if (!weighted) {
+    sum_add(sum, term);
+    return;
+  }
+  const double product = term * w;
+  sum_add(sum, product);
+  if (std::isfinite(product)) sum_add(sum, std::fma(term, w, -product));
+}
+
+// The correctly rounded value of the sum into *out, true when every value within the bound of
+// high + low rounds to one double; false, leaving *out as it is, otherwise. A sum of no terms (or
+// of zeros only) is +0, as exact_sum_round gives; other sums are decided only between 2^-900 and
+// 2^1000 in magnitude, so that the bound's own arithmetic is in the normal range and both
+// neighbours of the candidate are finite.
+inline bool compensated_sum_round(const CompensatedSum& s, double* out) {
+  if (s.high == 0.0 && s.low == 0.0 && s.low_magnitude == 0.0 && s.error_bound == 0.0) {
+    *out = 0.0;  // every term was +-0 and nothing was added inexactly: the exact sum is 0
+    return true;
+  }
+  // r + rho = high + low exactly (TwoSum), |rho| <= half an ulp of r.
+  const double r = s.high + s.low;
+  const double b_part = r - s.high;
+  const double rho = (s.high - (r - b_part)) + (s.low - b_part);
+  const double magnitude = std::fabs(r);
+  if (!(magnitude >= 0x1p-900 && magnitude <= 0x1p1000)) return false;  // NaN included
+  // 2^-52 > 2^-53 (1 + 2^-40): room for the roundings in forming low_magnitude (a sum of fewer
+  // than 2^40 nonnegative values) and in this product and sum; 2^-1060 for their underflow.
+  const double bound = 0x1p-52 * s.low_magnitude + s.error_bound * (1.0 + 0x1p-50) + 0x1p-1060;
+  // The neighbours of r: the exact sum rounds to r if it lies strictly between the midpoints to
+  // them. The sum is r + rho + (a value of magnitude <= bound). Both comparisons are safe as
+  // computed: the midpoint distances are powers of two, and rounding is monotonic, so a rounded
+  // value on the right side of one means the exact value is too.
+  uint64_t bits;
+  std::memcpy(&bits, &magnitude, sizeof(bits));
+  double larger, smaller;
+  const uint64_t up = bits + 1, down = bits - 1;
+  std::memcpy(&larger, &up, sizeof(larger));
+  std::memcpy(&smaller, &down, sizeof(smaller));
+  const double half_up = 0.5 * (larger - magnitude);  // exact: a power of two, normal
+  const double half_down = 0.5 * (magnitude - smaller);
+  // In terms of the magnitude: the sum's distance beyond r, away from zero, is sign(r) * rho.
+  const double beyond = r < 0.0 ? -rho : rho;
+  if (beyond + bound < half_up && beyond - bound > -half_down) {  // false for a NaN or inf bound
+    *out = r;
+    return true;
+  }
+  return false;
 }

@@ -40,14 +40,14 @@ struct ExactSumState {
   int64_t pos_inf = 0;
   int64_t neg_inf = 0;
   // Zero in an exact state. A kernel asked for only the rounded sum (SumMode::rounded) may add
-  // terms inexactly while it runs, bounding the difference here; it settles the state before it
-  // returns (exact_sum_settle), so no state that leaves a kernel has a nonzero bound.
+  // terms inexactly while it runs, bounding the difference here, and settles the state
+  // (exact_sum_settle); no state that leaves a kernel has a nonzero bound.
   double error_bound = 0.0;
 };
 
-// What a reduction kernel must leave in its ExactSumState: the exact sum of its terms
-// (exact_state: for states that are merged, streamed or serialised) or only a state that rounds
-// to the correctly rounded sum (rounded: a one-call result, which may then take a faster pass).
+// What a reduction kernel returns: the exact sum of its terms as a state (exact_state: for states
+// that are merged, streamed or serialised) or only the correctly rounded sum (rounded: a one-call
+// result, which may then take a faster pass).
 enum class SumMode : int { exact_state = 0, rounded = 1 };
 
 enum class RegressionKind : int { squared = 0, absolute = 1 };
@@ -55,14 +55,14 @@ enum class RegressionKind : int { squared = 0, absolute = 1 };
 // MSE / MAE. Element loss e_ij = (p - t)^2 or |p - t|, times row_weight[i] when given.
 // Writes e_ij to out and grad_scale * row_weight[i] * d e_ij / d p_ij to grad (both row-major
 // rows x cols, contiguous) when those are not null.
-// Adds every (weighted) element loss to *sum, exactly: for float32 inputs the element losses are
-// formed in double (where (p - t)^2 and |p - t| are exact), weighted ones as the exact product
-// w * e (two doubles). With SumMode::rounded, *sum is only promised to round to that sum's
-// correctly rounded value.
+// Sums every (weighted) element loss exactly: for float32 inputs the element losses are formed in
+// double (where (p - t)^2 and |p - t| are exact), weighted ones as the exact product w * e (two
+// doubles). SumMode::exact_state adds that sum to *sum (rounded is not used); SumMode::rounded
+// writes its correctly rounded value to *rounded (sum is not used).
 template <class T>
 using RegressionFn = void (*)(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target,
                               const double* row_weight, T* out, T* grad, double grad_scale, int num_threads,
-                              Interrupt* interrupt, SumMode mode, ExactSumState* sum);
+                              Interrupt* interrupt, SumMode mode, ExactSumState* sum, double* rounded);
 
 // Cross-entropy over rows of logits (rows = N, cols = C). The target is either class indices
 // (target_index, stride in elements; every value is already checked to lie in [0, C) or to equal
@@ -86,6 +86,10 @@ struct CrossEntropyArgs {
   double grad_scale = 1.0;
   bool grad_divide_by_denominator = false;
   Interrupt* interrupt = nullptr;
+  // SumMode::rounded (a one-call result): the kernel writes the correctly rounded loss sum and
+  // "mean" denominator to rounded[0] and rounded[1], and returns empty sums.
+  SumMode mode = SumMode::exact_state;
+  double* rounded = nullptr;
 };
 
 struct CrossEntropySums {

@@ -59,6 +59,9 @@ void deterministic_sum(int64_t num_blocks, int64_t work, int num_threads, Interr
 // exact (exact_sum.inl), so neither the ranges nor the thread count change a bit. Once
 // `interrupt` fires, the remaining blocks are skipped and *sum is meaningless.
 inline void merge_into(ExactSumState& into, const ExactSumState& from) { exact_sum_merge(into, from); }
+inline void merge_into(CompensatedSum& into, const CompensatedSum& from) {
+  compensated_sum_merge(into, from);
+}
 inline void merge_into(CrossEntropySums& into, const CrossEntropySums& from) {
   exact_sum_merge(into.loss, from.loss);
   exact_sum_merge(into.denominator, from.denominator);

@@ -186,6 +186,59 @@ def test_a_sum_on_a_rounding_boundary_takes_the_exact_pass(isa, dtype):
     truth = exact_sum("mse", pred, target)
     assert float(truth) == 64 + 2.0**-46
     assert fastloss.mse(pred, target, reduction="sum") == 64 + 2.0**-46
+    # The same sum padded with zero pairs beyond the size where threads start: the other pass
+    # (the superaccumulator with a bound, settled).
+    padded = np.concatenate([pred, np.zeros(40000, dtype)])
+    assert fastloss.mse(padded, np.zeros_like(padded), reduction="sum") == 64 + 2.0**-46
+
+
+# Sums on and next to a rounding boundary, below and above the size where threads start (the two
+# bounded passes): a tie (rounded to even, from an odd and from an even neighbour), just above and
+# just below it, with the deciding elements at the start, the middle or the tail of the array.
+# Each element loss is exact (target 0), so the true sums are known.
+BOUNDARY_TERMS = {
+    # loss: (the base: an odd neighbour, an even one), the terms that add half an ulp (2^52's is
+    # 1/2) exactly, just above it, and just below it
+    "mse": (
+        ([2.0**26, 1.0], [2.0**26]),
+        {
+            "tie": [0.5, 0.5],
+            "above": [0.5, 0.5, 2.0**-30],
+            "below": [0.5, 0.5 - 2.0**-25],
+        },
+    ),
+    "mae": (
+        ([2.0**52, 1.0], [2.0**52]),
+        {
+            "tie": [0.25, 0.25],
+            "above": [0.25, 0.25, 2.0**-60],
+            "below": [0.25, 0.25 - 2.0**-26],
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("n", [5, 31, 33, 256, 4097, 40000])
+def test_sums_on_rounding_boundaries(isa, loss, n, dtype):
+    bases, extras = BOUNDARY_TERMS[loss]
+    for base in bases:
+        for kind, extra in extras.items():
+            terms = base + extra
+            for start in (0, (n - len(terms)) // 2, n - len(terms)):
+                pred = np.zeros(n, dtype)
+                pred[start : start + len(terms)] = terms
+                target = np.zeros(n, dtype)
+                exact = sum((exact_element(loss, float(v), 0.0) for v in terms), Fraction(0))
+                if kind == "tie":
+                    assert exact - (2**52 + len(base) - 1) == Fraction(1, 2)
+                truth = float(exact)
+                got = LOSSES[loss](pred, target, reduction="sum")
+                assert got == truth, (kind, base, start)
+                acc = fastloss.Accumulator(loss, reduction="sum")
+                acc.update(pred, target)
+                assert acc.result() == truth
 
 
 # Cross-entropy and InfoNCE: the same bits for every layout and thread count (on each path; equal
@@ -241,3 +294,39 @@ def test_cross_entropy_kernel_refuses_strided_rows():
     logits = np.asfortranarray(np.ones((4, 3)))
     with pytest.raises(ValueError, match="logits: rows must have unit stride"):
         fastloss._core.cross_entropy(logits, np.zeros(4, np.int64), None, None, -100, 0.0, None)
+
+
+# Cross-entropy's one-call sums (plain index targets): row losses known exactly (a row [0, -x]
+# with label 1 loses exactly x for x >= 88, where exp(-x) vanishes next to 1; label 0 loses 0),
+# summed onto and next to a rounding boundary, below and above the size where threads start.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [5, 17, 64, 20000])
+def test_cross_entropy_sums_on_rounding_boundaries(isa, dtype, rows):
+    ulp = 2.0**8  # of 2^60
+    cases = {
+        "tie-even": ([2.0**60], [ulp / 2], 2.0**60),
+        "tie-odd": ([2.0**60, ulp], [ulp / 2], 2.0**60 + 2 * ulp),
+        "below": ([2.0**60], [ulp / 2 - 2.0**-16], 2.0**60),
+        "above": ([2.0**60], [ulp / 2, 100.0], 2.0**60 + ulp),
+    }
+    for kind, (base, extra, expected) in cases.items():
+        losses = base + extra
+        for start in (0, rows - len(losses)):
+            logits = np.zeros((rows, 2), dtype)
+            logits[:, 1] = -1000.0
+            labels = np.zeros(rows, np.int64)
+            logits[start : start + len(losses), 1] = [-x for x in losses]
+            labels[start : start + len(losses)] = 1
+            assert float(sum(map(Fraction, losses), Fraction(0))) == expected
+            got = fastloss.cross_entropy(logits, labels, reduction="sum")
+            general = fastloss.cross_entropy(
+                logits.astype(logits.dtype.newbyteorder(">")), labels, reduction="sum"
+            )
+            assert got == general == expected, (kind, start)
+    # a tiny positive loss above a tie (label 0 of [0, -30]: log(1 + e^-30)) rounds it up
+    logits = np.zeros((rows, 2), dtype)
+    logits[:, 1] = -1000.0
+    labels = np.zeros(rows, np.int64)
+    logits[:3, 1] = [-(2.0**60), -(ulp / 2), -30.0]
+    labels[:2] = 1
+    assert fastloss.cross_entropy(logits, labels, reduction="sum") == 2.0**60 + ulp

@@ -104,6 +104,85 @@ RowSums row_exp_sum(const T* x, int64_t cols, T* exps) {
   return RowSums{static_cast<double>(row_max), fold_lanes<W>(lanes)};
 }
 
+// Rows whose logs are taken together, with vector log.
+constexpr int64_t kLogGroup = 16;
+
+// The fold of fold_lanes<N> over lanes that are vectors (of rows): lanes[0] after the same tree.
+template <int64_t N>
+typename Simd<double>::V fold_lane_vectors(typename Simd<double>::V* lanes) {
+  using SD = Simd<double>;
+#pragma GCC unroll 8
+  for (int64_t h = N / 2; h >= 1; h /= 2) {
+#pragma GCC unroll 64
+    for (int64_t i = 0; i < h; ++i) lanes[i] = SD::add(lanes[i], lanes[i + h]);
+  }
+  return lanes[0];
+}
+
+// row_exp_sum for up to kLogGroup rows of at most kVirtualLanes<T> logits each (no exps stored),
+// with the rows in the lanes of the vectors and a vector per column: the short rows of a small
+// cross-entropy otherwise spend a vector per row on the -inf fill and a horizontal reduction on
+// each of the max, the probe and the fold. Every row gets the bits row_exp_sum gives it: the max
+// (NaN dropped, + 0), then exp_nonpositive of x - max in every virtual lane (exp_nonpositive of
+// -inf - max in the fill lanes past the row), the lanes' one-term runs widened exactly, and the
+// same fold. False, writing nothing, if a row holds an inf or NaN (row_exp_sum then takes them).
+template <class T>
+bool short_rows_exp_sum(const T* x, int64_t row_stride, int64_t cols, int64_t count, double* row_max,
+                        double* exp_sum) {
+  using S = Simd<T>;
+  using SD = Simd<double>;
+  using V = typename S::V;
+  constexpr int64_t L = S::kLanes;
+  constexpr int64_t W = kVirtualLanes<T>;
+  constexpr int64_t P = S::kWideParts;
+  static_assert(kLogGroup % L == 0 && L == P * SD::kLanes, "whole vectors of rows");
+  // The group transposed: column c of row r at columns[c * kLogGroup + r]; rows past `count` are 0.
+  T columns[W * kLogGroup];
+  for (int64_t r = 0; r < count; ++r) {
+    for (int64_t c = 0; c < cols; ++c) columns[c * kLogGroup + r] = load_unaligned(x + r * row_stride + c);
+  }
+  for (int64_t c = 0; c < cols; ++c) {
+    for (int64_t r = count; r < kLogGroup; ++r) columns[c * kLogGroup + r] = T(0);
+  }
+  const T neg_inf = -static_cast<T>(HUGE_VAL);
+  V max_vec[kLogGroup / L];
+  for (int64_t k = 0; k < kLogGroup; k += L) {
+    V m = S::set1(neg_inf);
+    V probe = S::zero();
+    for (int64_t c = 0; c < cols; ++c) {
+      const V v = S::load(columns + c * kLogGroup + k);
+      m = S::max(v, m);
+      probe = S::fmadd(v, S::zero(), probe);
+    }
+    if (S::reduce_add(probe) != T(0)) return false;  // a NaN lane: the row had an inf or NaN
+    max_vec[k / L] = S::add(m, S::zero());
+  }
+  for (int64_t k = 0; k < kLogGroup; k += L) {
+    const V shift = max_vec[k / L];
+    const V fill = S::exp_nonpositive(S::sub(S::set1(neg_inf), shift));
+    typename SD::V lanes[P][W];
+    for (int64_t c = 0; c < W; ++c) {
+      const V e = c < cols ? S::exp_nonpositive(S::sub(S::load(columns + c * kLogGroup + k), shift)) : fill;
+      // row_exp_sum's run (0 + e in T, never -0) widened, and added to a double 0: the same value.
+      for (int q = 0; q < P; ++q) lanes[q][c] = S::widen(S::add(S::zero(), e), q);
+    }
+    T max_lanes[L];
+    S::store(max_lanes, shift);
+    for (int q = 0; q < P; ++q) {
+      double sums[SD::kLanes];
+      SD::store(sums, fold_lane_vectors<W>(lanes[q]));
+      for (int64_t l = 0; l < SD::kLanes; ++l) {
+        const int64_t r = k + q * SD::kLanes + l;
+        if (r < count) {
+          row_max[r] = static_cast<double>(max_lanes[q * SD::kLanes + l]);
+          exp_sum[r] = sums[l];
+        }
+      }
+    }
+  }
+  return true;
+}
+
 // The sum over c of term(c), in order, and where that plain sum is not finite, again exactly: a
 // partial sum beyond the double range next to an infinite term of the other sign gives NaN, though
 // the terms' sum is that infinity (found by tests/fuzz/fuzz_api.py: soft targets of either sign at
@@ -121,8 +200,9 @@ double row_sum(int64_t cols, Term term) {
 // Loss of row `i` and its contribution to the "mean" denominator from the row's log-sum-exp; with a
 // gradient buffer (already holding exp(x - max)), also grad_scale * d loss / d logits of this row.
 template <class T>
-void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scale, const RowLogSumExp& lse,
-                       double exp_sum, double* loss, double* denominator) {
+FASTLOSS_ALWAYS_INLINE inline void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i,
+                                                     double grad_scale, const RowLogSumExp& lse,
+                                                     double exp_sum, double* loss, double* denominator) {
   const MatrixView<T>& logits = a.logits;
   const int64_t cols = logits.cols;
   const int64_t cs = logits.col_stride;
@@ -210,9 +290,6 @@ void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, double grad_scal
   *denominator = label_weight;
 }
 
-// Rows whose logs are taken together, with vector log.
-constexpr int64_t kLogGroup = 16;
-
 inline void vector_log(const double* in, double* out, int64_t count) {
   using S = Simd<double>;
   constexpr int64_t L = S::kLanes;
@@ -222,12 +299,24 @@ inline void vector_log(const double* in, double* out, int64_t count) {
   }
 }
 
-template <class T>
-CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
+// The loss and denominator sums of a one-call result below the work that starts threads
+// (SumMode::rounded): compensated_sum_round settles them, or the exact pass runs.
+struct CompensatedCrossEntropySums {
+  CompensatedSum loss;
+  CompensatedSum denominator;
+};
+
+inline void merge_into(CompensatedCrossEntropySums& into, const CompensatedCrossEntropySums& from) {
+  compensated_sum_merge(into.loss, from.loss);
+  compensated_sum_merge(into.denominator, from.denominator);
+}
+
+// Adds every row's loss and denominator share to *sums (CrossEntropySums: exactly).
+template <class T, class Sums>
+void cross_entropy_sums(const CrossEntropyArgs<T>& a, int num_threads, Sums* sums) {
   const int64_t rows = a.logits.rows;
   const int64_t cols = a.logits.cols;
-  CrossEntropySums sums;
-  if (rows == 0 || cols == 0) return sums;
+  if (rows == 0 || cols == 0) return;
   double grad_scale = a.grad_scale;
   const bool sample_weighted = a.sample_weight != nullptr;
   if (a.grad != nullptr && a.grad_divide_by_denominator) {
@@ -250,13 +339,17 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
   const int64_t num_blocks = (rows + rows_per_block - 1) / rows_per_block;
   exact_blocks_sum(
       num_blocks, rows * cols, num_threads, a.interrupt,
-      [&](int64_t b, CrossEntropySums* block) {
+      [&](int64_t b, Sums* block_sums) {
+        Sums block = *block_sums;  // a local, so that a compensated sum stays in registers
         const int64_t r0 = b * rows_per_block;
         const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
         for (int64_t g0 = r0; g0 < r1; g0 += kLogGroup) {
           const int64_t count = r1 - g0 < kLogGroup ? r1 - g0 : kLogGroup;
           double row_max[kLogGroup], exp_sum[kLogGroup], log_sum[kLogGroup];
-          for (int64_t k = 0; k < count; ++k) {
+          const bool short_rows = cols <= kVirtualLanes<T> && a.grad == nullptr &&
+                                  short_rows_exp_sum(a.logits.data + g0 * a.logits.row_stride,
+                                                     a.logits.row_stride, cols, count, row_max, exp_sum);
+          for (int64_t k = 0; k < count && !short_rows; ++k) {
             const int64_t r = g0 + k;
             const bool ignored = a.target_prob.data == nullptr &&
                                  load_unaligned(a.target_index + r * a.target_index_stride) == a.ignore_index;
@@ -273,11 +366,33 @@ CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
             cross_entropy_row(a, g0 + k, grad_scale * sample, RowLogSumExp{row_max[k], log_sum[k]},
                               exp_sum[k], &loss, &denominator);
             if (a.out != nullptr) a.out[g0 + k] = static_cast<T>(sample_weighted ? loss * sample : loss);
-            exact_sum_add_term(block->loss, loss, sample_weighted, sample);
-            exact_sum_add_term(block->denominator, denominator, sample_weighted, sample);
+            exact_sum_add_term(block.loss, loss, sample_weighted, sample);
+            exact_sum_add_term(block.denominator, denominator, sample_weighted, sample);
           }
         }
+        *block_sums = block;
       },
-      &sums);
-  return sums;
+      sums);
+}
+
+template <class T>
+CrossEntropySums cross_entropy(const CrossEntropyArgs<T>& a, int num_threads) {
+  CrossEntropySums sums;
+  if (a.mode == SumMode::exact_state) {
+    cross_entropy_sums(a, num_threads, &sums);
+    return sums;
+  }
+  if (a.logits.rows * a.logits.cols < kMinParallelWork) {
+    CompensatedCrossEntropySums compensated;
+    cross_entropy_sums(a, 1, &compensated);
+    if (interrupted(a.interrupt) || (compensated_sum_round(compensated.loss, &a.rounded[0]) &&
+                                     compensated_sum_round(compensated.denominator, &a.rounded[1]))) {
+      return sums;
+    }
+  }
+  // Larger calls, and the rare small one whose bound straddles a rounding boundary: exactly.
+  cross_entropy_sums(a, num_threads, &sums);
+  a.rounded[0] = exact_sum_round(sums.loss);
+  a.rounded[1] = exact_sum_round(sums.denominator);
+  return CrossEntropySums{};
 }

@@ -72,12 +72,13 @@ inline typename Simd<T>::V element_grad_vec(typename Simd<T>::V p, typename Simd
   }
 }
 
-// Adds the exact element loss of (p, t) (times w) to *sum as a sum of double terms: for float32
-// inputs the true (p - t)^2 or |p - t| (the difference as d + d_lo, exact by TwoSum; the squares
-// by fused multiply-adds), for float64 inputs the exact square or magnitude of the rounded
-// difference. Infinities and NaN are added as themselves, so the sum counts them.
-template <class T, RegressionKind Kind>
-inline void exact_sum_add_element(ExactSumState& sum, T p, T t, bool weighted, double w) {
+// Adds the exact element loss of (p, t) (times w) to `sum` (an ExactSumState or a CompensatedSum)
+// as a sum of double terms: for float32 inputs the true (p - t)^2 or |p - t| (the difference as
+// d + d_lo, exact by TwoSum; the squares by fused multiply-adds), for float64 inputs the exact
+// square or magnitude of the rounded difference. Infinities and NaN are added as themselves, so
+// the sum counts them.
+template <class T, RegressionKind Kind, class Sum>
+inline void exact_sum_add_element(Sum& sum, T p, T t, bool weighted, double w) {
   const double a = static_cast<double>(p);
   const double b = static_cast<double>(t);
   const double d = a - b;
@@ -344,24 +345,23 @@ FASTLOSS_ALWAYS_INLINE inline bool add_iteration_rounded(RoundedLanes<T>& lanes,
 
 // Moves the lanes, times w, into *sum and their error bound into sum->error_bound; false (adding
 // nothing) if a lane is not finite (an inf or NaN term, or a sum beyond the double range), which
-// the caller then adds exactly. `per_lane` bounds the elements any one lane took.
-template <class T>
-bool rounded_lanes_finish(const RoundedLanes<T>& lanes, int64_t per_lane, bool weighted, double w,
-                          ExactSumState* sum) {
+// the caller then adds exactly. `per_lane` bounds the elements any one lane took. Unweighted lanes
+// are first folded into one pair of vectors, so that a quarter as many terms reach *sum.
+template <class T, class Sum>
+bool rounded_lanes_finish(const RoundedLanes<T>& lanes, int64_t per_lane, bool weighted, double w, Sum* sum) {
   using SD = Simd<double>;
   constexpr int kChains = RoundedLanes<T>::kChains;
   constexpr int64_t kLanes = SD::kLanes;
-  double high[kChains * kLanes];
-  double low[kChains * kLanes];
+  // x - x is 0 for finite x and NaN for inf and NaN: one test for every lane.
+  ExactV probe = SD::zero();
+  ExactV high_sum = SD::zero();
   for (int c = 0; c < kChains; ++c) {
-    SD::store(high + c * kLanes, lanes.high[c]);
-    SD::store(low + c * kLanes, lanes.low[c]);
+    probe =
+        SD::add(probe, SD::add(SD::sub(lanes.high[c], lanes.high[c]), SD::sub(lanes.low[c], lanes.low[c])));
+    high_sum = SD::add(high_sum, lanes.high[c]);
   }
-  double high_total = 0.0;
-  for (int k = 0; k < kChains * kLanes; ++k) {
-    if (!std::isfinite(high[k]) || !std::isfinite(low[k])) return false;
-    high_total += high[k];
-  }
+  if (SD::any_nonzero(probe)) return false;
+  const double high_total = SD::reduce_add(high_sum);  // in any order: the bound has the margin
   // Per lane of m elements, with T the exact sum of its leading terms (nonnegative, so every
   // partial sum is at most T and high >= T / 2): each element adds to its low lane one value of
   // at most 4 2^-53 T (TwoSum's error and the square's low half), formed with at most one
@@ -372,20 +372,52 @@ bool rounded_lanes_finish(const RoundedLanes<T>& lanes, int64_t per_lane, bool w
   const double m = static_cast<double>(per_lane + 16);
   double bound = 128.0 * m * m * 0x1p-106 * high_total;
   if (!weighted) {
-    for (int k = 0; k < kChains * kLanes; ++k) {
-      exact_sum_add(*sum, high[k]);
-      exact_sum_add(*sum, low[k]);
+    // The chains' fold: TwoSum carries the high lanes' sum exactly (top plus the errors); the low
+    // lanes and those errors are added plainly into `rest`, each addition erring by at most 2^-53
+    // of its result, whose magnitudes `spread` adds up (2^-52 of its rounded total covers them).
+    ExactV top = lanes.high[0];
+    ExactV rest = lanes.low[0];
+    ExactV spread = SD::zero();
+    for (int c = 1; c < kChains; ++c) {
+      const ExactV total = SD::add(top, lanes.high[c]);
+      const ExactV b_part = SD::sub(total, top);
+      const ExactV error = SD::add(SD::sub(top, SD::sub(total, b_part)), SD::sub(lanes.high[c], b_part));
+      top = total;
+      rest = SD::add(rest, lanes.low[c]);
+      spread = SD::add(spread, SD::abs(rest));
+      rest = SD::add(rest, error);
+      spread = SD::add(spread, SD::abs(rest));
     }
+    double top_lanes[kLanes], rest_lanes[kLanes], spread_lanes[kLanes];
+    SD::store(top_lanes, top);
+    SD::store(rest_lanes, rest);
+    SD::store(spread_lanes, spread);
+    double spread_total = 0.0;
+    for (int64_t k = 0; k < kLanes; ++k) {
+      if (!std::isfinite(top_lanes[k]) || !std::isfinite(rest_lanes[k])) return false;  // beyond the range
+      spread_total += spread_lanes[k];
+    }
+    for (int64_t k = 0; k < kLanes; ++k) {
+      sum_add(*sum, top_lanes[k]);
+      sum_add(*sum, rest_lanes[k]);
+    }
+    bound += 0x1p-52 * spread_total + 0x1p-1070;
   } else {
     // The exact path adds each product w e as two rounded doubles; products below 2^-969 may lose
     // up to 2^-1075 each there (subnormal errors), so the bound covers that difference too.
+    double high[kChains * kLanes];
+    double low[kChains * kLanes];
+    for (int c = 0; c < kChains; ++c) {
+      SD::store(high + c * kLanes, lanes.high[c]);
+      SD::store(low + c * kLanes, lanes.low[c]);
+    }
     double low_total = 0.0;
     for (int k = 0; k < kChains * kLanes; ++k) {
       const double product = high[k] * w;
-      exact_sum_add(*sum, product);
-      exact_sum_add(*sum, std::fma(high[k], w, -product));
+      sum_add(*sum, product);
+      sum_add(*sum, std::fma(high[k], w, -product));
       const double low_product = low[k] * w;
-      exact_sum_add(*sum, low_product);
+      sum_add(*sum, low_product);
       low_total += std::fabs(low_product);
     }
     bound = bound * std::fabs(w) + 0x1p-52 * low_total +
@@ -395,11 +427,12 @@ bool rounded_lanes_finish(const RoundedLanes<T>& lanes, int64_t per_lane, bool w
   return true;
 }
 
-// regression_contiguous for SumMode::rounded (rounded_lanes_finish for the bound). Stores: whether
-// o or g is not null, as a template parameter so that the loop without them has no test in it.
-template <class T, RegressionKind Kind, bool Stores>
+// regression_contiguous for SumMode::rounded (rounded_lanes_finish for the bound), into an
+// ExactSumState or a CompensatedSum. Stores: whether o or g is not null, as a template parameter so
+// that the loop without them has no test in it.
+template <class T, RegressionKind Kind, bool Stores, class Sum>
 void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double weight, bool weighted, T* o,
-                                   T* g, double grad_scale, ExactSumState* sum) {
+                                   T* g, double grad_scale, Sum* sum) {
   constexpr uintptr_t kAhead = kRegressionPrefetchBytes;
   using S = Simd<T>;
   using SD = Simd<double>;
@@ -409,7 +442,7 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
   const V out_scale = S::set1(static_cast<T>(weight));
   const V grad_factor = S::set1(static_cast<T>(grad_scale * weight));
   const bool grad_factor_fits = fits<T>(grad_scale * weight);
-  const ExactSumState before = *sum;
+  const Sum before = *sum;
   RoundedLanes<T> lanes;
   for (int c = 0; c < RoundedLanes<T>::kChains; ++c) lanes.high[c] = lanes.low[c] = SD::zero();
   int64_t j = 0;
@@ -438,9 +471,19 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
                             g ? g + j + L : nullptr);
     }
   }
-  // The tail (fewer than 2 L elements) exactly.
-  for (int64_t k = j; k < count; ++k) {
-    exact_sum_add_element<T, Kind>(*sum, load_unaligned(p + k), load_unaligned(t + k), weighted, weight);
+  // The tail (fewer than 2 L elements) as one more iteration, zero-filled: zero pairs add 0.
+  if (j < count) {
+    T p_tail[2 * L] = {};
+    T t_tail[2 * L] = {};
+    for (int64_t k = j; k < count; ++k) {
+      p_tail[k - j] = load_unaligned(p + k);
+      t_tail[k - j] = load_unaligned(t + k);
+    }
+    if (!add_iteration_rounded<T, Kind>(lanes, p_tail, t_tail)) {
+      for (int64_t k = j; k < count; ++k) {
+        exact_sum_add_element<T, Kind>(*sum, p_tail[k - j], t_tail[k - j], weighted, weight);
+      }
+    }
   }
   for (; j < count; j += L) {
     const int64_t n = count - j < L ? count - j : L;
@@ -450,7 +493,7 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
                             grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
     }
   }
-  const int64_t per_lane = count / (2 * L);
+  const int64_t per_lane = (count + 2 * L - 1) / (2 * L);
   if (rounded_lanes_finish<T>(lanes, per_lane, weighted, weight, sum)) return;
   // A lane is not finite (float64 terms only): every element again, exactly.
   *sum = before;
@@ -460,11 +503,12 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
 }
 
 // Adds the element losses of row `row`, columns [c0, c1), to *sum; writes them to `out` and the
-// scaled element gradients to `grad` when those are not null (both row-major rows x cols).
-template <class T, RegressionKind Kind>
+// scaled element gradients to `grad` when those are not null (both row-major rows x cols). A
+// CompensatedSum takes SumMode::rounded only.
+template <class T, RegressionKind Kind, class Sum>
 void regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target, int64_t row, int64_t c0,
                          int64_t c1, double weight, bool weighted, T* out, T* grad, double grad_scale,
-                         SumMode mode, ExactSumState* sum) {
+                         SumMode mode, Sum* sum) {
   const T* p = pred.data + row * pred.row_stride;
   const T* t = target.data + row * target.row_stride;
   const int64_t ps = pred.col_stride;
@@ -482,10 +526,12 @@ void regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target,
     }
     return;
   }
-  if (ps == 1 && ts == 1) {
-    regression_contiguous<T, Kind>(p + c0, t + c0, c1 - c0, weight, weighted, o ? o + c0 : nullptr,
-                                   g ? g + c0 : nullptr, grad_scale, sum);
-    return;
+  if constexpr (kIsExactSum<Sum>) {
+    if (ps == 1 && ts == 1) {
+      regression_contiguous<T, Kind>(p + c0, t + c0, c1 - c0, weight, weighted, o ? o + c0 : nullptr,
+                                     g ? g + c0 : nullptr, grad_scale, sum);
+      return;
+    }
   }
   const T row_grad_scale = static_cast<T>(grad_scale * weight);
   const bool grad_factor_fits = fits<T>(grad_scale * weight);
@@ -504,10 +550,9 @@ void regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target,
   }
 }
 
-template <class T, RegressionKind Kind>
+template <class T, RegressionKind Kind, class Sum>
 void regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* row_weight, T* out, T* grad,
-                     double grad_scale, int num_threads, Interrupt* interrupt, SumMode mode,
-                     ExactSumState* sum) {
+                     double grad_scale, int num_threads, Interrupt* interrupt, SumMode mode, Sum* sum) {
   const int64_t rows = pred.rows;
   const int64_t cols = pred.cols;
   if (rows == 0 || cols == 0) return;
@@ -517,8 +562,8 @@ void regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* row
     // Both C-contiguous and no per-row weights: one long row, so blocks ignore row boundaries.
     pred.cols = target.cols = rows * cols;
     pred.rows = target.rows = 1;
-    regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt, mode,
-                             sum);
+    regression_kind<T, Kind, Sum>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt,
+                                  mode, sum);
     return;
   }
   // A block is either a run of whole rows or, for rows longer than a block, a slice of one row.
@@ -529,50 +574,71 @@ void regression_kind(MatrixView<T> pred, MatrixView<T> target, const double* row
       cols >= kRegressionBlock ? rows * slices_per_row : (rows + rows_per_block - 1) / rows_per_block;
   exact_blocks_sum(
       num_blocks, rows * cols, num_threads, interrupt,
-      [&](int64_t b, ExactSumState* block_sum) {
+      [&](int64_t b, Sum* block_sum) {
         if (slices_per_row > 1) {
           const int64_t row = b / slices_per_row;
           const int64_t c0 = (b % slices_per_row) * kRegressionBlock;
           const int64_t c1 = c0 + kRegressionBlock < cols ? c0 + kRegressionBlock : cols;
-          regression_row_part<T, Kind>(pred, target, row, c0, c1,
-                                       weighted ? load_unaligned(row_weight + row) : 1.0, weighted, out, grad,
-                                       grad_scale, mode, block_sum);
+          regression_row_part<T, Kind, Sum>(pred, target, row, c0, c1,
+                                            weighted ? load_unaligned(row_weight + row) : 1.0, weighted, out,
+                                            grad, grad_scale, mode, block_sum);
           return;
         }
         const int64_t r0 = b * rows_per_block;
         const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
         for (int64_t r = r0; r < r1; ++r) {
-          regression_row_part<T, Kind>(pred, target, r, 0, cols,
-                                       weighted ? load_unaligned(row_weight + r) : 1.0, weighted, out, grad,
-                                       grad_scale, mode, block_sum);
+          regression_row_part<T, Kind, Sum>(pred, target, r, 0, cols,
+                                            weighted ? load_unaligned(row_weight + r) : 1.0, weighted, out,
+                                            grad, grad_scale, mode, block_sum);
         }
       },
       sum);
 }
 
+// SumMode::exact_state: the exact sum into *sum. SumMode::rounded: the correctly rounded sum into
+// *rounded, by the passes with bounded errors, settled (exact_sum_settle, compensated_sum_round),
+// or, when a bound straddles a rounding boundary (about once in 10^8 random calls), by the exact
+// pass. Below the work that starts threads, the bounded pass sums into a CompensatedSum, a few
+// doubles in place of the superaccumulator's state.
 template <class T, RegressionKind Kind>
 void regression_settled(MatrixView<T> pred, MatrixView<T> target, const double* row_weight, T* out, T* grad,
                         double grad_scale, int num_threads, Interrupt* interrupt, SumMode mode,
-                        ExactSumState* sum) {
-  const ExactSumState before = *sum;
-  regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt, mode,
-                           sum);
-  if (mode == SumMode::exact_state || interrupted(interrupt) || exact_sum_settle(*sum)) return;
-  // The bound straddles a rounding boundary (about once in 10^8 random calls): the exact pass.
-  *sum = before;
+                        ExactSumState* sum, double* rounded) {
+  if (mode == SumMode::exact_state) {
+    regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt, mode,
+                             sum);
+    return;
+  }
+  if (pred.rows * pred.cols < kMinParallelWork) {
+    CompensatedSum compensated;
+    regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, 1, interrupt, mode,
+                             &compensated);
+    if (interrupted(interrupt) || compensated_sum_round(compensated, rounded)) return;
+  } else {
+    ExactSumState state;
+    regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt, mode,
+                             &state);
+    if (interrupted(interrupt)) return;
+    if (exact_sum_settle(state)) {
+      *rounded = exact_sum_round(state);
+      return;
+    }
+  }
+  ExactSumState state;
   regression_kind<T, Kind>(pred, target, row_weight, out, grad, grad_scale, num_threads, interrupt,
-                           SumMode::exact_state, sum);
+                           SumMode::exact_state, &state);
+  *rounded = exact_sum_round(state);
 }
 
 template <class T>
 void regression(RegressionKind kind, MatrixView<T> pred, MatrixView<T> target, const double* row_weight,
                 T* out, T* grad, double grad_scale, int num_threads, Interrupt* interrupt, SumMode mode,
-                ExactSumState* sum) {
+                ExactSumState* sum, double* rounded) {
   if (kind == RegressionKind::squared) {
     regression_settled<T, RegressionKind::squared>(pred, target, row_weight, out, grad, grad_scale,
-                                                   num_threads, interrupt, mode, sum);
+                                                   num_threads, interrupt, mode, sum, rounded);
   } else {
     regression_settled<T, RegressionKind::absolute>(pred, target, row_weight, out, grad, grad_scale,
-                                                    num_threads, interrupt, mode, sum);
+                                                    num_threads, interrupt, mode, sum, rounded);
   }
 }
