@@ -607,16 +607,22 @@ py::object cross_entropy_fast(py::handle logits_h, py::handle target_h, py::hand
 }
 
 // Test hooks: the active ISA's vector exp (float32 or float64) and float64 log, elementwise.
-py::array vector_math(const py::array& in, bool log) {
+enum class VectorFunction { exp, exp_nonpositive_finite, log };
+
+py::array vector_math(const py::array& in, VectorFunction function) {
   if (in.ndim() != 1 || !c_contiguous(in)) throw py::value_error("x: expected a contiguous 1-D array");
-  if (has_dtype<float>(in) && !log) {
+  if (has_dtype<float>(in) && function != VectorFunction::log) {
     py::array_t<float> out(in.shape(0));
-    active_set<float>().exp(static_cast<const float*>(in.data()), out.mutable_data(), in.shape(0));
+    const auto fn = function == VectorFunction::exp ? active_set<float>().exp
+                                                    : active_set<float>().exp_nonpositive_finite;
+    fn(static_cast<const float*>(in.data()), out.mutable_data(), in.shape(0));
     return out;
   }
   if (has_dtype<double>(in)) {
     py::array_t<double> out(in.shape(0));
-    const auto fn = log ? active_set<double>().log : active_set<double>().exp;
+    const auto fn = function == VectorFunction::log   ? active_set<double>().log
+                    : function == VectorFunction::exp ? active_set<double>().exp
+                                                      : active_set<double>().exp_nonpositive_finite;
     fn(static_cast<const double*>(in.data()), out.mutable_data(), in.shape(0));
     return out;
   }
@@ -712,8 +718,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("cross_entropy_fast", &cross_entropy_fast, py::arg("logits"), py::arg("target"),
         py::arg("reduction"));
 
-  m.def("vector_exp", [](const py::array& x) { return vector_math(x, false); }, py::arg("x"));
-  m.def("vector_log", [](const py::array& x) { return vector_math(x, true); }, py::arg("x"));
+  m.def("vector_exp", [](const py::array& x) { return vector_math(x, VectorFunction::exp); }, py::arg("x"));
+  m.def(
+      "vector_exp_nonpositive_finite",
+      [](const py::array& x) { return vector_math(x, VectorFunction::exp_nonpositive_finite); },
+      py::arg("x"));
+  m.def("vector_log", [](const py::array& x) { return vector_math(x, VectorFunction::log); }, py::arg("x"));
 
   m.def("memory_probe", &memory_probe, py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("out"),
         py::arg("threads"));

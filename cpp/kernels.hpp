@@ -170,6 +170,7 @@ using ElementwiseFn = void (*)(const T* in, T* out, int64_t count);
 template <class T>
 struct KernelSet {
   ElementwiseFn<T> exp;
+  ElementwiseFn<T> exp_nonpositive_finite;  // finite x <= 0 only
   ElementwiseFn<double> log;
   RegressionFn<T> regression;
   CrossEntropyFn<T> cross_entropy;

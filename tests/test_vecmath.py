@@ -76,3 +76,23 @@ def test_every_tail_length(isa, n):
         _core.vector_exp(x.astype(np.float32)), np.exp(x).astype(np.float32), rtol=3e-7
     )
     np.testing.assert_allclose(_core.vector_log(x + 4), np.log(x + 4), rtol=4e-16)
+
+
+@pytest.mark.parametrize("dtype,underflow", [(np.float32, -87.0), (np.float64, -708.0)], ids=["f32", "f64"])
+def test_exp_of_finite_nonpositive_has_exp_bits(isa, dtype, underflow):
+    # InfoNCE takes this cheaper exp for tiles of finite logits shifted by their max; its results
+    # must be the general exp's, bit for bit, or a tile's sum would depend on its neighbours.
+    x = np.concatenate(
+        [
+            np.linspace(2 * underflow, 0.0, 1_000_003, dtype=dtype),
+            np.linspace(underflow - 1, underflow + 1, 10_007, dtype=dtype),
+            -np.geomspace(np.finfo(dtype).tiny, 1.0, 10_007, dtype=dtype),
+            np.array([-0.0, 0.0, underflow, np.nextafter(dtype(underflow), dtype(-1))], dtype=dtype),
+        ]
+    )
+    got = _core.vector_exp_nonpositive_finite(x)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(
+        got.view(np.uint32 if dtype == np.float32 else np.uint64),
+        _core.vector_exp(x).view(np.uint32 if dtype == np.float32 else np.uint64),
+    )

@@ -10,11 +10,23 @@ void apply_exp(const T* in, T* out, int64_t count) {
   }
 }
 
+// exp_nonpositive_finite_poly elementwise (inputs must be finite and <= 0): InfoNCE's exp for
+// tiles of finite logits, which tests compare with apply_exp's bits.
+template <class T>
+void apply_exp_nonpositive_finite(const T* in, T* out, int64_t count) {
+  using S = Simd<T>;
+  for (int64_t k = 0; k < count; k += S::kLanes) {
+    const int64_t n = count - k < S::kLanes ? count - k : S::kLanes;
+    S::store_partial(out + k, exp_nonpositive_finite_poly<T>(S::load_partial(in + k, n, T(0))), n);
+  }
+}
+
 inline void apply_log(const double* in, double* out, int64_t count) { vector_log(in, out, count); }
 
 template <class T>
 constexpr KernelSet<T> kernel_set() {
   return {&apply_exp<T>,
+          &apply_exp_nonpositive_finite<T>,
           &apply_log,
           &regression<T>,
           &cross_entropy<T>,

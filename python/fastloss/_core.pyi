@@ -111,6 +111,9 @@ def cross_entropy_fast(logits: object, target: object, reduction: object) -> flo
 def vector_exp(x: _Array) -> _Array:
     """Test hook: the active path's vector exp of a contiguous 1-D float32 or float64 array."""
 
+def vector_exp_nonpositive_finite(x: _Array) -> _Array:
+    """Test hook: InfoNCE's exp for finite x <= 0 (float32 or float64), which must give vector_exp's bits."""
+
 def vector_log(x: _Array) -> NDArray[np.float64]:
     """Test hook: the active path's vector log of a contiguous 1-D float64 array."""
 
