@@ -147,24 +147,31 @@ bool short_rows_exp_sum(const T* x, int64_t row_stride, int64_t cols, int64_t co
   const T neg_inf = -static_cast<T>(HUGE_VAL);
   V max_vec[kLogGroup / L];
   for (int64_t k = 0; k < kLogGroup; k += L) {
-    V m = S::set1(neg_inf);
-    V probe = S::zero();
+    // Two chains of even and odd columns (a max of finite values does not depend on the order).
+    V m[2] = {S::set1(neg_inf), S::set1(neg_inf)};
+    V probe[2] = {S::zero(), S::zero()};
     for (int64_t c = 0; c < cols; ++c) {
       const V v = S::load(columns + c * kLogGroup + k);
-      m = S::max(v, m);
-      probe = S::fmadd(v, S::zero(), probe);
+      m[c & 1] = S::max(v, m[c & 1]);
+      probe[c & 1] = S::fmadd(v, S::zero(), probe[c & 1]);
     }
-    if (S::reduce_add(probe) != T(0)) return false;  // a NaN lane: the row had an inf or NaN
-    max_vec[k / L] = S::add(m, S::zero());
+    // A NaN lane: the row had an inf or NaN.
+    if (S::reduce_add(S::add(probe[0], probe[1])) != T(0)) return false;
+    max_vec[k / L] = S::add(S::max(m[1], m[0]), S::zero());
   }
   for (int64_t k = 0; k < kLogGroup; k += L) {
     const V shift = max_vec[k / L];
-    const V fill = S::exp_nonpositive(S::sub(S::set1(neg_inf), shift));
+    // row_exp_sum's one-term runs (0 + e in T, never -0), widened: the same values as its totals
+    // (a double 0 plus those).
+    const V fill = S::add(S::zero(), S::exp_nonpositive(S::sub(S::set1(neg_inf), shift)));
     typename SD::V lanes[P][W];
-    for (int64_t c = 0; c < W; ++c) {
-      const V e = c < cols ? S::exp_nonpositive(S::sub(S::load(columns + c * kLogGroup + k), shift)) : fill;
-      // row_exp_sum's run (0 + e in T, never -0) widened, and added to a double 0: the same value.
-      for (int q = 0; q < P; ++q) lanes[q][c] = S::widen(S::add(S::zero(), e), q);
+    for (int64_t c = 0; c < cols; ++c) {
+      const V e = S::add(S::zero(), S::exp_nonpositive(S::sub(S::load(columns + c * kLogGroup + k), shift)));
+      for (int q = 0; q < P; ++q) lanes[q][c] = S::widen(e, q);
+    }
+    for (int q = 0; q < P; ++q) {
+      const typename SD::V fill_part = S::widen(fill, q);
+      for (int64_t c = cols; c < W; ++c) lanes[q][c] = fill_part;
     }
     T max_lanes[L];
     S::store(max_lanes, shift);
