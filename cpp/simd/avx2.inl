@@ -51,6 +51,11 @@ struct Simd<float> {
   }
   // v * 2^n for integral-valued n in [-126, 127].
   static V scale2(V v, V n) { return _mm256_mul_ps(v, pow2(n)); }
+  // The same, with 2^n from `shifted`, whose low mantissa bits hold n + 127 (vecmath.inl's
+  // shifter): one shift into the exponent field.
+  static V scale2_shifted(V v, V, V shifted) {
+    return _mm256_mul_ps(v, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(shifted), 23)));
+  }
   static float reduce_max(V a) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -175,6 +180,11 @@ struct Simd<double> {
   }
   // v * 2^n for integral-valued n in [-1022, 1023].
   static V scale2(V v, V n) { return _mm256_mul_pd(v, pow2(n)); }
+  // The same, with 2^n from `shifted`, whose low mantissa bits hold n + 1023 (vecmath.inl's
+  // shifter): one shift into the exponent field.
+  static V scale2_shifted(V v, V, V shifted) {
+    return _mm256_mul_pd(v, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(shifted), 52)));
+  }
   static double reduce_max(V a) {
     __m128d m = _mm_max_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));

@@ -47,6 +47,9 @@ struct Simd<float> {
   }
   // v * 2^n in one instruction.
   static V scale2(V v, V n) { return _mm512_scalef_ps(v, n); }
+  // v * 2^n for integral n whose result is normal; `shifted` (n + 127 in its low mantissa bits,
+  // vecmath.inl's shifter) is not needed here.
+  static V scale2_shifted(V v, V n, V) { return _mm512_scalef_ps(v, n); }
   static float reduce_max(V a) { return _mm512_reduce_max_ps(a); }
   static float reduce_add(V a) { return _mm512_reduce_add_ps(a); }
   static V exp(V x);
@@ -159,6 +162,9 @@ struct Simd<double> {
   }
   // v * 2^n in one instruction.
   static V scale2(V v, V n) { return _mm512_scalef_pd(v, n); }
+  // v * 2^n for integral n whose result is normal; `shifted` (n + 1023 in its low mantissa bits,
+  // vecmath.inl's shifter) is not needed here.
+  static V scale2_shifted(V v, V n, V) { return _mm512_scalef_pd(v, n); }
   static double reduce_max(V a) { return _mm512_reduce_max_pd(a); }
   static double reduce_add(V a) { return _mm512_reduce_add_pd(a); }
   static V div(V a, V b) { return _mm512_div_pd(a, b); }

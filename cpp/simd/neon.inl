@@ -79,6 +79,11 @@ struct Simd<float> {
   }
   // v * 2^n for integral-valued n in [-126, 127].
   static V scale2(V v, V n) { return vmulq_f32(v, pow2(n)); }
+  // The same, with 2^n from `shifted`, whose low mantissa bits hold n + 127 (vecmath.inl's
+  // shifter): one shift into the exponent field.
+  static V scale2_shifted(V v, V, V shifted) {
+    return vmulq_f32(v, vreinterpretq_f32_u32(vshlq_n_u32(vreinterpretq_u32_f32(shifted), 23)));
+  }
   // Across-lane max; a NaN lane gives NaN (the kernels reduce only NaN-free running maxima).
   static float reduce_max(V a) { return vmaxvq_f32(a); }
   static float reduce_add(V a) { return vaddvq_f32(a); }
@@ -175,6 +180,11 @@ struct Simd<double> {
   }
   // v * 2^n for integral-valued n in [-1022, 1023].
   static V scale2(V v, V n) { return vmulq_f64(v, pow2(n)); }
+  // The same, with 2^n from `shifted`, whose low mantissa bits hold n + 1023 (vecmath.inl's
+  // shifter): one shift into the exponent field.
+  static V scale2_shifted(V v, V, V shifted) {
+    return vmulq_f64(v, vreinterpretq_f64_u64(vshlq_n_u64(vreinterpretq_u64_f64(shifted), 52)));
+  }
   // Across-lane max; a NaN lane gives NaN (the kernels reduce only NaN-free running maxima).
   static double reduce_max(V a) { return vmaxvq_f64(a); }
   static double reduce_add(V a) { return vaddvq_f64(a); }

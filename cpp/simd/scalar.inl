@@ -32,6 +32,8 @@ struct Simd {
   static V round(V a) { return std::nearbyint(a); }  // to nearest, ties to even
   // v * 2^n for integral n whose result is a normal number (as vecmath.inl uses it).
   static V scale2(V v, V n) { return std::ldexp(v, static_cast<int>(n)); }
+  // The same; `shifted` (n + bias in its low mantissa bits, vecmath.inl's shifter) is not needed.
+  static V scale2_shifted(V v, V n, V) { return std::ldexp(v, static_cast<int>(n)); }
   static M gt(V a, V b) { return a > b; }
   static M lt(V a, V b) { return a < b; }
   static M eq(V a, V b) { return a == b; }

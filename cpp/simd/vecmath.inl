@@ -1,17 +1,22 @@
 // Vectorised exp (float, double) and log (double) for the SIMD paths (AVX2, AVX-512, NEON),
-// written once over a Simd<T> primitive set (round, select, comparisons, pow2 that builds 2^n
-// from an integral-valued vector by bit shifts, split_exponent that takes it apart again).
-// Included inside an ISA namespace after that ISA's Simd<float> and Simd<double>.
+// written once over a Simd<T> primitive set (fused multiply-add, select, comparisons, scale2 that
+// multiplies by 2^n, scale2_shifted that does so from n's bits in a shifted float, split_exponent
+// that takes a number apart). Included inside an ISA namespace after that ISA's Simd<float> and Simd<double>.
 //
-// Method: n = round(x / ln2); r = x - n ln2 with ln2 split hi/lo (Cody-Waite), so r lies in
-// [-ln2/2, ln2/2] exactly; exp(r) by a polynomial; times 2^n built in the exponent bits.
+// Method: n = round(x / ln2) by the shifter: x log2e + kShifter (1.5 2^23 + 127, or 1.5 2^52 +
+// 1023) in one fused multiply-add rounds to an integer, whose low mantissa bits hold n + bias, so
+// 2^n is those bits shifted into the exponent field; n itself is that sum minus kShifter (exact).
+// r = x - n ln2 with ln2 split hi/lo (Cody-Waite), so |r| <= ln2/2 + 2e-6; exp(r) by a
+// polynomial in Horner form ending in 1 + r (1 + r (c2 + r (c3 + ...))); times 2^n built in the
+// exponent bits.
 //
 // Results below the smallest normal number flush to 0 instead of becoming denormals: a denormal
 // result costs a microcode assist of ~100 cycles per instruction, and the kernels feed exp the
 // -inf fill of every partial vector. The losses add these values to sums >= 1, where they vanish.
-// float:  Cephes' degree-7 form 1 + r + r^2 P(r). Max error 2 ulp for x in [-87, 88.72]
-//         (tests/test_vecmath.py sweeps it against long double). x > 88.7228 gives +inf; x < -87
-//         gives 0 (the true value is below 1.7e-38); NaN gives NaN.
+// float:  a degree-6 minimax polynomial (Remez exchange; relative error 2.6e-8 on the reduced
+//         range with its float coefficients). Max error 2 ulp for x in [-87, 88.72]
+//         (tests/test_vecmath.py sweeps it against long double). x > 88.7228 gives +inf; x < -87 gives 0 (the
+//         true value is below 1.7e-38); NaN gives NaN.
 // double: Taylor to degree 13 (truncation < 5e-18 relative on the reduced range). Max error
 //         2 ulp for x in [-708, 709.78]; x > 709.78 gives +inf; x < -708 gives 0 (the true value
 //         is below 3.3e-308); NaN gives NaN.
@@ -27,9 +32,10 @@ struct ExpConstants<float> {
   static constexpr float kOverflow = 88.7228394f;
   static constexpr float kUnderflow = -87.0f;
   static constexpr float kMaxExponent = 127.0f;
-  static constexpr int kDegree = 5;
-  static constexpr float kPoly[6] = {1.9875691500E-4f, 1.3981999507E-3f, 8.3334519073E-3f,
-                                     4.1665795894E-2f, 1.6666665459E-1f, 5.0000001201E-1f};
+  static constexpr float kShifter = 12583039.0f;  // 1.5 * 2^23 + 127
+  // c6, c5, ..., c2: exp(r) ~ 1 + r (1 + r (c2 + r (c3 + r (c4 + r (c5 + r c6))))) on |r| <= 0.3467.
+  static constexpr int kTerms = 5;
+  static constexpr float kPoly[5] = {0.0013170182f, 0.008353571f, 0.04167632f, 0.16666709f, 0.4999999f};
 };
 
 template <>
@@ -40,12 +46,24 @@ struct ExpConstants<double> {
   static constexpr double kOverflow = 709.782712893384;
   static constexpr double kUnderflow = -708.0;
   static constexpr double kMaxExponent = 1023.0;
-  static constexpr int kDegree = 11;
-  // 1/13!, 1/12!, ..., 1/2!: exp(r) = 1 + r + r^2 (1/2! + r/3! + ...).
+  static constexpr double kShifter = 6755399441056767.0;  // 1.5 * 2^52 + 1023
+  // 1/13!, 1/12!, ..., 1/2!: exp(r) = 1 + r (1 + r (1/2! + r (1/3! + ...))).
+  static constexpr int kTerms = 12;
   static constexpr double kPoly[12] = {
       1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
       1.0 / 5040.0,       1.0 / 720.0,       1.0 / 120.0,      1.0 / 24.0,      1.0 / 6.0,      1.0 / 2.0};
 };
+
+// exp(r) for the reduced argument: the polynomial in Horner form, its last two steps 1 + r q.
+template <class T>
+typename Simd<T>::V exp_reduced(typename Simd<T>::V r) {
+  using S = Simd<T>;
+  using C = ExpConstants<T>;
+  typename S::V poly = S::set1(C::kPoly[0]);
+  for (int k = 1; k < C::kTerms; ++k) poly = S::fmadd(poly, r, S::set1(C::kPoly[k]));
+  poly = S::fmadd(poly, r, S::set1(T(1)));
+  return S::fmadd(poly, r, S::set1(T(1)));
+}
 
 template <class T>
 typename Simd<T>::V exp_poly(typename Simd<T>::V x) {
@@ -53,13 +71,10 @@ typename Simd<T>::V exp_poly(typename Simd<T>::V x) {
   using C = ExpConstants<T>;
   using V = typename S::V;
   const V clamped = S::min(S::max(x, S::set1(C::kUnderflow)), S::set1(C::kOverflow));
-  const V n = S::round(S::mul(clamped, S::set1(C::kLog2e)));
+  const V n = S::sub(S::fmadd(clamped, S::set1(C::kLog2e), S::set1(C::kShifter)), S::set1(C::kShifter));
   V r = S::fnmadd(n, S::set1(C::kLn2Hi), clamped);
   r = S::fnmadd(n, S::set1(C::kLn2Lo), r);
-  V poly = S::set1(C::kPoly[0]);
-  for (int k = 1; k <= C::kDegree; ++k) poly = S::fmadd(poly, r, S::set1(C::kPoly[k]));
-  const V r2 = S::mul(r, r);
-  const V exp_r = S::add(S::fmadd(poly, r2, r), S::set1(T(1)));
+  const V exp_r = exp_reduced<T>(r);
   // n reaches 128 (1024) just below the overflow bound, one past the largest biased exponent:
   // that last factor of 2 is applied separately. Every product here is a normal number.
   const V n_low = S::min(n, S::set1(C::kMaxExponent));
@@ -73,20 +88,19 @@ typename Simd<T>::V exp_poly(typename Simd<T>::V x) {
 // exp for x <= 0 only, the hot loop of cross-entropy (x - row max): no overflow or NaN
 // handling. x < -87 (-708 for double) gives exp(-87) (exp(-708)) instead of the smaller true
 // value: an absolute error below 1.7e-38 (3.3e-307), invisible in sums >= 1. Max error 2 ulp on
-// [-87, 0] ([-708, 0]); the caller routes rows holding NaN or inf to exp_poly.
+// [-87, 0] ([-708, 0]), with exp_poly's bits there; the caller routes rows holding NaN or inf to
+// exp_poly.
 template <class T>
 typename Simd<T>::V exp_nonpositive_poly(typename Simd<T>::V x) {
   using S = Simd<T>;
   using C = ExpConstants<T>;
   using V = typename S::V;
   const V clamped = S::max(x, S::set1(C::kUnderflow));
-  const V n = S::round(S::mul(clamped, S::set1(C::kLog2e)));
+  const V shifted = S::fmadd(clamped, S::set1(C::kLog2e), S::set1(C::kShifter));
+  const V n = S::sub(shifted, S::set1(C::kShifter));
   V r = S::fnmadd(n, S::set1(C::kLn2Hi), clamped);
   r = S::fnmadd(n, S::set1(C::kLn2Lo), r);
-  V poly = S::set1(C::kPoly[0]);
-  for (int k = 1; k <= C::kDegree; ++k) poly = S::fmadd(poly, r, S::set1(C::kPoly[k]));
-  const V exp_r = S::add(S::fmadd(poly, S::mul(r, r), r), S::set1(T(1)));
-  return S::scale2(exp_r, n);
+  return S::scale2_shifted(exp_reduced<T>(r), n, shifted);
 }
 
 // exp for finite x <= 0 with exp_poly's bits: exp_nonpositive_poly, whose results equal
