@@ -7,7 +7,7 @@ from typing import Any, Literal, overload
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _core
+from . import _core, _memory
 from ._reduction import ExactSum, Partial
 from ._validation import (
     as_input_dtype,
@@ -40,15 +40,17 @@ NEGATIVE_MODES = ("unpaired", "paired")
 
 
 def _gradient_buffers(
-    shape: tuple[int, ...], dtype: np.dtype, original: np.ndarray, fill: Any = np.empty
+    shape: tuple[int, ...], dtype: np.dtype, original: np.ndarray, fill: Any = _memory.empty
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the buffer a kernel writes, in the computation dtype; the gradient returned, in the
     argument's dtype by as_input_dtype's rule), both allocated before any work, so that a call
     that cannot hold its gradient fails at once. They are one array unless the dtypes differ
-    (e.g. float16 computed in float32); _finish_gradient then casts one into the other."""
+    (e.g. float16 computed in float32); _finish_gradient then casts one into the other. The
+    default fill leaves them uninitialised, for kernels that write every element; large ones
+    reuse the memory of released gradients (_memory.py)."""
     grad = fill(shape, dtype=dtype)
     returned_dtype = as_input_dtype(grad[:0] if grad.ndim else grad, original).dtype
-    return grad, (grad if returned_dtype == grad.dtype else np.empty(shape, dtype=returned_dtype))
+    return grad, (grad if returned_dtype == grad.dtype else _memory.empty(shape, dtype=returned_dtype))
 
 
 def _finish_gradient(grad: np.ndarray, returned: np.ndarray) -> np.ndarray:
