@@ -88,11 +88,12 @@ def largest_cache_bytes() -> tuple[int | None, str]:
     return (best, "lscpu") if best else (None, "unknown")
 
 
-def _mem_available() -> int | None:
+def meminfo_bytes(field: str) -> int | None:
+    """A /proc/meminfo field (``MemTotal``, ``MemAvailable``) in bytes; None where there is none."""
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -113,7 +114,7 @@ def bandwidth(threads: list[int], repeat: int, log: Callable[[str], None]) -> di
     from fastloss import _core
 
     cache, source = largest_cache_bytes()
-    n = probe_elements(cache, _mem_available())
+    n = probe_elements(cache, meminfo_bytes("MemAvailable"))
     info = {
         "method": "fastloss._core.memory_probe: plain OpenMP loops over float32 arrays, "
         "ordinary stores; STREAM byte counts (read 4, copy 8, triad 12 bytes per element)",

@@ -125,17 +125,6 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _mem_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _fastloss_info(fl) -> dict:
     buf = io.StringIO()
     returned = None
@@ -167,7 +156,7 @@ def _machine_info(peers, blas: BlasThreads) -> dict:
         "cpu_model": _cpu_model(),
         "cpu_count": cpu_count(),
         "os_cpu_count": os.cpu_count(),
-        "memory_bytes": _mem_total(),
+        "memory_bytes": limits_mod.meminfo_bytes("MemTotal"),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "numpy": np.__version__,
