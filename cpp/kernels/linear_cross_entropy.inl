@@ -394,19 +394,16 @@ void logit_gradient_row(const LinearCrossEntropyArgs<T>& a, const LinearCrossEnt
   for (int64_t j = cols; j < kBackwardClassTile; ++j) coef[j] = T(0);
 }
 
-// Columns [0, cols) of `count` rows of a row-major matrix as the micro-kernel's B, panel by
-// panel of NR columns: panel p at p * count * NR, element (k, n) at k * NR + n (zero past cols).
+// Panel p of columns [p NR, p NR + NR) of `count` rows of a row-major matrix, as the
+// micro-kernel's B: element (k, n) at out[k * NR + n], zero past cols.
 template <class T>
-void pack_column_panels(const T* base, int64_t stride, int64_t count, int64_t cols, T* out) {
+void pack_column_panel(const T* base, int64_t stride, int64_t count, int64_t cols, int64_t p, T* out) {
   constexpr int64_t NR = Simd<T>::kMicroVecs * Simd<T>::kLanes;
-  for (int64_t p = 0; p < ceil_div(cols, NR); ++p) {
-    const int64_t width = min_i64(NR, cols - p * NR);
-    T* panel = out + p * count * NR;
-    for (int64_t k = 0; k < count; ++k) {
-      const T* src = base + k * stride + p * NR;
-      for (int64_t n = 0; n < width; ++n) panel[k * NR + n] = load_unaligned(src + n);
-      for (int64_t n = width; n < NR; ++n) panel[k * NR + n] = T(0);
-    }
+  const int64_t width = min_i64(NR, cols - p * NR);
+  for (int64_t k = 0; k < count; ++k) {
+    const T* src = base + k * stride + p * NR;
+    for (int64_t n = 0; n < width; ++n) out[k * NR + n] = load_unaligned(src + n);
+    for (int64_t n = width; n < NR; ++n) out[k * NR + n] = T(0);
   }
 }
 
@@ -473,27 +470,49 @@ void linear_cross_entropy_backward(const LinearCrossEntropyArgs<T>& a, const Lin
       const int64_t group_rows = min_i64(group_size, n - g0);
       const int64_t blocks = ceil_div(group_rows, kRowBlock);
       const T* group_input = a.input.data + g0 * a.input.row_stride;
+      // The operands are packed by all threads: row groups of the recompute's A, panels of dW's B.
+      const int64_t row_packs = ceil_div(group_rows, MR);
 #if defined(_OPENMP)
-#pragma omp single
+#pragma omp for schedule(dynamic, 1)
 #endif
-      {
-        pack_rows(a.input.data, a.input.row_stride, g0, group_rows, depth, packed_rows.get());
-        pack_column_panels(group_input, a.input.row_stride, group_rows, depth, row_panels.get());
+      for (int64_t job = 0; job < row_packs + strips; ++job) {
+        if (job < row_packs) {
+          pack_rows(group_input, a.input.row_stride, job * MR, min_i64(MR, group_rows - job * MR), depth,
+                    packed_rows.get() + job * MR * depth);
+        } else {
+          const int64_t p = job - row_packs;
+          pack_column_panel(group_input, a.input.row_stride, group_rows, depth, p,
+                            row_panels.get() + p * group_rows * NR);
+        }
       }
       for (int64_t j0 = 0; j0 < classes; j0 += CT) {
         const int64_t cols = min_i64(CT, classes - j0);
+        const int64_t class_packs = ceil_div(cols, NR);
         const T* tile_weight = a.weight.data + j0 * a.weight.row_stride;
 #if defined(_OPENMP)
 #pragma omp single
 #endif
         {
           stop = interrupted(a.interrupt);
-          pack_panels(tile_weight, a.weight.row_stride, cols, depth, packed_classes.get(), CT / NR);
-          pack_column_panels(tile_weight, a.weight.row_stride, cols, depth, class_panels.get());
           for (int64_t c = 0; c < CT; ++c)
             bias_tile[c] = a.bias != nullptr && c < cols ? a.bias[j0 + c] : T(0);
         }
         if (stop) break;
+        // The classifier tile, both ways: panels of NR classes for the recompute, panels of NR
+        // columns for dX's B.
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t job = 0; job < class_packs + strips; ++job) {
+          if (job < class_packs) {
+            pack_panels(tile_weight + job * NR * a.weight.row_stride, a.weight.row_stride, cols - job * NR,
+                        depth, packed_classes.get() + job * depth * NR, 1);
+          } else {
+            const int64_t p = job - class_packs;
+            pack_column_panel(tile_weight, a.weight.row_stride, cols, depth, p,
+                              class_panels.get() + p * cols * NR);
+          }
+        }
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -532,9 +551,14 @@ void linear_cross_entropy_backward(const LinearCrossEntropyArgs<T>& a, const Lin
             continue;
           }
           const int64_t h0 = strip * NR;
-          gemm_accumulate<T>(cols, group_rows, PackedOperand<T>{d_logits.get(), CT},
-                             row_panels.get() + strip * group_rows * NR, NR, g.d_weight + j0 * depth + h0,
-                             depth, min_i64(NR, depth - h0));
+          // In depth blocks, so that a block of the panel stays in L1 while dZ^T streams past it;
+          // each block continues every element's chain, in row order.
+          for (int64_t k0 = 0; k0 < group_rows; k0 += kDepthBlock) {
+            gemm_accumulate<T>(cols, min_i64(kDepthBlock, group_rows - k0),
+                               PackedOperand<T>{d_logits.get() + k0 * CT, CT},
+                               row_panels.get() + strip * group_rows * NR + k0 * NR, NR,
+                               g.d_weight + j0 * depth + h0, depth, min_i64(NR, depth - h0));
+          }
         }
 #if defined(_OPENMP)
 #pragma omp barrier
