@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -99,9 +100,26 @@ class FastlossPeer(Peer):
             return "fastloss.set_num_threads, but this build has no OpenMP: one thread always"
         return "fastloss.set_num_threads (OpenMP)"
 
+    def supports_lce(self) -> bool:
+        """Whether this fastloss build has ``linear_cross_entropy`` (issue 12)."""
+        return hasattr(self.fl, "linear_cross_entropy")
+
     def prepare(self, w, data):
         fl = self.fl
         g = w.grad
+        if w.family == "lce":
+            if not self.supports_lce():
+                return None
+            f = fl.linear_cross_entropy
+            x, weight, y = data["input"], data["linear_weight"], data["target"]
+            if g:
+
+                def lce_grad():
+                    loss, (d_input, d_weight, _d_bias) = f(x, weight, y, return_grad=True)
+                    return loss, (d_input, d_weight)
+
+                return lce_grad
+            return lambda: f(x, weight, y)
         if w.family in ("mse", "mae"):
             f = fl.mse if w.family == "mse" else fl.mae
             p, t = data["pred"], data["target"]
@@ -163,10 +181,13 @@ class _NumpyPeer(Peer):
 class NumpyRefPeer(_NumpyPeer):
     name = "numpy_ref"
     description = (
-        "NumPy as a user writes it: float32, one expression per formula, the InfoNCE logits materialised"
+        "NumPy as a user writes it: float32, one expression per formula, the InfoNCE and "
+        "linear_cross_entropy logits materialised"
     )
 
     def prepare(self, w, data):
+        if w.family == "lce":
+            return self._lce(w, data)
         if w.family in ("mse", "mae"):
             p, t = data["pred"], data["target"]
             if w.family == "mse":
@@ -236,6 +257,26 @@ class NumpyRefPeer(_NumpyPeer):
         labels = np.arange(q.shape[0])
         return lambda: _np_ce_mean((q @ k.T) / tau, labels)
 
+    def _lce(self, w, data):
+        x, weight, y = data["input"], data["linear_weight"], data["target"]
+        if w.grad:
+
+            def lce_grad():
+                n = x.shape[0]
+                rows = np.arange(n)
+                logits = x @ weight.T
+                z = logits - logits.max(axis=1, keepdims=True)
+                e = np.exp(z)
+                s = e.sum(axis=1, keepdims=True)
+                loss = float(np.mean(np.log(s[:, 0]) - z[rows, y]))
+                g = e / s
+                g[rows, y] -= 1
+                g /= n
+                return loss, (g @ weight, g.T @ x)
+
+            return lce_grad
+        return lambda: _np_ce_mean(x @ weight.T, y)
+
 
 # --- NumPy, as fast as we can write it -----------------------------------------------------------
 
@@ -248,7 +289,8 @@ class NumpyFastPeer(_NumpyPeer):
     name = "numpy_fast"
     description = (
         "the fastest NumPy we could write: BLAS dot products, in-place ufuncs on a "
-        "reused L2-sized workspace, blocked online log-sum-exp for InfoNCE"
+        "reused L2-sized workspace, blocked online log-sum-exp for InfoNCE and "
+        "linear_cross_entropy"
     )
 
     def prepare(self, w, data):
@@ -401,6 +443,69 @@ class NumpyFastPeer(_NumpyPeer):
 
         return moco
 
+    def _lce(self, w, data):
+        x, weight, y = data["input"], data["linear_weight"], data["target"]
+        n = x.shape[0]
+        v = weight.shape[0]
+        kb = max(1024, (8 * _BLOCK_ELEMS) // max(1, n))  # ~8 MiB logit blocks, as for MoCo
+        buf = np.empty((n, min(kb, v)), np.float32)
+        rows = np.arange(n)
+
+        def block(j):
+            """The logits of classes j..j+kb into the workspace, and the rows whose target is
+            among them (their index in the block)."""
+            b = buf[:, : min(kb, v - j)]
+            np.matmul(x, weight[j : j + kb].T, out=b)
+            hit = (y >= j) & (y < j + b.shape[1])
+            return b, hit, y[hit] - j
+
+        def lse_pass():
+            # Online log-sum-exp over blocks of classes; the target's logit picked on the way.
+            run_m = np.full(n, -np.inf)
+            run_s = np.zeros(n)
+            target_logit = np.empty(n)
+            for j in range(0, v, kb):
+                b, hit, col = block(j)
+                target_logit[hit] = b[rows[hit], col]
+                new_m = np.maximum(run_m, b.max(axis=1))
+                run_s *= np.exp(run_m - new_m)
+                np.subtract(b, new_m.astype(np.float32)[:, None], out=b)
+                np.exp(b, out=b)
+                run_s += b.sum(axis=1)
+                run_m = new_m
+            return np.log(run_s) + run_m, target_logit
+
+        if w.grad:
+
+            def lce_grad():
+                lse, target_logit = lse_pass()
+                loss = float(np.mean(lse - target_logit))
+                # Second pass: recompute each block, turn it into (softmax - one-hot) / n and
+                # accumulate both products.
+                inv_n = np.float32(1.0 / n)
+                lse32 = lse.astype(np.float32)[:, None]
+                d_input = np.zeros_like(x)
+                d_weight = np.empty_like(weight)
+                part = np.empty_like(x)
+                for j in range(0, v, kb):
+                    b, hit, col = block(j)
+                    np.subtract(b, lse32, out=b)
+                    np.exp(b, out=b)
+                    b *= inv_n
+                    b[rows[hit], col] -= inv_n
+                    np.matmul(b, weight[j : j + kb], out=part)
+                    d_input += part
+                    np.matmul(b.T, x, out=d_weight[j : j + kb])
+                return loss, (d_input, d_weight)
+
+            return lce_grad
+
+        def lce():
+            lse, target_logit = lse_pass()
+            return float(np.mean(lse - target_logit))
+
+        return lce
+
     def _infonce_inbatch(self, w, data):
         if w.grad:
             return None
@@ -459,6 +564,8 @@ class TorchPeer(Peer):
     def prepare(self, w, data):
         torch, F = self.torch, self.F
         t = {key: torch.from_numpy(a) for key, a in data.items()}
+        if w.family == "lce":
+            return self._lce(w, t)
         if w.family in ("mse", "mae"):
             f = F.mse_loss if w.family == "mse" else F.l1_loss
             p, tg = t["pred"], t["target"]
@@ -532,6 +639,73 @@ class TorchPeer(Peer):
 
         return inbatch
 
+    def _lce_options(self):
+        """``options`` of ``F.linear_cross_entropy``: None, its reference path (the logits
+        materialised, then ``cross_entropy``)."""
+        return None
+
+    def _lce(self, w, t):
+        torch = self.torch
+        f = getattr(self.F, "linear_cross_entropy", None)  # PyTorch >= 2.13
+        if f is None:
+            return None
+        options = self._lce_options()
+        kw = {} if options is None else {"options": options}
+        x, weight, y = t["input"], t["linear_weight"], t["target"]
+
+        def checked(call):
+            # The chunked path falls back to the reference one with a warning when it cannot
+            # run a configuration: such a row would measure the wrong path, so it is an error.
+            if options is None:
+                return call()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = call()
+            fell_back = [str(c.message) for c in caught if "options" in str(c.message)]
+            if fell_back:
+                raise RuntimeError(f"the chunked path did not run: {fell_back[0][:200]}")
+            return out
+
+        if w.grad:
+            x.requires_grad_(True)
+            weight.requires_grad_(True)
+
+            def lce_grad_call():
+                x.grad = weight.grad = None
+                loss = f(x, weight, y, **kw)
+                loss.backward()
+                return loss.item(), (x.grad.numpy(), weight.grad.numpy())
+
+            return lambda: checked(lce_grad_call)
+
+        def lce_call():
+            with torch.no_grad():
+                return f(x, weight, y, **kw).item()
+
+        return lambda: checked(lce_call)
+
+
+class TorchChunkedPeer(TorchPeer):
+    name = "torch_chunked"
+    description = (
+        "PyTorch's chunked linear_cross_entropy (options=torch.nn.LinearCrossEntropyOptions()), "
+        "linear_cross_entropy workloads only"
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        if self.torch is not None and not hasattr(self.torch.nn, "LinearCrossEntropyOptions"):
+            self.reason = f"torch {self.version} has no torch.nn.LinearCrossEntropyOptions (2.13 has)"
+            self.torch = None
+
+    def _lce_options(self):
+        return self.torch.nn.LinearCrossEntropyOptions()
+
+    def prepare(self, w, data):
+        if w.family != "lce":
+            return None  # the chunked path is linear_cross_entropy's only
+        return super().prepare(w, data)
+
 
 # --- JAX -----------------------------------------------------------------------------------------
 
@@ -576,6 +750,8 @@ class JaxPeer(Peer):
 
     def prepare(self, w, data):
         jax, jnp = self.jax, self.jnp
+        if w.family == "lce":
+            return None  # not formulated here
         arrs = {key: jax.device_put(a) for key, a in data.items()}
 
         def ce_mean(logits, labels):
@@ -632,8 +808,10 @@ class JaxPeer(Peer):
         return run
 
 
-PEER_NAMES: list[str] = ["fastloss", "numpy_ref", "numpy_fast", "torch", "jax"]
-_CLASSES = {c.name: c for c in (FastlossPeer, NumpyRefPeer, NumpyFastPeer, TorchPeer, JaxPeer)}
+PEER_NAMES: list[str] = ["fastloss", "numpy_ref", "numpy_fast", "torch", "torch_chunked", "jax"]
+_CLASSES = {
+    c.name: c for c in (FastlossPeer, NumpyRefPeer, NumpyFastPeer, TorchPeer, TorchChunkedPeer, JaxPeer)
+}
 
 
 def all_peers(names: list[str] | None = None, blas: BlasThreads | None = None) -> list[Peer]:

@@ -10,7 +10,17 @@ import json
 import math
 import os
 
-__all__ = ["fmt_time", "fmt_bytes", "table", "summary", "write_json", "write_chart", "NOT_CONTROLLED"]
+__all__ = [
+    "fmt_time",
+    "fmt_bytes",
+    "fmt_mib",
+    "table",
+    "summary",
+    "lce_memory_lines",
+    "write_json",
+    "write_chart",
+    "NOT_CONTROLLED",
+]
 
 
 def fmt_time(seconds: float | None) -> str:
@@ -31,6 +41,14 @@ def fmt_bytes(n: float | None) -> str:
         if n >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{n:.0f} B"
+
+
+def fmt_mib(n: float | None) -> str:
+    """Bytes in MiB: ``0.06 MiB``, ``94.0 MiB``, ``1059 MiB``."""
+    if n is None:
+        return "n/a"
+    mib = n / 2**20
+    return f"{mib:.2f} MiB" if mib < 10 else (f"{mib:.1f} MiB" if mib < 100 else f"{mib:.0f} MiB")
 
 
 def _fmt_rate(row: dict, work: dict) -> str:
@@ -195,6 +213,59 @@ def _summary_lines(results: dict) -> list[str]:
     return lines
 
 
+def _lce_cell(case: dict | None, logits: int) -> tuple[str, str, str | None]:
+    """(extra, % of the logits, a footnote) of one ``memory.lce_memory`` measurement."""
+    if not case:
+        return "-", "-", None
+    if "skipped" in case:
+        return "skipped", "-", f"skipped: {case['skipped']}"
+    extra = case.get("extra_beyond_outputs_bytes")
+    if extra is None:
+        return "n/a", "-", case.get("error") or case.get("method")
+    pct = 100 * extra / logits
+    return fmt_mib(extra), f"{pct:.2f}%" if pct < 10 else f"{pct:.0f}%", None
+
+
+def lce_memory_lines(results: dict) -> list[str]:
+    """The table of ``results["lce_memory"]`` (``--lce-memory``): per implementation and V, the
+    extra peak memory beyond inputs and outputs, forward and forward + backward, and each as a
+    percentage of the N x V float32 logits."""
+    mem = results.get("lce_memory")
+    if not mem:
+        return []
+    dims = mem["dims"]
+    rows = mem["rows"]
+    methods = sorted(
+        {
+            c["method"]
+            for r in rows
+            for c in (r["forward"], r["forward_backward"])
+            if c.get("extra_bytes") is not None
+        }
+    )
+    threads = mem.get("threads")
+    lines = [
+        f"linear_cross_entropy: extra peak memory beyond the inputs and the outputs (the gradients), "
+        f"N={dims['N']} H={dims['H']} float32"
+        + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "")
+        + "; one call per fresh process"
+        + (f" [{', '.join(methods)}]" if methods else "")
+    ]
+    header = ("impl", "V", "logits", "forward", "of logits", "fwd+bwd", "of logits")
+    body = []
+    notes = []
+    for r in rows:
+        fwd = _lce_cell(r.get("forward"), r["logits_bytes"])
+        both = _lce_cell(r.get("forward_backward"), r["logits_bytes"])
+        body.append((r["impl"], str(r["V"]), fmt_mib(r["logits_bytes"]), fwd[0], fwd[1], both[0], both[1]))
+        for what, cell in (("forward", fwd), ("fwd+bwd", both)):
+            if cell[2]:
+                notes.append(f"{r['impl']} V={r['V']} {what}: {cell[2]}")
+    lines += [("  " + line).rstrip() for line in _grid(header, body, {1, 2, 3, 4, 5, 6}, gap_on=1)]
+    lines += ["  " + n for n in notes]
+    return lines
+
+
 def table(results: dict) -> str:
     """The report printed by ``fastloss bench``."""
     lines: list[str] = []
@@ -291,6 +362,10 @@ def table(results: dict) -> str:
         )
     for mem in results.get("memory_context", []):
         lines.append(mem)
+    lce_lines = lce_memory_lines(results)
+    if lce_lines:
+        lines.append("")
+        lines += lce_lines
     limit_lines = _limits_lines(results)
     if limit_lines:
         lines.append("")
@@ -339,6 +414,7 @@ _PEER_COLOURS = {
     "numpy_ref": "#9e9e9e",
     "numpy_fast": "#4c72b0",
     "torch": "#dd8452",
+    "torch_chunked": "#c44e52",
     "jax": "#55a868",
 }
 

@@ -97,6 +97,19 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--no-memory", action="store_true", help="skip the peak-memory measurement (fresh subprocesses)"
     )
     ap.add_argument(
+        "--lce-memory",
+        metavar="V",
+        type=_positive_int,
+        nargs="*",
+        help="also measure linear_cross_entropy's extra peak memory beyond its inputs and outputs "
+        "(fastloss, torch's reference and chunked paths; forward, and forward + backward) at these "
+        "numbers of classes, each call in a fresh process (default: V = "
+        + " and ".join(map(str, memory_mod.LCE_MEMORY_V))
+        + " at N x H = 4096 x 1024; with --quick, V = "
+        + " and ".join(map(str, memory_mod.LCE_MEMORY_V_QUICK))
+        + " at the quick N x H)",
+    )
+    ap.add_argument(
         "--no-bandwidth",
         action="store_true",
         help="skip the memory-bandwidth limits (read, copy, triad; arrays of twice the largest cache)",
@@ -493,6 +506,10 @@ def run(args: argparse.Namespace) -> int:
         summary    {threads: [{workload, fastloss_s, best_peer, best_peer_s, x_best_peer,
                                x_numpy_ref, limit, limit_fraction}]}
         memory     [{workload, impl, extra_bytes, method, ...}]
+        lce_memory (with --lce-memory) {dims {N, H}, threads, available_bytes,
+                    rows [{impl, V, logits_bytes, forward, forward_backward}]}: each of the last
+                    two {extra_bytes, output_bytes, extra_beyond_outputs_bytes, method, ...},
+                    {error} or {skipped} (memory.lce_memory)
         machine_reference  {"numpy float32 matmul 4096x4096": {threads: GFLOP/s}}
         notes      [str]
 
@@ -538,6 +555,13 @@ def run(args: argparse.Namespace) -> int:
         notes.append(
             "loss+gradient workloads skipped (this fastloss has no return_grad yet): " + ", ".join(dropped)
         )
+    if not fl_peer.supports_lce():
+        lce = [w.name for w in selected if w.family == "lce"]
+        if lce:
+            notes.append(
+                "this fastloss has no linear_cross_entropy yet: " + ", ".join(lce) + " measured for the "
+                "peers only (no fastloss row, no ratio)"
+            )
     if child:
         part = _measure(args, selected, active, blas, threads, [child["threads"]], log)
         with open(child["out"], "w") as fh:
@@ -620,6 +644,24 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 log(f"{name}: peak extra memory of one {impl} call (fresh subprocess)")
                 results["memory"].append(memory_mod.peak_extra_memory(name, impl, quick, max(threads)))
+    lce_vs = getattr(args, "lce_memory", None)
+    if lce_vs is not None and args.no_memory:
+        notes.append("--lce-memory not measured: --no-memory was given too")
+    elif lce_vs is not None:
+        by_name = {p.name: p for p in peers}
+        impls = [i for i in memory_mod.LCE_MEMORY_IMPLS if i in by_name and by_name[i].available()]
+        for impl in memory_mod.LCE_MEMORY_IMPLS:
+            if impl not in by_name:
+                notes.append(f"linear_cross_entropy memory: {impl} not measured (not among --peers)")
+        results["lce_memory"] = memory_mod.lce_memory(
+            impls,
+            list(lce_vs) or list(memory_mod.LCE_MEMORY_V_QUICK if quick else memory_mod.LCE_MEMORY_V),
+            quick,
+            max(threads),
+            limits_mod.meminfo_bytes("MemAvailable"),
+            log,
+            skip={} if fl_peer.supports_lce() else {"fastloss": "this fastloss has no linear_cross_entropy"},
+        )
 
     _fraction_of_limits(results)
     results["summary"] = report.summary(results)

@@ -6,6 +6,14 @@ The float64 reference is computed once per workload, plainly from the formulas i
 from the same float32 data cast to float64; ``rel_err`` in the report is measured against it.
 
 ``quick`` shapes shrink the large workloads so that ``fastloss bench --quick`` takes seconds.
+
+``lce`` and ``lce_grad`` (``linear_cross_entropy``: the logits ``input @ linear_weight.T`` are
+never materialised by fastloss) are too large for a plain float64 reference at their full shape
+(4096 x 32768 logits: 1 GiB in float64). Their loss is computed in float64 over every row, in
+blocks of classes with an online log-sum-exp; their gradients are checked on a fixed subset of
+rows (``Rows``): at most ``LCE_CHECK_ROWS`` rows of ``d_input`` and ``LCE_CHECK_CLASSES`` rows
+of ``d_linear_weight`` (the targets of the checked input rows among them), all rows at the
+``--quick`` shapes.
 """
 
 from __future__ import annotations
@@ -26,9 +34,12 @@ __all__ = [
     "size_label",
     "rel_err",
     "grad_rel_err",
+    "Rows",
+    "LCE_CHECK_ROWS",
+    "LCE_CHECK_CLASSES",
 ]
 
-FAMILIES = ("mse", "mae", "ce", "infonce_queue", "infonce_inbatch")
+FAMILIES = ("mse", "mae", "ce", "infonce_queue", "infonce_inbatch", "lce")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +51,8 @@ class Workload:
     the loss and its gradient (``return_grad=True``) instead of the loss alone. ``limit`` names
     the machine limit (``limits``) the workload's rate is a fraction of: ``read``, ``copy`` or
     ``triad`` bandwidth for the memory-bound ones (their bytes, ``work``, follow the same
-    pattern: inputs read, a gradient written), ``matmul`` for the dot products of InfoNCE,
-    ``None`` for the small calls (in cache, bound by the fixed cost of a call).
+    pattern: inputs read, a gradient written), ``matmul`` for the dot products of InfoNCE and
+    ``linear_cross_entropy``, ``None`` for the small calls (in cache, bound by the fixed cost of a call).
     """
 
     name: str
@@ -72,6 +83,9 @@ _CE_LARGE = dict(N=65536, C=1000)
 _CE_LARGE_QUICK = dict(N=4096, C=250)
 _MOCO = dict(N=256, D=128, M=65536)
 _MOCO_QUICK = dict(N=256, D=128, M=4096)
+# linear_cross_entropy: N tokens, H hidden features, V classes (issue 12's measurement).
+_LCE = dict(N=4096, H=1024, V=32768)
+_LCE_QUICK = dict(N=256, H=128, V=2048)
 
 #: Every workload, in report order. The ``*_grad`` cases (loss and gradient) run when the
 #: installed fastloss supports ``return_grad``.
@@ -83,6 +97,7 @@ WORKLOADS: tuple[Workload, ...] = (
     _w("ce_large", "ce", _CE_LARGE, _CE_LARGE_QUICK, limit="read"),
     _w("infonce_moco", "infonce_queue", _MOCO, _MOCO_QUICK, limit="matmul"),
     _w("infonce_inbatch", "infonce_inbatch", dict(N=4096, D=256), dict(N=512, D=128), limit="matmul"),
+    _w("lce", "lce", _LCE, _LCE_QUICK, limit="matmul"),
     _w(
         "mse_large_grad", "mse", _MSE_LARGE, _MSE_LARGE_QUICK, grad=True, data_name="mse_large", limit="triad"
     ),
@@ -96,6 +111,7 @@ WORKLOADS: tuple[Workload, ...] = (
         data_name="infonce_moco",
         limit="matmul",
     ),
+    _w("lce_grad", "lce", _LCE, _LCE_QUICK, grad=True, data_name="lce", limit="matmul"),
 )
 
 
@@ -142,6 +158,13 @@ def make_data(w: Workload, quick: bool = False, dims: dict[str, int] | None = No
         if w.family == "infonce_queue":
             out["negatives"] = _unit_rows(rng.standard_normal((d["M"], dim), dtype=f32))
         return out
+    if w.family == "lce":
+        n, h, v = d["N"], d["H"], d["V"]
+        x = rng.standard_normal((n, h), dtype=f32)
+        weight = rng.standard_normal((v, h), dtype=f32)
+        weight *= f32(2.0 / np.sqrt(h))  # logits of standard deviation about 2
+        target = rng.integers(0, v, size=n, dtype=np.int64)
+        return {"input": x, "linear_weight": weight, "target": target}
     raise ValueError(f"unknown workload family {w.family!r}")
 
 
@@ -155,6 +178,10 @@ def size_label(w: Workload, data: dict[str, np.ndarray]) -> str:
         text = f"pred, target {s(data['pred'])}"
     elif w.family == "ce":
         text = f"logits {s(data['logits'])}, int64 labels"
+    elif w.family == "lce":
+        text = f"input {s(data['input'])} @ linear_weight {s(data['linear_weight'])}.T, int64 labels"
+        if w.grad and _lce_checked(data)[2]:
+            return text + ", loss+grad (grads checked on a subset of rows)"
     elif w.family == "infonce_queue":
         text = (
             f"q {s(data['query'])} + pos {s(data['positive'])} + queue "
@@ -177,6 +204,13 @@ def work(w: Workload, data: dict[str, np.ndarray]) -> dict[str, float]:
     elif w.family == "infonce_inbatch":
         n, dim = data["query"].shape
         flops = 2.0 * n * n * dim * (3 if w.grad else 1)
+    elif w.family == "lce":
+        # The products a user would count: the logits (forward), d_input = P W and
+        # d_linear_weight = P^T X (with the gradient), as infonce_moco_grad counts its three;
+        # fastloss recomputes the logits in its backward pass, a fourth one not counted.
+        n, h = data["input"].shape
+        v = data["linear_weight"].shape[0]
+        flops = 2.0 * n * h * v * (3 if w.grad else 1)
     elif w.grad:
         first = data["pred"] if w.family in ("mse", "mae") else data["logits"]
         nbytes += first.nbytes  # the gradient is written
@@ -184,6 +218,91 @@ def work(w: Workload, data: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 # --- float64 references, written from the formulas -------------------------------------------
+
+#: The most rows of ``d_input`` and of ``d_linear_weight`` the ``lce_grad`` reference computes.
+LCE_CHECK_ROWS = 512
+LCE_CHECK_CLASSES = 2048
+# float64 elements of one block of logits in the lce reference (32 MiB).
+_LCE_BLOCK_ELEMS = 1 << 22
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """The float64 reference of some rows (``index``, sorted) of a gradient of ``shape``."""
+
+    index: np.ndarray
+    values: np.ndarray
+    shape: tuple[int, ...]
+
+
+def _spread(n: int, k: int) -> np.ndarray:
+    """At most ``k`` indices spread evenly over ``range(n)``, first and last included."""
+    return np.unique(np.linspace(0, n - 1, num=min(n, k)).astype(np.int64))
+
+
+def _lce_checked(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(rows of d_input, rows of d_linear_weight) the lce_grad reference computes, and whether
+    that is a subset. The classes are the targets of the checked rows (so the ``- 1`` of the
+    target's softmax is checked) and classes spread over the rest."""
+    n = data["input"].shape[0]
+    v = data["linear_weight"].shape[0]
+    rows = _spread(n, LCE_CHECK_ROWS)
+    if v <= LCE_CHECK_CLASSES:
+        classes = np.arange(v)
+    else:
+        targets = np.unique(data["target"][rows])[: LCE_CHECK_CLASSES // 2]
+        classes = np.union1d(targets, _spread(v, LCE_CHECK_CLASSES - targets.size))
+    return rows, classes, rows.size < n or classes.size < v
+
+
+def _lce_block(n_rows: int) -> int:
+    return max(1, _LCE_BLOCK_ELEMS // max(1, n_rows))
+
+
+def _lce_reference(grad: bool, data: dict[str, np.ndarray]) -> tuple[float, tuple | None]:
+    """``mean_n(logsumexp_v(x_n . w_v) - x_n . w_{t_n})`` in float64, over blocks of classes
+    (no N x V array); with ``grad``, ``d_input = (P - Y) W / N`` and ``d_linear_weight =
+    (P - Y)^T X / N`` (P the softmax, Y the one-hot targets) on the rows ``_lce_checked``
+    picks."""
+    x = data["input"].astype(np.float64)
+    w32 = data["linear_weight"]
+    t = data["target"]
+    n, v = x.shape[0], w32.shape[0]
+    kb = _lce_block(n)
+    run_m = np.full(n, -np.inf)
+    run_s = np.zeros(n)
+    for j in range(0, v, kb):
+        logits = x @ w32[j : j + kb].astype(np.float64).T
+        new_m = np.maximum(run_m, logits.max(axis=1))
+        run_s *= np.exp(run_m - new_m)
+        logits -= new_m[:, None]
+        run_s += np.exp(logits).sum(axis=1)
+        run_m = new_m
+    lse = np.log(run_s) + run_m
+    target_logit = np.einsum("ij,ij->i", x, w32[t].astype(np.float64))
+    loss = float(np.mean(lse - target_logit))
+    if not grad:
+        return loss, None
+    rows, classes, subset = _lce_checked(data)
+    # d_input on the checked rows: their softmax over every class, block by block.
+    dx = np.zeros((rows.size, x.shape[1]))
+    rb = _lce_block(rows.size)
+    for j in range(0, v, rb):
+        wb = w32[j : j + rb].astype(np.float64)
+        dx += np.exp(x[rows] @ wb.T - lse[rows, None]) @ wb
+    dx -= w32[t[rows]].astype(np.float64)
+    dx /= n
+    # d_linear_weight on the checked classes: every row's softmax of them.
+    dw = np.empty((classes.size, x.shape[1]))
+    for j in range(0, classes.size, kb):
+        cb = classes[j : j + kb]
+        dw[j : j + kb] = np.exp(x @ w32[cb].astype(np.float64).T - lse[:, None]).T @ x
+    hit = np.isin(t, classes)
+    np.subtract.at(dw, np.searchsorted(classes, t[hit]), x[hit])
+    dw /= n
+    if not subset:
+        return loss, (dx, dw)
+    return loss, (Rows(rows, dx, (n, x.shape[1])), Rows(classes, dw, w32.shape))
 
 
 def _log_softmax64(logits: np.ndarray) -> np.ndarray:
@@ -196,8 +315,11 @@ def reference(w: Workload, data: dict[str, np.ndarray]) -> tuple[float, tuple | 
     """``(loss, grads)`` in float64; ``grads`` is ``None`` unless ``w.grad``.
 
     ``grads`` is a tuple with one array per differentiated input: ``(d_pred,)``,
-    ``(d_logits,)``, ``(d_query, d_positive[, d_negatives])``.
+    ``(d_logits,)``, ``(d_query, d_positive[, d_negatives])``, ``(d_input, d_linear_weight)``
+    (the last two as ``Rows`` of them at the full lce shapes: ``_lce_reference``).
     """
+    if w.family == "lce":
+        return _lce_reference(w.grad, data)
     if w.family in ("mse", "mae"):
         d = data["pred"].astype(np.float64) - data["target"].astype(np.float64)
         n = d.size
@@ -262,7 +384,8 @@ def rel_err(value: Any, ref: float) -> float:
 
 
 def grad_rel_err(grads: Any, ref_grads: tuple | None) -> float:
-    """The worst, over the gradient arrays, of ``||g - g64||_2 / ||g64||_2``."""
+    """The worst, over the gradient arrays, of ``||g - g64||_2 / ||g64||_2``; over the reference's
+    rows only where it holds some (``Rows``)."""
     if ref_grads is None or grads is None:
         return float("nan")
     if not isinstance(grads, (tuple, list)):
@@ -271,9 +394,12 @@ def grad_rel_err(grads: Any, ref_grads: tuple | None) -> float:
     for g, r in zip(grads, ref_grads, strict=False):
         if g is None:
             return float("nan")
-        g = np.asarray(g, dtype=np.float64)
+        g = np.asarray(g)
         if g.shape != r.shape:
             return float("nan")
+        if isinstance(r, Rows):
+            g, r = g[r.index], r.values
+        g = g.astype(np.float64)
         denom = float(np.linalg.norm(r.ravel())) or 1.0
         worst = max(worst, float(np.linalg.norm((g - r).ravel())) / denom)
     return worst

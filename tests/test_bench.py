@@ -14,7 +14,8 @@ import fastloss
 import numpy as np
 import pytest
 from fastloss import _core
-from fastloss._bench import limits, report, runner, timing
+from fastloss._bench import limits, memory, peers, report, runner, timing
+from fastloss._bench import workloads as wl
 
 NC = report.NOT_CONTROLLED
 
@@ -406,3 +407,323 @@ def test_a_limit_that_drops_with_more_threads_is_flagged():
     )
     (note,) = runner._limit_notes({"limits": {"read": {"1": 20.0, "2": 15.0}}})
     assert "read limit at 2 threads" in note and "other processes" in note
+
+
+# --- linear_cross_entropy: workloads, reference, peers, memory table ---------------------------
+
+# Small, with a tail block of classes in numpy_fast (blocks of at least 1024 classes).
+LCE_SMALL = {"N": 37, "H": 16, "V": 1500}
+
+
+def _dense_lce64(data):
+    """The float64 loss and (d_input, d_linear_weight) with every logit materialised."""
+    x = data["input"].astype(np.float64)
+    w = data["linear_weight"].astype(np.float64)
+    t = data["target"]
+    n = x.shape[0]
+    logits = x @ w.T
+    m = logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(logits - m).sum(axis=1)) + m[:, 0]
+    g = np.exp(logits - lse[:, None])
+    g[np.arange(n), t] -= 1.0
+    g /= n
+    return float(np.mean(lse - logits[np.arange(n), t])), (g @ w, g.T @ x)
+
+
+def test_lce_workloads_shapes_limit_and_flops():
+    fwd, grad = wl.by_name("lce"), wl.by_name("lce_grad")
+    assert fwd.dims == grad.dims == {"N": 4096, "H": 1024, "V": 32768}  # issue 12's measurement
+    assert fwd.quick_dims == {"N": 256, "H": 128, "V": 2048}
+    assert fwd.limit == grad.limit == "matmul" and grad.grad and not fwd.grad
+    assert grad.seed == fwd.seed  # the same data
+    data = wl.make_data(fwd, quick=True)
+    assert data["input"].shape == (256, 128) and data["input"].dtype == np.float32
+    assert data["linear_weight"].shape == (2048, 128) and data["linear_weight"].dtype == np.float32
+    assert data["target"].dtype == np.int64 and 0 <= data["target"].min() <= data["target"].max() < 2048
+    assert all(a.flags.c_contiguous for a in data.values())
+    nhv = 256 * 128 * 2048
+    assert wl.work(fwd, data)["flops"] == 2.0 * nhv
+    assert wl.work(grad, data)["flops"] == 6.0 * nhv  # logits, d_input, d_linear_weight
+    assert wl.size_label(fwd, data) == "input 256x128 @ linear_weight 2048x128.T, int64 labels"
+    assert wl.size_label(grad, data).endswith(", loss+grad")
+
+
+def test_lce_reference_is_the_dense_float64_formula():
+    w = wl.by_name("lce_grad")
+    data = wl.make_data(w, dims=LCE_SMALL)
+    loss, (dx, dw) = _dense_lce64(data)
+    ref_loss, ref_grads = wl.reference(w, data)
+    assert ref_loss == pytest.approx(loss, rel=1e-13)
+    assert wl.reference(wl.by_name("lce"), data) == (ref_loss, None)
+    # Small enough for every row: plain arrays.
+    np.testing.assert_allclose(ref_grads[0], dx, rtol=1e-12, atol=1e-18)
+    np.testing.assert_allclose(ref_grads[1], dw, rtol=1e-12, atol=1e-18)
+    assert wl.grad_rel_err((dx.astype(np.float32), dw.astype(np.float32)), ref_grads) < 1e-6
+
+
+def test_lce_reference_of_a_large_shape_checks_a_subset_of_rows(monkeypatch):
+    monkeypatch.setattr(wl, "LCE_CHECK_ROWS", 8)
+    monkeypatch.setattr(wl, "LCE_CHECK_CLASSES", 64)
+    monkeypatch.setattr(wl, "_LCE_BLOCK_ELEMS", 1000)  # several blocks of classes, a short last one
+    w = wl.by_name("lce_grad")
+    data = wl.make_data(w, dims={"N": 50, "H": 8, "V": 300})
+    assert "grads checked on a subset of rows" in wl.size_label(w, data)
+    loss, (dx, dw) = _dense_lce64(data)
+    ref_loss, (rx, rw) = wl.reference(w, data)
+    assert ref_loss == pytest.approx(loss, rel=1e-13)
+    assert isinstance(rx, wl.Rows) and isinstance(rw, wl.Rows)
+    assert rx.shape == dx.shape and rw.shape == dw.shape
+    assert rx.index.size == 8 and rx.index[0] == 0 and rx.index[-1] == 49
+    assert set(data["target"][rx.index]) <= set(rw.index)  # the targets' "- 1" is checked
+    assert 8 < rw.index.size <= 64 and np.all(np.diff(rw.index) > 0)
+    np.testing.assert_allclose(rx.values, dx[rx.index], rtol=1e-12, atol=1e-18)
+    np.testing.assert_allclose(rw.values, dw[rw.index], rtol=1e-12, atol=1e-18)
+    # Measured on the checked rows only, of full-shape gradients.
+    assert wl.grad_rel_err((dx, dw), (rx, rw)) < 1e-12
+    wrong = dw.copy()
+    wrong[rw.index[0]] += 1.0
+    assert wl.grad_rel_err((dx, wrong), (rx, rw)) > 1e-3
+    assert np.isnan(wl.grad_rel_err((dx, dw[:-1]), (rx, rw)))  # a wrong shape
+
+
+def _available_peers(names):
+    return [p for p in peers.all_peers(names) if p.available() and p.name in names]
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["lce", "lce_grad"])
+def test_lce_peers_agree_with_the_reference(grad):
+    w = wl.by_name("lce_grad" if grad else "lce")
+    data = wl.make_data(w, dims=LCE_SMALL)
+    ref_loss, ref_grads = wl.reference(w, data)
+    checked = []
+    for peer in _available_peers(["numpy_ref", "numpy_fast", "torch", "torch_chunked"]):
+        fn = peer.prepare(w, data)
+        if fn is None:  # a torch without F.linear_cross_entropy
+            continue
+        value = fn()
+        loss = value[0] if grad else value
+        assert isinstance(loss, float), peer.name
+        assert wl.rel_err(loss, ref_loss) < 1e-5, peer.name
+        if grad:
+            assert len(value[1]) == 2, peer.name
+            assert wl.grad_rel_err(value[1], ref_grads) < 1e-5, peer.name
+        checked.append(peer.name)
+    assert {"numpy_ref", "numpy_fast"} <= set(checked)
+
+
+def test_torch_chunked_peer_only_formulates_lce_and_its_threads_are_checked():
+    (peer,) = _available_peers(["torch_chunked"]) or [None]
+    if peer is None:
+        pytest.skip("torch with LinearCrossEntropyOptions is not importable")
+    data = wl.make_data(wl.by_name("mse_small"))
+    assert peer.prepare(wl.by_name("mse_small"), data) is None
+    assert peer.set_threads(1) and peer.torch.get_num_threads() == 1
+    assert peer.threads_set_by() == "torch.set_num_threads"
+
+
+def test_torch_chunked_peer_refuses_a_fallback_to_the_reference_path(monkeypatch):
+    (peer,) = _available_peers(["torch_chunked"]) or [None]
+    if peer is None:
+        pytest.skip("torch with LinearCrossEntropyOptions is not importable")
+    import warnings
+
+    def falls_back(*args, **kw):
+        warnings.warn("linear_cross_entropy: ``options`` ignored; chunked path needs ...", stacklevel=2)
+        return peer.torch.zeros(())
+
+    monkeypatch.setattr(peer.F, "linear_cross_entropy", falls_back)
+    fn = peer.prepare(wl.by_name("lce"), wl.make_data(wl.by_name("lce"), dims=LCE_SMALL))
+    with pytest.raises(RuntimeError, match="chunked path did not run"):
+        fn()
+
+
+def _fake_lce(calls):
+    """A NumPy stand-in for fastloss.linear_cross_entropy (issue 12's signature)."""
+
+    def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, return_grad=False, **kw):
+        calls.append({"shapes": (input.shape, linear_weight.shape), "return_grad": return_grad, **kw})
+        loss, (dx, dw) = _dense_lce64({"input": input, "linear_weight": linear_weight, "target": target})
+        if not return_grad:
+            return loss
+        return loss, (dx.astype(np.float32), dw.astype(np.float32), None)
+
+    return linear_cross_entropy
+
+
+def test_fastloss_peer_without_linear_cross_entropy_has_no_lce_formulation(monkeypatch):
+    monkeypatch.delattr(fastloss, "linear_cross_entropy", raising=False)
+    peer = peers.FastlossPeer()
+    assert not peer.supports_lce()
+    data = wl.make_data(wl.by_name("lce"), dims=LCE_SMALL)
+    assert peer.prepare(wl.by_name("lce"), data) is None
+    assert peer.prepare(wl.by_name("lce_grad"), data) is None
+
+
+def test_fastloss_peer_calls_linear_cross_entropy(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fastloss, "linear_cross_entropy", _fake_lce(calls), raising=False)
+    peer = peers.FastlossPeer()
+    assert peer.supports_lce()
+    w = wl.by_name("lce_grad")
+    data = wl.make_data(w, dims=LCE_SMALL)
+    loss, grads = peer.prepare(w, data)()
+    assert len(grads) == 2 and grads[0].shape == (37, 16) and grads[1].shape == (1500, 16)
+    assert wl.grad_rel_err(grads, wl.reference(w, data)[1]) < 1e-6
+    assert isinstance(peer.prepare(wl.by_name("lce"), data)(), float)
+    assert [c["return_grad"] for c in calls] == [True, False]
+    assert calls[0]["shapes"] == ((37, 16), (1500, 16))
+
+
+def _bench_lce(tmp_path, *extra):
+    out = tmp_path / "lce.json"
+    args = ["bench", "--quick", "-w", "lce*", "--threads", "1", "--peers", "numpy_ref"]
+    args += ["--no-memory", "--no-sgemm", "-q", "--repeat", "1", "--json", str(out), *extra]
+    code = fastloss.cli.main(args)
+    return code, json.loads(out.read_text())
+
+
+def test_bench_runs_lce_for_the_peers_when_fastloss_has_no_linear_cross_entropy(
+    monkeypatch, tmp_path, capsys
+):
+    monkeypatch.delattr(fastloss, "linear_cross_entropy", raising=False)
+    code, data = _bench_lce(tmp_path)
+    text = capsys.readouterr().out
+    assert code == 0
+    assert [w["name"] for w in data["workloads"]] == ["lce", "lce_grad"]
+    for entry in data["workloads"]:
+        assert {r["impl"] for r in entry["results"]} == {"numpy_ref"}
+        assert all(r["rel_err"] < 1e-5 and "error" not in r for r in entry["results"])
+    assert any("no linear_cross_entropy yet: lce, lce_grad" in n for n in data["notes"])
+    assert "no linear_cross_entropy yet" in text
+
+
+def test_bench_compares_lce_with_fastloss_when_it_has_linear_cross_entropy(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(fastloss, "linear_cross_entropy", _fake_lce([]), raising=False)
+    code, data = _bench_lce(tmp_path)
+    capsys.readouterr()
+    assert code == 0
+    assert not any("linear_cross_entropy" in n for n in data["notes"])
+    grad = data["workloads"][1]
+    rows = {r["impl"]: r for r in grad["results"]}
+    assert set(rows) == {"fastloss", "numpy_ref"}
+    assert rows["fastloss"]["grad_rel_err"] < 1e-6 and rows["numpy_ref"]["speedup"] > 0
+    assert grad["work"]["flops"] == 6.0 * 256 * 128 * 2048
+
+
+# The memory table, on made-up measurements.
+
+
+def _fake_measure(calls):
+    def measure(workload, impl, quick, threads, dims):
+        calls.append((workload, impl, dims["V"]))
+        logits = 4 * dims["N"] * dims["V"]
+        extra = {"fastloss": 0.005, "torch": 2.0, "torch_chunked": 0.2}[impl] * logits
+        out = 4 * (dims["N"] + dims["V"]) * dims["H"] if workload == "lce_grad" else 0
+        return {
+            "workload": workload,
+            "impl": impl,
+            "extra_bytes": int(extra) + out,
+            "output_bytes": out,
+            "extra_beyond_outputs_bytes": int(extra),
+            "method": "VmHWM after clear_refs",
+        }
+
+    return measure
+
+
+def test_lce_memory_table_measures_each_case_and_skips_what_does_not_fit():
+    calls = []
+    logs = []
+    v_small, v_large = 2048, 8192
+    big_need = memory.lce_need_bytes("torch", True, {"N": 256, "H": 128, "V": v_large})
+    assert big_need > memory.lce_need_bytes("fastloss", True, {"N": 256, "H": 128, "V": v_large})
+    assert big_need > memory.lce_need_bytes("torch", True, {"N": 256, "H": 128, "V": v_small})
+    mem = memory.lce_memory(
+        ["fastloss", "torch", "torch_chunked"],
+        [v_small, v_large],
+        quick=True,
+        threads=2,
+        available=big_need - 1,  # torch's forward + backward at the large V does not fit
+        log=logs.append,
+        measure=_fake_measure(calls),
+        skip={"torch_chunked": "made-up reason"},
+    )
+    assert mem["dims"] == {"N": 256, "H": 128} and mem["threads"] == 2
+    assert [(r["impl"], r["V"]) for r in mem["rows"]] == [
+        (i, v) for v in (v_small, v_large) for i in ("fastloss", "torch", "torch_chunked")
+    ]
+    # One fresh process per (implementation, V, forward or forward + backward), none for a skip.
+    assert ("lce_grad", "torch", v_large) not in calls and ("lce", "torch", v_large) in calls
+    assert not [c for c in calls if c[1] == "torch_chunked"]
+    assert len(calls) == 7
+    big = next(r for r in mem["rows"] if r["impl"] == "torch" and r["V"] == v_large)
+    assert "MemAvailable" in big["forward_backward"]["skipped"]
+    assert big["logits_bytes"] == 4 * 256 * v_large
+    assert any("skipped" in line for line in logs)
+
+    text = "\n".join(report.lce_memory_lines({"lce_memory": mem}))
+    assert "N=256 H=128 float32, 2 threads" in text and "[VmHWM after clear_refs]" in text
+    lines = text.splitlines()
+    assert lines[1].split() == ["impl", "V", "logits", "forward", "of", "logits", "fwd+bwd", "of", "logits"]
+    fl = next(line for line in lines if line.split()[:2] == ["fastloss", str(v_small)])
+    # 0.5% of the 2 MiB logits, beyond the outputs, forward and forward + backward.
+    assert fl.split() == ["fastloss", "2048", "2.00", "MiB", "0.01", "MiB", "0.50%", "0.01", "MiB", "0.50%"]
+    torch_large = next(line for line in lines if line.split()[:2] == ["torch", str(v_large)])
+    assert torch_large.split()[4:] == ["16.0", "MiB", "200%", "skipped", "-"]
+    assert report.fmt_mib(94.04 * 2**20) == "94.0 MiB" and report.fmt_mib(1059.4 * 2**20) == "1059 MiB"
+    assert f"torch V={v_large} fwd+bwd: skipped: needs up to" in text
+    assert f"torch_chunked V={v_small} forward: skipped: made-up reason" in text
+    assert not [line for line in lines if line != line.rstrip()]
+
+
+def test_lce_memory_table_goes_into_the_json_and_the_report(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(memory, "peak_extra_memory", _fake_measure(calls))
+    monkeypatch.setattr(fastloss, "linear_cross_entropy", _fake_lce([]), raising=False)
+    out = tmp_path / "m.json"
+    args = ["bench", "--quick", "-w", "mse_small", "--threads", "1", "--peers", "torch", "torch_chunked"]
+    args += ["-q", "--repeat", "1", "--lce-memory", "512", "--json", str(out)]
+    if not _available_peers(["torch_chunked"]):
+        pytest.skip("torch with LinearCrossEntropyOptions is not importable")
+    assert fastloss.cli.main(args) == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    mem = data["lce_memory"]
+    assert [(r["impl"], r["V"]) for r in mem["rows"]] == [(i, 512) for i in memory.LCE_MEMORY_IMPLS]
+    assert mem["rows"][0]["forward_backward"]["extra_beyond_outputs_bytes"] == int(0.005 * 4 * 256 * 512)
+    assert len(calls) == 6
+    assert "linear_cross_entropy: extra peak memory beyond the inputs and the outputs" in text
+    # Asked for with --no-memory: not measured, and said so.
+    calls.clear()
+    assert fastloss.cli.main([*args, "--no-memory"]) == 0
+    capsys.readouterr()
+    data = json.loads(out.read_text())
+    assert "lce_memory" not in data and not calls
+    assert "--lce-memory not measured: --no-memory was given too" in data["notes"]
+
+
+def test_lce_memory_defaults_and_dims_parsing():
+    ap = runner.add_arguments(__import__("argparse").ArgumentParser())
+    assert ap.parse_args([]).lce_memory is None
+    assert ap.parse_args(["--lce-memory"]).lce_memory == []
+    assert ap.parse_args(["--lce-memory", "32768", "131072"]).lce_memory == [32768, 131072]
+    assert memory.LCE_MEMORY_V == (32768, 131072)
+    assert memory.parse_dims(["V=131072", " N = 64 "]) == {"V": 131072, "N": 64}
+    for bad in ("V", "V=", "=3", "V=0", "V=-1", "V=2.5"):
+        with pytest.raises(ValueError, match="NAME=POSITIVE_INTEGER"):
+            memory.parse_dims([bad])
+    grads = (np.zeros((3, 4), np.float32), np.zeros(5), None)
+    assert memory.output_bytes((1.0, grads)) == 48 + 40
+    assert memory.output_bytes(1.0) == 0
+
+
+@pytest.mark.skipif(not memory.supported(), reason="Linux only")
+def test_lce_memory_child_counts_the_gradients_as_outputs():
+    dims = {"N": 64, "H": 16, "V": 512}
+    res = memory.peak_extra_memory("lce_grad", "numpy_ref", quick=True, dims=dims)
+    assert "error" not in res, res
+    assert res["dims"] == dims
+    assert res["output_bytes"] == 4 * (64 * 16 + 512 * 16)
+    assert res["extra_beyond_outputs_bytes"] == max(0, res["extra_bytes"] - res["output_bytes"])
+    bad = memory.peak_extra_memory("lce", "numpy_ref", quick=True, dims={"X": 3})
+    assert "has no size X" in bad["error"]
