@@ -153,6 +153,48 @@ def _info_nce(rng: _Inputs) -> dict[str, list]:
     return out
 
 
+def _linear_cross_entropy(rng: _Inputs) -> dict[str, list]:
+    """The kernel through _core: row losses, the saved log-sum-exp parts and the three gradients,
+    with every option (bias, class weights, smoothing, z_loss, softcap, probability targets)."""
+    out = {}
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        for n, h, v in [(1, 1, 1), (13, 17, 97), (97, 33, 300), (5, 300, 129)]:
+            x, w = rng.uniform((n, h), dtype), rng.uniform((v, h), dtype, 0.5)
+            bias = rng.uniform((v,), dtype)
+            labels = rng.ints(n, v)
+            labels[::5] = -100
+            probs = rng.positive((n, v), 0.0, dtype)
+            class_weight = rng.positive((v,), 0.5)
+            row_grad = rng.positive((n,), 0.5)
+            for label, target, options in [
+                ("plain", (labels, None), (None, None, 0.0, 0.0, 0.0)),
+                ("all", (labels, None), (bias, class_weight, 0.1, 1e-3, 2.5)),
+                ("prob", (None, probs), (bias, class_weight, 0.2, 0.0, 30.0)),
+            ]:
+                b, cw, smoothing, z_loss, softcap = options
+                stats = [np.empty(n), np.empty(n), np.empty(n)]
+                _core.linear_cross_entropy(x, w, b, *target, cw, -100, smoothing, z_loss, softcap, *stats)
+                grads = [np.empty_like(x), np.empty_like(w), None if b is None else np.empty_like(b)]
+                _core.linear_cross_entropy_backward(
+                    x,
+                    w,
+                    b,
+                    *target,
+                    cw,
+                    -100,
+                    smoothing,
+                    z_loss,
+                    softcap,
+                    stats[1],
+                    stats[2],
+                    row_grad,
+                    *grads,
+                )
+                out[f"lce-{label}-{name}-{n}x{h}x{v}"] = [*stats, *grads]
+    return out
+
+
 def _vecmath(rng: _Inputs) -> dict[str, list]:
     f32 = np.concatenate([rng.uniform(2003, np.float32, 128.0), np.array(SPECIAL, np.float32)])
     f64 = np.concatenate([rng.uniform(2003, np.float64, 1024.0), np.array(SPECIAL)])
@@ -168,7 +210,13 @@ def _vecmath(rng: _Inputs) -> dict[str, list]:
 def battery() -> dict[str, list[np.ndarray]]:
     """Every output, on the active path, canonicalised (one NaN)."""
     rng = _Inputs(20261201)
-    cases = {**_regression(rng), **_cross_entropy(rng), **_info_nce(rng), **_vecmath(rng)}
+    cases = {
+        **_regression(rng),
+        **_cross_entropy(rng),
+        **_info_nce(rng),
+        **_linear_cross_entropy(rng),
+        **_vecmath(rng),
+    }
     # (an absent gradient, None, e.g. d_negatives of in-batch InfoNCE, is left out)
     return {name: [_canonical(v) for v in values if v is not None] for name, values in cases.items()}
 
