@@ -1033,7 +1033,11 @@ class LinearCrossEntropyProblem:
             raise RuntimeError(
                 "LinearCrossEntropyProblem.backward needs forward(keep_for_backward=True) first"
             )
-        row_grad = np.ascontiguousarray(row_grad, dtype=np.float64)
+        row_grad = np.array(row_grad, dtype=np.float64)
+        if self.target_index is not None:
+            # An ignored row's loss is the constant 0: nothing flows back through it, also when
+            # the upstream gradient is inf ("mean" of rows that all have zero weight).
+            row_grad[self.target_index == self.ignore_index] = 0.0
         # The kernel overwrites the buffers; each serves one backward pass.
         buffers, self._backward_buffers = self._backward_buffers, None
         if buffers is None:
