@@ -207,6 +207,30 @@ py::bytes regression(int kind, const py::array& pred, const py::array& target,
   throw py::type_error("pred: expected native float32 or float64");
 }
 
+// int64 class indices of shape (rows,), every one checked to lie in [0, classes) or to equal
+// ignore_index before any is used (an out-of-range index would read outside a row).
+const int64_t* class_indices(const py::object& target_index, int64_t rows, int64_t classes,
+                             int64_t ignore_index, int64_t* stride) {
+  py::array idx = py::reinterpret_borrow<py::array>(target_index);
+  if (!has_dtype<int64_t>(idx) || idx.ndim() != 1 || idx.shape(0) != rows) {
+    throw py::value_error("target: expected int64 class indices of shape (N,)");
+  }
+  const int64_t* labels = static_cast<const int64_t*>(idx.data());
+  *stride = element_stride(idx, 0, "target");
+  for (int64_t i = 0; i < rows; ++i) {
+    // The labels may be misaligned (np.frombuffer, memory-mapped .npz members): memcpy reads any address.
+    int64_t label;
+    std::memcpy(&label, labels + i * *stride, sizeof(label));
+    if (label != ignore_index && (label < 0 || label >= classes)) {
+      throw py::value_error("target: class index " + std::to_string(label) + " at position " +
+                            std::to_string(i) + " is out of range: expected 0 <= target < " +
+                            std::to_string(classes) + " or target == ignore_index (" +
+                            std::to_string(ignore_index) + ")");
+    }
+  }
+  return labels;
+}
+
 // The kernel's arguments from the Python ones, checked (labels included); the arrays stay owned by
 // the caller's references.
 template <class T>
@@ -224,24 +248,7 @@ CrossEntropyArgs<T> cross_entropy_args(const py::array& logits, const py::object
     throw py::value_error("logits: rows must have unit stride");
   }
   if (!target_index.is_none()) {
-    py::array idx = py::reinterpret_borrow<py::array>(target_index);
-    if (!has_dtype<int64_t>(idx) || idx.ndim() != 1 || idx.shape(0) != rows) {
-      throw py::value_error("target: expected int64 class indices of shape (N,)");
-    }
-    args.target_index = static_cast<const int64_t*>(idx.data());
-    args.target_index_stride = element_stride(idx, 0, "target");
-    // Every label is checked before any is used: an out-of-range index would read outside the row.
-    for (int64_t i = 0; i < rows; ++i) {
-      // The labels may be misaligned (np.frombuffer, memory-mapped .npz members): memcpy reads any address.
-      int64_t label;
-      std::memcpy(&label, args.target_index + i * args.target_index_stride, sizeof(label));
-      if (label != ignore_index && (label < 0 || label >= cols)) {
-        throw py::value_error("target: class index " + std::to_string(label) + " at position " +
-                              std::to_string(i) + " is out of range: expected 0 <= target < " +
-                              std::to_string(cols) + " or target == ignore_index (" +
-                              std::to_string(ignore_index) + ")");
-      }
-    }
+    args.target_index = class_indices(target_index, rows, cols, ignore_index, &args.target_index_stride);
   } else {
     args.target_prob = matrix_view<T>(py::reinterpret_borrow<py::array>(target_prob), "target");
     if (args.target_prob.rows != rows || args.target_prob.cols != cols) {
@@ -449,6 +456,159 @@ int64_t info_nce_backward_workspace_typed(const py::array& query, const py::arra
                                           const py::object& negatives) {
   return active_set<T>().info_nce_backward_workspace(
       info_nce_args<T>(query, positive, mode, negatives, 1.0, false));
+}
+
+// The linear cross-entropy kernel's arguments, checked; the arrays stay owned by the caller.
+template <class T>
+LinearCrossEntropyArgs<T> linear_cross_entropy_args(const py::array& input, const py::array& linear_weight,
+                                                    const py::object& linear_bias,
+                                                    const py::object& target_index,
+                                                    const py::object& target_prob,
+                                                    const py::object& class_weight, int64_t ignore_index,
+                                                    double label_smoothing, double z_loss, double softcap) {
+  LinearCrossEntropyArgs<T> args;
+  args.input = matrix_view<T>(input, "input");
+  args.weight = matrix_view<T>(linear_weight, "linear_weight");
+  const int64_t rows = args.input.rows;
+  const int64_t classes = args.weight.rows;
+  const int64_t depth = args.input.cols;
+  if (args.weight.cols != depth) throw py::value_error("input, linear_weight: feature sizes differ");
+  if (classes < 1) throw py::value_error("linear_weight: need at least one class");
+  if ((depth > 1 && ((rows > 0 && args.input.col_stride != 1) || args.weight.col_stride != 1))) {
+    throw py::value_error("input, linear_weight: rows must have unit stride");
+  }
+  if (!linear_bias.is_none()) {
+    py::array b = py::reinterpret_borrow<py::array>(linear_bias);
+    if (!has_dtype<T>(b) || b.ndim() != 1 || b.shape(0) != classes || !(b.flags() & py::array::c_style)) {
+      throw py::value_error("linear_bias: expected a contiguous array of shape (V,) in the input's dtype");
+    }
+    args.bias = static_cast<const T*>(b.data());
+  }
+  if (target_index.is_none() == target_prob.is_none()) {
+    throw py::value_error("target: pass exactly one of class indices or probabilities");
+  }
+  if (!target_index.is_none()) {
+    args.target_index = class_indices(target_index, rows, classes, ignore_index, &args.target_index_stride);
+  } else {
+    args.target_prob = matrix_view<T>(py::reinterpret_borrow<py::array>(target_prob), "target");
+    if (args.target_prob.rows != rows || args.target_prob.cols != classes ||
+        (classes > 1 && rows > 0 && args.target_prob.col_stride != 1)) {
+      throw py::value_error("target: probabilities must be (N, V) with rows of unit stride");
+    }
+  }
+  args.class_weight = double_vector(class_weight, classes, "weight");
+  if (!(label_smoothing >= 0.0 && label_smoothing <= 1.0))
+    throw py::value_error("label_smoothing: expected [0, 1]");
+  if (!(std::isfinite(z_loss) && z_loss >= 0.0))
+    throw py::value_error("z_loss: expected a finite value >= 0");
+  if (!(std::isfinite(softcap) && softcap >= 0.0))
+    throw py::value_error("softcap: expected a finite value > 0");
+  args.ignore_index = ignore_index;
+  args.label_smoothing = label_smoothing;
+  args.z_loss = z_loss;
+  args.softcap = softcap;
+  return args;
+}
+
+template <class T>
+void linear_cross_entropy_typed(const py::array& input, const py::array& linear_weight,
+                                const py::object& linear_bias, const py::object& target_index,
+                                const py::object& target_prob, const py::object& class_weight,
+                                int64_t ignore_index, double label_smoothing, double z_loss, double softcap,
+                                const py::object& row_loss, const py::object& row_max,
+                                const py::object& row_log_sum) {
+  LinearCrossEntropyArgs<T> args =
+      linear_cross_entropy_args<T>(input, linear_weight, linear_bias, target_index, target_prob, class_weight,
+                                   ignore_index, label_smoothing, z_loss, softcap);
+  const int64_t rows = args.input.rows;
+  args.row_loss = writable_doubles(row_loss, rows, "row_loss");
+  if (args.row_loss == nullptr) throw py::value_error("row_loss: required");
+  args.row_max = writable_doubles(row_max, rows, "row_max");
+  args.row_log_sum = writable_doubles(row_log_sum, rows, "row_log_sum");
+  if ((args.row_max == nullptr) != (args.row_log_sum == nullptr)) {
+    throw py::value_error("row_max, row_log_sum: pass both or neither");
+  }
+  const LinearCrossEntropyFn<T> fn = active_set<T>().linear_cross_entropy;
+  const int threads = num_threads();
+  run_kernel(rows * args.weight.rows * (args.input.cols + 1), [&](Interrupt* interrupt) {
+    args.interrupt = interrupt;
+    fn(args, threads);
+  });
+}
+
+template <class T>
+void linear_cross_entropy_backward_typed(const py::array& input, const py::array& linear_weight,
+                                         const py::object& linear_bias, const py::object& target_index,
+                                         const py::object& target_prob, const py::object& class_weight,
+                                         int64_t ignore_index, double label_smoothing, double z_loss,
+                                         double softcap, const py::object& row_max,
+                                         const py::object& row_log_sum, const py::object& row_grad,
+                                         const py::object& d_input, const py::object& d_linear_weight,
+                                         const py::object& d_linear_bias) {
+  LinearCrossEntropyArgs<T> args =
+      linear_cross_entropy_args<T>(input, linear_weight, linear_bias, target_index, target_prob, class_weight,
+                                   ignore_index, label_smoothing, z_loss, softcap);
+  const int64_t rows = args.input.rows;
+  const int64_t classes = args.weight.rows;
+  const int64_t depth = args.input.cols;
+  LinearCrossEntropyGradArgs<T> grad;
+  grad.row_max = double_vector(row_max, rows, "row_max");
+  grad.row_log_sum = double_vector(row_log_sum, rows, "row_log_sum");
+  grad.row_grad = double_vector(row_grad, rows, "row_grad");
+  grad.d_input = output_buffer<T>(d_input, rows * depth, "d_input");
+  grad.d_weight = output_buffer<T>(d_linear_weight, classes * depth, "d_linear_weight");
+  grad.d_bias = output_buffer<T>(d_linear_bias, classes, "d_linear_bias");
+  if (grad.row_max == nullptr || grad.row_log_sum == nullptr || grad.row_grad == nullptr ||
+      grad.d_input == nullptr || grad.d_weight == nullptr) {
+    throw py::value_error("linear_cross_entropy_backward: missing buffer");
+  }
+  const LinearCrossEntropyBackwardFn<T> fn = active_set<T>().linear_cross_entropy_backward;
+  const int threads = num_threads();
+  // Every logit is recomputed and then feeds both matrix products.
+  run_kernel(3 * rows * classes * (depth + 1), [&](Interrupt* interrupt) {
+    args.interrupt = interrupt;
+    fn(args, grad, threads);
+  });
+}
+
+void linear_cross_entropy(const py::array& input, const py::array& linear_weight,
+                          const py::object& linear_bias, const py::object& target_index,
+                          const py::object& target_prob, const py::object& class_weight, int64_t ignore_index,
+                          double label_smoothing, double z_loss, double softcap, const py::object& row_loss,
+                          const py::object& row_max, const py::object& row_log_sum) {
+  if (has_dtype<float>(input)) {
+    linear_cross_entropy_typed<float>(input, linear_weight, linear_bias, target_index, target_prob,
+                                      class_weight, ignore_index, label_smoothing, z_loss, softcap, row_loss,
+                                      row_max, row_log_sum);
+  } else if (has_dtype<double>(input)) {
+    linear_cross_entropy_typed<double>(input, linear_weight, linear_bias, target_index, target_prob,
+                                       class_weight, ignore_index, label_smoothing, z_loss, softcap, row_loss,
+                                       row_max, row_log_sum);
+  } else {
+    throw py::type_error("input: expected native float32 or float64");
+  }
+}
+
+void linear_cross_entropy_backward(const py::array& input, const py::array& linear_weight,
+                                   const py::object& linear_bias, const py::object& target_index,
+                                   const py::object& target_prob, const py::object& class_weight,
+                                   int64_t ignore_index, double label_smoothing, double z_loss,
+                                   double softcap, const py::object& row_max, const py::object& row_log_sum,
+                                   const py::object& row_grad, const py::object& d_input,
+                                   const py::object& d_linear_weight, const py::object& d_linear_bias) {
+  if (has_dtype<float>(input)) {
+    linear_cross_entropy_backward_typed<float>(input, linear_weight, linear_bias, target_index, target_prob,
+                                               class_weight, ignore_index, label_smoothing, z_loss, softcap,
+                                               row_max, row_log_sum, row_grad, d_input, d_linear_weight,
+                                               d_linear_bias);
+  } else if (has_dtype<double>(input)) {
+    linear_cross_entropy_backward_typed<double>(input, linear_weight, linear_bias, target_index, target_prob,
+                                                class_weight, ignore_index, label_smoothing, z_loss, softcap,
+                                                row_max, row_log_sum, row_grad, d_input, d_linear_weight,
+                                                d_linear_bias);
+  } else {
+    throw py::type_error("input: expected native float32 or float64");
+  }
 }
 
 void info_nce(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
@@ -713,6 +873,17 @@ PYBIND11_MODULE(_core, m) {
   m.def("info_nce_backward_workspace", &info_nce_backward_workspace, py::arg("query"), py::arg("positive"),
         py::arg("mode"), py::arg("negatives"));
 
+  m.def("linear_cross_entropy", &linear_cross_entropy, py::arg("input"), py::arg("linear_weight"),
+        py::arg("linear_bias"), py::arg("target_index"), py::arg("target_prob"), py::arg("class_weight"),
+        py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("z_loss"), py::arg("softcap"),
+        py::arg("row_loss"), py::arg("row_max"), py::arg("row_log_sum"),
+        "Linear cross-entropy row losses (and the saved log-sum-exps) of checked arrays.");
+  m.def("linear_cross_entropy_backward", &linear_cross_entropy_backward, py::arg("input"),
+        py::arg("linear_weight"), py::arg("linear_bias"), py::arg("target_index"), py::arg("target_prob"),
+        py::arg("class_weight"), py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("z_loss"),
+        py::arg("softcap"), py::arg("row_max"), py::arg("row_log_sum"), py::arg("row_grad"),
+        py::arg("d_input"), py::arg("d_linear_weight"), py::arg("d_linear_bias"),
+        "Writes the gradients of sum_i row_grad[i] * loss_i w.r.t. input, linear_weight and linear_bias.");
   m.def("regression_fast", &regression_fast, py::arg("kind"), py::arg("pred"), py::arg("target"),
         py::arg("reduction"));
   m.def("cross_entropy_fast", &cross_entropy_fast, py::arg("logits"), py::arg("target"),

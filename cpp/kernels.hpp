@@ -162,6 +162,50 @@ using InfoNceBackwardFn = void (*)(const InfoNceArgs<T>& args, const InfoNceGrad
 template <class T>
 using InfoNceWorkspaceFn = int64_t (*)(const InfoNceArgs<T>& args);
 
+// Linear cross-entropy: the cross-entropy of logits z = input weight^T (+ bias), each optionally
+// replaced by softcap tanh(z / softcap), against class indices (target_index, every value already
+// checked to lie in [0, V) or to equal ignore_index) or probabilities (target_prob, N x V). Row
+// loss sum_c a_c (lse - z_c) + z_loss lse^2, with a the target distribution (label smoothing
+// applied) times the class weights; 0 for an ignored row. The N x V logits are never stored.
+template <class T>
+struct LinearCrossEntropyArgs {
+  MatrixView<T> input;      // N x H, col_stride == 1
+  MatrixView<T> weight;     // V x H (the classifier), col_stride == 1
+  const T* bias = nullptr;  // V contiguous values, or null
+  const int64_t* target_index = nullptr;
+  int64_t target_index_stride = 1;
+  MatrixView<T> target_prob;             // N x V, col_stride == 1 (data null: class indices)
+  const double* class_weight = nullptr;  // V contiguous values, or null
+  int64_t ignore_index = -100;
+  double label_smoothing = 0.0;
+  double z_loss = 0.0;
+  double softcap = 0.0;        // 0: no cap
+  double* row_loss = nullptr;  // N contiguous outputs
+  // N outputs each, or null: the row's log-sum-exp as row_max + row_log_sum, for the backward pass.
+  double* row_max = nullptr;
+  double* row_log_sum = nullptr;
+  Interrupt* interrupt = nullptr;
+};
+
+// Linear cross-entropy backward: writes the gradient of sum_i row_grad[i] * loss_i to d_input
+// (N x H), d_weight (V x H) and d_bias (V, or null), all contiguous, from the forward pass's
+// row_max / row_log_sum; it recomputes the logits tile by tile, never storing them.
+template <class T>
+struct LinearCrossEntropyGradArgs {
+  const double* row_max = nullptr;
+  const double* row_log_sum = nullptr;
+  const double* row_grad = nullptr;
+  T* d_input = nullptr;
+  T* d_weight = nullptr;
+  T* d_bias = nullptr;
+};
+
+template <class T>
+using LinearCrossEntropyFn = void (*)(const LinearCrossEntropyArgs<T>& args, int num_threads);
+template <class T>
+using LinearCrossEntropyBackwardFn = void (*)(const LinearCrossEntropyArgs<T>& args,
+                                              const LinearCrossEntropyGradArgs<T>& grad, int num_threads);
+
 // The ISA's vector exp / log applied elementwise (out may alias in): exposed so tests can sweep
 // their stated range against float64. log is the float64 one for both types.
 template <class T>
@@ -177,6 +221,8 @@ struct KernelSet {
   InfoNceFn<T> info_nce;
   InfoNceBackwardFn<T> info_nce_backward;
   InfoNceWorkspaceFn<T> info_nce_backward_workspace;
+  LinearCrossEntropyFn<T> linear_cross_entropy;
+  LinearCrossEntropyBackwardFn<T> linear_cross_entropy_backward;
 };
 
 struct KernelTable {

@@ -163,6 +163,71 @@ double logit_of_dot(const InfoNceArgs<T>& a, double dot_product, double query_in
   return ((dot_product * key_inv_norm) * query_inv_norm) * a.inv_temperature;
 }
 
+// Whether Simd<T> has transpose_square (a kLanes x kLanes block transposed in registers); the
+// ISAs without it pack element by element.
+template <class S, class = void>
+struct HasTransposeSquare : std::false_type {};
+template <class S>
+struct HasTransposeSquare<S, std::void_t<decltype(&S::transpose_square)>> : std::true_type {};
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols: whole kLanes x kLanes
+// blocks in registers where the ISA has transpose_square, the rest element by element.
+template <class T>
+void transpose_into(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst,
+                    int64_t dst_stride) {
+  using S = Simd<T>;
+  constexpr int64_t L = S::kLanes;
+  int64_t r0 = 0;
+  if constexpr (HasTransposeSquare<S>::value) {
+    for (; r0 + L <= rows; r0 += L) {
+      int64_t c0 = 0;
+      for (; c0 + L <= cols; c0 += L) {
+        S::transpose_square(src + r0 * src_stride + c0, src_stride, dst + c0 * dst_stride + r0, dst_stride);
+      }
+      for (int64_t r = r0; r < r0 + L; ++r) {
+        for (int64_t c = c0; c < cols; ++c)
+          dst[c * dst_stride + r] = load_unaligned(src + r * src_stride + c);
+      }
+    }
+  }
+  for (int64_t r = r0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = load_unaligned(src + r * src_stride + c);
+  }
+}
+
+// The rows [first, first + count) of a row-major matrix as the micro-kernel's packed A operand:
+// group g (kMicroRows rows; a last short group repeats its last row) at g * kMicroRows * dim,
+// element (r, k) at k * kMicroRows + r.
+template <class T>
+void pack_rows(const T* base, int64_t stride, int64_t first, int64_t count, int64_t dim, T* out) {
+  constexpr int64_t MR = Simd<T>::kMicroRows;
+  for (int64_t g = 0; g < ceil_div(count, MR); ++g) {
+    const int64_t present = min_i64(MR, count - g * MR);
+    T* group = out + g * MR * dim;
+    transpose_into(base + (first + g * MR) * stride, stride, present, dim, group, MR);
+    const T* last = base + (first + g * MR + present - 1) * stride;
+    for (int64_t r = present; r < MR; ++r) {
+      for (int64_t k = 0; k < dim; ++k) group[k * MR + r] = load_unaligned(last + k);
+    }
+  }
+}
+
+// `panels` panels of NR = kMicroVecs * kLanes rows of a row-major matrix, the micro-kernel's B:
+// panel p holds dim rows of NR values (element (n, k) at p * dim * NR + k * NR + n). Rows past
+// `count` are zero, so their products are computed but never read.
+template <class T>
+void pack_panels(const T* base, int64_t stride, int64_t count, int64_t dim, T* packed, int64_t panels) {
+  constexpr int64_t NR = Simd<T>::kMicroVecs * Simd<T>::kLanes;
+  for (int64_t p = 0; p < panels; ++p) {
+    T* panel = packed + p * dim * NR;
+    const int64_t present = min_i64(NR, count - p * NR);
+    transpose_into(base + p * NR * stride, stride, present, dim, panel, NR);
+    for (int64_t k = 0; k < dim; ++k) {
+      for (int64_t n = present; n < NR; ++n) panel[k * NR + n] = T(0);
+    }
+  }
+}
+
 // Per-query factors shared by the forward and backward passes, O(N).
 template <class T>
 struct QueryFactors {
@@ -186,14 +251,7 @@ struct QueryFactors {
     }
     const int64_t dim = a.query.cols;
     if (a.mode != NegativeMode::paired) {
-      constexpr int64_t MR = Simd<T>::kMicroRows;
-      for (int64_t g = 0; g < ceil_div(a.query.rows, MR); ++g) {
-        T* group = packed_query.get() + g * MR * dim;
-        for (int64_t r = 0; r < MR; ++r) {
-          const T* q = a.query.data + min_i64(g * MR + r, a.query.rows - 1) * a.query.row_stride;
-          for (int64_t k = 0; k < dim; ++k) group[k * MR + r] = load_unaligned(q + k);
-        }
-      }
+      pack_rows(a.query.data, a.query.row_stride, 0, a.query.rows, dim, packed_query.get());
     }
     for (int64_t i = 0; i < a.query.rows; ++i) {
       const T* q = a.query.data + i * a.query.row_stride;
@@ -245,38 +303,6 @@ struct TileScratch {
   bool ok() const { return packed.ok() && key_inv_norm.ok() && key_scale.ok() && logits.ok(); }
 };
 
-// Whether Simd<T> has transpose_square (a kLanes x kLanes block transposed in registers); the
-// ISAs without it pack element by element.
-template <class S, class = void>
-struct HasTransposeSquare : std::false_type {};
-template <class S>
-struct HasTransposeSquare<S, std::void_t<decltype(&S::transpose_square)>> : std::true_type {};
-
-// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols: whole kLanes x kLanes
-// blocks in registers where the ISA has transpose_square, the rest element by element.
-template <class T>
-void transpose_into(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst,
-                    int64_t dst_stride) {
-  using S = Simd<T>;
-  constexpr int64_t L = S::kLanes;
-  int64_t r0 = 0;
-  if constexpr (HasTransposeSquare<S>::value) {
-    for (; r0 + L <= rows; r0 += L) {
-      int64_t c0 = 0;
-      for (; c0 + L <= cols; c0 += L) {
-        S::transpose_square(src + r0 * src_stride + c0, src_stride, dst + c0 * dst_stride + r0, dst_stride);
-      }
-      for (int64_t r = r0; r < r0 + L; ++r) {
-        for (int64_t c = c0; c < cols; ++c)
-          dst[c * dst_stride + r] = load_unaligned(src + r * src_stride + c);
-      }
-    }
-  }
-  for (int64_t r = r0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = load_unaligned(src + r * src_stride + c);
-  }
-}
-
 // Packs keys [j0, j0 + cols) of a shared stream into panels: panel p holds dim rows of NR keys.
 // Keys past `cols` are zero, so their logits are computed but never read.
 template <class T>
@@ -284,15 +310,7 @@ void pack_keys(const InfoNceArgs<T>& a, const KeyStream<T>& keys, int64_t j0, in
                TileScratch<T>* s) {
   constexpr int64_t NR = TileScratch<T>::kNR;
   const int64_t dim = s->dim;
-  const int64_t panels = ceil_div(cols, NR);
-  for (int64_t p = 0; p < panels; ++p) {
-    T* panel = s->packed.get() + p * dim * NR;
-    const int64_t present = min_i64(NR, cols - p * NR);
-    transpose_into(keys.base + (j0 + p * NR) * keys.stride, keys.stride, present, dim, panel, NR);
-    for (int64_t k = 0; k < dim; ++k) {
-      for (int64_t n = present; n < NR; ++n) panel[k * NR + n] = T(0);
-    }
-  }
+  pack_panels(keys.base + j0 * keys.stride, keys.stride, cols, dim, s->packed.get(), ceil_div(cols, NR));
   for (int64_t j = 0; j < cols; ++j) {
     const int which = a.mode == NegativeMode::in_batch ? kPositiveTooLong : kNegativesTooLong;
     s->key_inv_norm[j] =

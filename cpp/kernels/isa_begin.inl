@@ -45,6 +45,7 @@ namespace FASTLOSS_ISA_NAMESPACE {
 #include "kernels/regression.inl"
 #include "kernels/cross_entropy.inl"
 #include "kernels/info_nce.inl"
+#include "kernels/linear_cross_entropy.inl"
 #include "kernels/isa_table.inl"
 
 }  // namespace FASTLOSS_ISA_NAMESPACE

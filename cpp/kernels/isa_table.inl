@@ -32,7 +32,9 @@ constexpr KernelSet<T> kernel_set() {
           &cross_entropy<T>,
           &info_nce<T>,
           &info_nce_backward<T>,
-          &info_nce_backward_workspace<T>};
+          &info_nce_backward_workspace<T>,
+          &linear_cross_entropy<T>,
+          &linear_cross_entropy_backward<T>};
 }
 
 // A constant expression: the <isa>.cpp file defines its table as constexpr data from this, so
