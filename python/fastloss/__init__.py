@@ -1,7 +1,8 @@
 """fastloss: fast, trustworthy CPU losses for NumPy arrays.
 
-MSE, MAE, cross-entropy and InfoNCE computed by SIMD + OpenMP C++ kernels, with PyTorch's
-semantics, deterministic reductions (the same bits for any thread count) and the GIL released.
+MSE, MAE, cross-entropy, InfoNCE and linear cross-entropy (from embeddings and a classifier)
+computed by SIMD + OpenMP C++ kernels, with PyTorch's semantics, deterministic reductions (the
+same bits for any thread count) and the GIL released.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TextIO
 import numpy as np
 
 from . import _core
-from ._losses import cross_entropy, info_nce, mae, mse
+from ._losses import cross_entropy, info_nce, linear_cross_entropy, mae, mse
 from ._stream import Accumulator
 from ._validation import check_threads
 from ._version import __version__
@@ -24,6 +25,7 @@ __all__ = [
     "cross_entropy",
     "get_num_threads",
     "info_nce",
+    "linear_cross_entropy",
     "mae",
     "mse",
     "set_num_threads",

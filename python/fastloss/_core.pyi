@@ -102,6 +102,50 @@ def info_nce_backward(
 def info_nce_backward_workspace(query: _Array, positive: _Array, mode: int, negatives: _Array | None) -> int:
     """Elements of scratch ``info_nce_backward`` needs for these arrays (0 for paired negatives)."""
 
+def linear_cross_entropy(
+    input: _Array,
+    linear_weight: _Array,
+    linear_bias: _Array | None,
+    target_index: NDArray[np.int64] | None,
+    target_prob: _Array | None,
+    class_weight: _Float64Array | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    row_loss: _Float64Array,
+    row_max: _Float64Array | None,
+    row_log_sum: _Float64Array | None,
+) -> None:
+    """Cross-entropy of the logits ``input @ linear_weight.T (+ linear_bias)`` (``(N, H)`` and
+    ``(V, H)``, one dtype, unit column stride; ``softcap`` 0.0 for none) without storing them:
+    writes each row's loss (z_loss term included, 0.0 for ignored rows) to ``row_loss`` and, when
+    given, its log-sum-exp as ``row_max + row_log_sum`` for the backward pass. Exactly one of
+    ``target_index`` (int64 ``(N,)``; a value outside ``[0, V)`` that is not ``ignore_index``
+    raises ValueError) and ``target_prob`` (``(N, V)``) is given."""
+
+def linear_cross_entropy_backward(
+    input: _Array,
+    linear_weight: _Array,
+    linear_bias: _Array | None,
+    target_index: NDArray[np.int64] | None,
+    target_prob: _Array | None,
+    class_weight: _Float64Array | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    row_max: _Float64Array,
+    row_log_sum: _Float64Array,
+    row_grad: _Float64Array,
+    d_input: _Array,
+    d_linear_weight: _Array,
+    d_linear_bias: _Array | None,
+) -> None:
+    """Overwrites ``d_input``, ``d_linear_weight`` (and ``d_linear_bias``) with the gradients of
+    ``sum_i row_grad[i] * loss_i``, recomputing each tile of logits from the forward pass's
+    ``row_max``/``row_log_sum``; the options are the forward call's."""
+
 def regression_fast(kind: int, pred: object, target: object, reduction: object) -> float | None:
     """The reduced loss for a plain call (C-contiguous native float arrays of one shape), else None."""
 

@@ -1,14 +1,15 @@
-"""The four losses: argument checks and layout here, arithmetic in the compiled kernels."""
+"""The losses: argument checks and layout here, arithmetic in the compiled kernels."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _core, _memory
-from ._reduction import ExactSum, Partial
+from ._reduction import ExactSum, Partial, class_weighted_count
 from ._validation import (
     as_input_dtype,
     as_real_array,
@@ -17,6 +18,7 @@ from ._validation import (
     check_int,
     check_label_smoothing,
     check_not_subnormal,
+    check_real,
     check_reduction,
     check_temperature,
     compute_dtype,
@@ -281,6 +283,52 @@ def _class_indices(target: np.ndarray, expected_shape: tuple[int, ...]) -> np.nd
     return to_kernel_layout(target.reshape(-1), np.dtype(np.int64))
 
 
+def _targets(
+    target: ArrayLike,
+    index_shape: tuple[int, ...],
+    prob_shape: tuple[int, ...],
+    dtype: np.dtype,
+    prob_what: str,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(class indices as int64, flattened from `index_shape`; None) for an integer target, (None;
+    probabilities as (rows, classes) in `dtype`) for a floating one of `prob_shape`, which
+    `prob_what` words in the message. The kernels check the index values."""
+    try:
+        target_array = np.asarray(target)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"target: cannot be converted to an array ({error})") from None
+    kind = target_array.dtype.kind
+    if kind in "iu":
+        return _class_indices(target_array, index_shape), None
+    if kind == "f":
+        if target_array.shape != prob_shape:
+            raise ValueError(
+                f"target: probabilities must have {prob_what} {prob_shape}; got "
+                f"{target_array.shape} (class indices must be an integer array)"
+            )
+        return None, to_kernel_layout(target_array.reshape(-1, prob_shape[-1]), dtype)
+    raise TypeError(
+        f"target: dtype {target_array.dtype} is not supported; expected integer class indices "
+        "or floating class probabilities"
+    )
+
+
+def _class_weights(weight: ArrayLike | None, classes: int) -> np.ndarray | None:
+    """Class weights as contiguous float64 ``(classes,)``, finite and not subnormal; or None."""
+    if weight is None:
+        return None
+    weight_array = as_real_array(weight, "weight")
+    if weight_array.shape != (classes,):
+        raise ValueError(
+            f"weight: expected shape ({classes},) (one weight per class); got {weight_array.shape}"
+        )
+    class_weight = np.ascontiguousarray(weight_array, dtype=np.float64)
+    if not np.isfinite(class_weight).all():
+        raise ValueError("weight: every class weight must be finite")
+    check_not_subnormal(class_weight, "weight")
+    return class_weight
+
+
 @overload
 def cross_entropy(
     logits: ArrayLike,
@@ -431,38 +479,10 @@ def cross_entropy_partial(
     )
     rows = logits2d.shape[0]
 
-    try:
-        target_array = np.asarray(target)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"target: cannot be converted to an array ({error})") from None
-    kind = target_array.dtype.kind
-    target_index = target_prob = None
-    if kind in "iu":
-        target_index = _class_indices(target_array, () if single else (rows,))
-    elif kind == "f":
-        if target_array.shape != logits_array.shape:
-            raise ValueError(
-                f"target: probabilities must have the shape of logits {logits_array.shape}; got "
-                f"{target_array.shape} (class indices must be an integer array)"
-            )
-        target_prob = to_kernel_layout(target_array.reshape(rows, classes), dtype)
-    else:
-        raise TypeError(
-            f"target: dtype {target_array.dtype} is not supported; expected integer class indices "
-            "or floating class probabilities"
-        )
-
-    class_weight = None
-    if weight is not None:
-        weight_array = as_real_array(weight, "weight")
-        if weight_array.shape != (classes,):
-            raise ValueError(
-                f"weight: expected shape ({classes},) (one weight per class); got {weight_array.shape}"
-            )
-        class_weight = np.ascontiguousarray(weight_array, dtype=np.float64)
-        if not np.isfinite(class_weight).all():
-            raise ValueError("weight: every class weight must be finite")
-        check_not_subnormal(class_weight, "weight")
+    target_index, target_prob = _targets(
+        target, () if single else (rows,), logits_array.shape, dtype, "the shape of logits"
+    )
+    class_weight = _class_weights(weight, classes)
 
     sample_weight_array = sample_weights(sample_weight, rows)
     # Every divisor but PyTorch's weighted "mean" (and a sample-weighted one) is known up front;
@@ -853,3 +873,343 @@ class InfoNceProblem:
             _finish_gradient(*buffers.positive),
             None if buffers.negatives is None else _finish_gradient(*buffers.negatives),
         )
+
+
+# -- linear cross-entropy -------------------------------------------------------------------
+
+# linear_cross_entropy's gradient: (d_input, d_linear_weight, d_linear_bias); the last is None
+# without a bias.
+LinearGrads = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+LinearLossAndGrad = LossResult | tuple[LossResult, LinearGrads]
+# Each gradient as (the buffer the kernel writes, the array returned): see _gradient_buffers.
+_LinearBuffers = tuple[
+    tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None
+]
+
+
+def check_z_loss(value: Any) -> float:
+    return check_real(value, "z_loss", 0.0, sys.float_info.max, expected="finite and >= 0")
+
+
+def check_softcap(value: Any) -> float:
+    """None (no cap) as 0.0, the kernels' "none"; else a finite number > 0."""
+    if value is None:
+        return 0.0
+    return check_real(
+        value, "softcap", sys.float_info.min, sys.float_info.max, expected="None or finite and > 0"
+    )
+
+
+class LinearCrossEntropyProblem:
+    """One validated linear cross-entropy call: the arrays in kernel layout, a forward pass that
+    keeps each row's log-sum-exp, and a backward pass for any per-row upstream gradient (which
+    is what ``reduction="none"`` needs under autograd). The ``N x V`` logits never exist."""
+
+    def __init__(
+        self,
+        input: ArrayLike,  # noqa: A002
+        linear_weight: ArrayLike,
+        target: ArrayLike,
+        *,
+        linear_bias: ArrayLike | None,
+        weight: ArrayLike | None,
+        ignore_index: Any,
+        label_smoothing: Any,
+        z_loss: Any,
+        softcap: Any,
+    ) -> None:
+        self.ignore_index = check_int(ignore_index, "ignore_index")
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        self.z_loss = check_z_loss(z_loss)
+        self.softcap = check_softcap(softcap)
+
+        input_array = as_real_array(input, "input")
+        if input_array.ndim != 2:
+            raise ValueError(f"input must have shape (N, H); got {input_array.shape}")
+        rows, hidden = input_array.shape
+        weight_array = as_real_array(linear_weight, "linear_weight")
+        if weight_array.ndim != 2 or weight_array.shape[1] != hidden:
+            raise ValueError(
+                f"linear_weight must have shape (V, {hidden}) (V classes, the H of input "
+                f"{input_array.shape}); got {weight_array.shape}"
+            )
+        classes = weight_array.shape[0]
+        if classes == 0:
+            raise ValueError("linear_weight: need at least one class (V >= 1); got shape (0, H)")
+        self.rows, self.hidden, self.classes = rows, hidden, classes
+        self.dtype = compute_dtype(input_array, weight_array)
+        if self.softcap and 1.0 / self.softcap > float(np.finfo(self.dtype).max):
+            raise ValueError(
+                f"softcap: {softcap!r} is below 1 / {np.finfo(self.dtype).max} (the largest "
+                f"{np.dtype(self.dtype).name}, the computation dtype of these inputs), so x / softcap "
+                "overflows it; pass float64 arrays"
+            )
+        bias_array = None
+        if linear_bias is not None:
+            bias_array = as_real_array(linear_bias, "linear_bias")
+            if bias_array.shape != (classes,):
+                raise ValueError(
+                    f"linear_bias: expected shape ({classes},) (one bias per row of linear_weight); got "
+                    f"{bias_array.shape}"
+                )
+        self._originals = (input_array, weight_array, bias_array)
+        self.input = np.ascontiguousarray(to_kernel_layout(input_array, self.dtype, contiguous_rows=True))
+        self.linear_weight = np.ascontiguousarray(
+            to_kernel_layout(weight_array, self.dtype, contiguous_rows=True)
+        )
+        self.linear_bias = None if bias_array is None else np.ascontiguousarray(bias_array, dtype=self.dtype)
+        target_index, target_prob = _targets(target, (rows,), (rows, classes), self.dtype, "shape (N, V) =")
+        self.target_index = None if target_index is None else np.ascontiguousarray(target_index)
+        self.target_prob = None if target_prob is None else np.ascontiguousarray(target_prob)
+        self.class_weight = _class_weights(weight, classes)
+        # Each row's log-sum-exp as (max, log of the scaled sum), for backward.
+        self._row_stats: np.ndarray | None = None
+        self._backward_buffers: _LinearBuffers | None = None
+
+    def _options(
+        self,
+    ) -> tuple[
+        np.ndarray,
+        np.ndarray,
+        np.ndarray | None,
+        np.ndarray | None,
+        np.ndarray | None,
+        np.ndarray | None,
+        int,
+        float,
+        float,
+        float,
+    ]:
+        """The arguments both kernels take first: the arrays, then the options."""
+        return (
+            self.input,
+            self.linear_weight,
+            self.linear_bias,
+            self.target_index,
+            self.target_prob,
+            self.class_weight,
+            self.ignore_index,
+            self.label_smoothing,
+            self.z_loss,
+            self.softcap,
+        )
+
+    def forward(self, keep_for_backward: bool = False) -> np.ndarray:
+        """The per-row losses in float64 (z_loss included; 0 for ignored rows). Checks the
+        class indices (ValueError naming a bad one and its position)."""
+        row_loss = np.empty(self.rows, dtype=np.float64)
+        self._row_stats = np.empty((2, self.rows)) if keep_for_backward else None
+        _core.linear_cross_entropy(*self._options(), row_loss, *_stats_rows(self._row_stats))
+        return row_loss
+
+    def partial(self, row_loss: np.ndarray) -> Partial:
+        """The reduction state of these (checked) row losses: "mean" divides by PyTorch's
+        denominator (the summed class weight of the non-ignored rows; N for probabilities),
+        "batchmean" by N."""
+        rows = Partial.count(self.rows)
+        mean = (
+            rows
+            if self.target_index is None
+            else class_weighted_count(self.target_index, self.class_weight, self.ignore_index)
+        )
+        return Partial(ExactSum.of(row_loss), mean, rows)
+
+    def _buffers(self) -> _LinearBuffers:
+        input_array, weight_array, bias_array = self._originals
+        return (
+            _gradient_buffers(input_array.shape, self.dtype, input_array),
+            _gradient_buffers(weight_array.shape, self.dtype, weight_array),
+            None if bias_array is None else _gradient_buffers(bias_array.shape, self.dtype, bias_array),
+        )
+
+    def allocate_backward(self) -> None:
+        """Allocates the gradients backward() writes, so that a call can fail with MemoryError
+        before its forward pass rather than after it."""
+        self._backward_buffers = self._buffers()
+
+    def backward(self, row_grad: np.ndarray) -> LinearGrads:
+        """Gradients of sum_i row_grad[i] * loss_i: (d_input, d_linear_weight, d_linear_bias)."""
+        if self._row_stats is None:
+            raise RuntimeError(
+                "LinearCrossEntropyProblem.backward needs forward(keep_for_backward=True) first"
+            )
+        row_grad = np.array(row_grad, dtype=np.float64)
+        if self.target_index is not None:
+            # An ignored row's loss is the constant 0: nothing flows back through it, also when
+            # the upstream gradient is inf ("mean" of rows that all have zero weight).
+            row_grad[self.target_index == self.ignore_index] = 0.0
+        # The kernel overwrites the buffers; each serves one backward pass.
+        buffers, self._backward_buffers = self._backward_buffers, None
+        if buffers is None:
+            buffers = self._buffers()
+        d_input, d_weight, d_bias = buffers
+        _core.linear_cross_entropy_backward(
+            *self._options(),
+            self._row_stats[0],
+            self._row_stats[1],
+            row_grad,
+            d_input[0],
+            d_weight[0],
+            None if d_bias is None else d_bias[0],
+        )
+        return (
+            _finish_gradient(*d_input),
+            _finish_gradient(*d_weight),
+            None if d_bias is None else _finish_gradient(*d_bias),
+        )
+
+
+def reduction_row_grad(partial: Partial, reduction: str, rows: int) -> np.ndarray:
+    """d(result)/d(row loss) for every row: 1 / what the reduction divides by ("none": 1, the
+    gradient of the sum). A zero divisor ("mean" of rows that all carry zero weight) gives inf:
+    IEEE's x / 0, as the loss itself."""
+    divisor = partial.divisor(reduction)  # type: ignore[arg-type]
+    return np.full(rows, 1.0 / divisor if divisor else np.inf)
+
+
+@overload
+def linear_cross_entropy(
+    input: ArrayLike,  # noqa: A002
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None = ...,
+    weight: ArrayLike | None = ...,
+    reduction: ScalarReduction = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    z_loss: float = ...,
+    softcap: float | None = ...,
+    return_grad: Literal[False] = ...,
+) -> float: ...
+@overload
+def linear_cross_entropy(
+    input: ArrayLike,  # noqa: A002
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None = ...,
+    weight: ArrayLike | None = ...,
+    reduction: Literal["none"],
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    z_loss: float = ...,
+    softcap: float | None = ...,
+    return_grad: Literal[False] = ...,
+) -> np.ndarray: ...
+@overload
+def linear_cross_entropy(
+    input: ArrayLike,  # noqa: A002
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None = ...,
+    weight: ArrayLike | None = ...,
+    reduction: ScalarReduction = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    z_loss: float = ...,
+    softcap: float | None = ...,
+    return_grad: Literal[True],
+) -> tuple[float, LinearGrads]: ...
+@overload
+def linear_cross_entropy(
+    input: ArrayLike,  # noqa: A002
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None = ...,
+    weight: ArrayLike | None = ...,
+    reduction: Literal["none"],
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    z_loss: float = ...,
+    softcap: float | None = ...,
+    return_grad: Literal[True],
+) -> tuple[np.ndarray, LinearGrads]: ...
+@overload
+def linear_cross_entropy(
+    input: ArrayLike,  # noqa: A002
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None = ...,
+    weight: ArrayLike | None = ...,
+    reduction: Reduction = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    z_loss: float = ...,
+    softcap: float | None = ...,
+    return_grad: bool = ...,
+) -> LinearLossAndGrad: ...
+def linear_cross_entropy(
+    input: ArrayLike,  # noqa: A002
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    return_grad: bool = False,
+) -> LinearLossAndGrad:
+    """Cross-entropy of the logits ``input @ linear_weight.T + linear_bias`` against ``target``,
+    without the logits: tiles of them feed an online log-sum-exp while in cache, so extra memory
+    is O(N) plus fixed tiles per thread, whatever the number of classes.
+
+    Semantics are those of ``torch.nn.functional.linear_cross_entropy`` (PyTorch 2.13), i.e.
+    ``cross_entropy(input @ linear_weight.T + linear_bias, target, weight, ...)``, plus ``z_loss``
+    and ``softcap``.
+
+    Args:
+        input: ``(N, H)`` embeddings.
+        linear_weight: ``(V, H)`` classifier, one row per class. ``input`` and ``linear_weight``
+            are computed in float32 when both are float32/float16, else in float64.
+        target: integer class indices ``(N,)``, each in ``[0, V)`` or equal to ``ignore_index``;
+            or floating class probabilities ``(N, V)`` (not checked to sum to 1; ``ignore_index``
+            does not apply).
+        linear_bias: optional ``(V,)`` bias added to the logits.
+        weight: optional ``(V,)`` finite class weights.
+        reduction: ``"none"`` (the ``(N,)`` row losses), ``"sum"``, ``"mean"`` (PyTorch's: divided
+            by the summed class weight of the non-ignored rows for indices, by N for
+            probabilities; ``nan`` when every row is ignored) or ``"batchmean"`` (sum / N).
+        ignore_index: class index whose rows contribute nothing.
+        label_smoothing: in ``[0, 1]``; mixes the target with the uniform distribution.
+        z_loss: finite, >= 0: adds ``z_loss * lse_i ** 2`` (PaLM's auxiliary loss; ``lse_i`` the
+            row's log-sum-exp of its logits) to each non-ignored row's loss; ``"mean"`` divides
+            by the same denominator.
+        softcap: None, or finite and > 0: every logit ``x`` becomes ``softcap * tanh(x / softcap)``
+            (Gemma 2) before the softmax.
+        return_grad: also return ``(d_input, d_linear_weight, d_linear_bias)`` (``d_linear_bias``
+            is None without a bias), shaped like their arguments, from a second pass that
+            recomputes each tile of logits from the saved log-sum-exps (no ``N x V`` buffer).
+
+    Returns:
+        A Python float for a reduction (an exact sum, rounded once); for ``"none"``, the ``(N,)``
+        row losses in the computation dtype. With ``return_grad``: ``(loss, grads)``.
+    """
+    reduction = check_reduction(reduction)
+    return_grad = check_flag(return_grad, "return_grad")
+    problem = LinearCrossEntropyProblem(
+        input,
+        linear_weight,
+        target,
+        linear_bias=linear_bias,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+    if return_grad:
+        # Every buffer before any work: an allocation that fails does so now, not after the forward pass.
+        problem.allocate_backward()
+    row_loss = problem.forward(keep_for_backward=return_grad)
+    partial = problem.partial(row_loss)
+    loss: LossResult = row_loss.astype(problem.dtype) if reduction == "none" else partial.result(reduction)
+    if not return_grad:
+        return loss
+    return loss, problem.backward(reduction_row_grad(partial, reduction, problem.rows))

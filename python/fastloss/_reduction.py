@@ -110,6 +110,18 @@ class Partial:
         return ExactSum.of([float(n)])
 
 
+def class_weighted_count(
+    target_index: np.ndarray, class_weight: np.ndarray | None, ignore_index: int
+) -> ExactSum:
+    """PyTorch's "mean" denominator for class-index targets, as an exact sum: the class weights
+    of the rows whose target is not ``ignore_index`` (their count without class weights).
+    The targets must be checked already (each in ``[0, C)`` or ``ignore_index``)."""
+    kept = target_index[target_index != ignore_index]
+    if class_weight is None:
+        return Partial.count(kept.size)
+    return ExactSum.of(class_weight[kept])
+
+
 def empty_partial(mean_scale: int = 1) -> Partial:
     zero = ExactSum()
     return Partial(zero, zero, zero, mean_scale)

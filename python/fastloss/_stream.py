@@ -20,6 +20,7 @@ import numpy as np
 from . import _core, _losses
 from ._reduction import ExactSum, Partial, empty_partial
 from ._validation import (
+    as_real_array,
     check_choice,
     check_flag,
     check_int,
@@ -28,7 +29,7 @@ from ._validation import (
     check_temperature,
 )
 
-LOSSES = ("mse", "mae", "cross_entropy", "info_nce")
+LOSSES = ("mse", "mae", "cross_entropy", "info_nce", "linear_cross_entropy")
 _MAGIC = b"FLACC1\0\0"
 _SCALAR_REDUCTIONS = ("sum", "mean", "batchmean")
 
@@ -67,22 +68,26 @@ class Accumulator:
     shared queue ``negative_keys``, or ``queue_split=True`` to split a queue over accumulators of
     the same rows (each one's ``update(query, positive_key, shard)`` scores the rows against its
     shard; merging combines each row's log-sum-exp, within 2 ulp of the one-call one; the state
-    is then O(N)). Per-row arrays go to ``update``:
+    is then O(N)); for ``linear_cross_entropy``, the classifier ``linear_weight`` (required) and
+    ``linear_bias``, and ``weight``, ``ignore_index``, ``label_smoothing``, ``z_loss``,
+    ``softcap``. Per-row arrays go to ``update``:
 
     - ``mse``/``mae``: ``update(pred, target, sample_weight=None)``
     - ``cross_entropy``: ``update(logits, target, sample_weight=None)``
     - ``info_nce``: ``update(query, positive_key)``, or ``update(query, positive_key,
       negative_keys)`` with ``negative_mode="paired"``
+    - ``linear_cross_entropy``: ``update(input, target)``
 
     ``result()`` equals the loss called once on all the rows, bit for bit. ``to_bytes()`` /
     ``Accumulator.from_bytes()`` and pickling carry the state and the options; array options
-    (class weights, a queue) travel as a digest only, so a restored accumulator merges and gives
-    its result, and takes further updates once given the same arrays again (``from_bytes(data,
-    weight=..., negative_keys=...)``).
+    (class weights, a queue, a classifier) travel as a digest only, so a restored accumulator
+    merges and gives its result, and takes further updates once given the same arrays again
+    (``from_bytes(data, weight=..., negative_keys=..., linear_weight=...)``).
     """
 
     def __init__(self, loss: str, **options: Any) -> None:
         self.loss = check_choice(loss, "loss", LOSSES)
+        restoring = options.pop("_restoring", False)  # from_bytes: the arrays may come later
         reduction = check_reduction(options.pop("reduction", "mean"))
         if reduction not in _SCALAR_REDUCTIONS:
             raise ValueError('reduction: "none" has nothing to accumulate; use "sum", "mean" or "batchmean"')
@@ -112,6 +117,26 @@ class Accumulator:
                 raise ValueError(
                     "negative_keys: paired negatives belong to their rows; pass them to update()"
                 )
+        elif self.loss == "linear_cross_entropy":
+            for name in ("linear_weight", "linear_bias", "weight"):
+                self._arrays[name] = options.pop(name, None)
+            scalars["ignore_index"] = check_int(options.pop("ignore_index", -100), "ignore_index")
+            scalars["label_smoothing"] = check_label_smoothing(options.pop("label_smoothing", 0.0))
+            scalars["z_loss"] = _losses.check_z_loss(options.pop("z_loss", 0.0))
+            softcap = options.pop("softcap", None)
+            scalars["softcap"] = None if softcap is None else _losses.check_softcap(softcap)
+            if self._arrays["linear_weight"] is not None:
+                # Every array and option checked now, on zero rows of the classifier's H.
+                classifier = as_real_array(self._arrays["linear_weight"], "linear_weight")
+                self._arrays["linear_weight"] = classifier
+                shape = classifier.shape
+                rows = np.empty((0, shape[1] if len(shape) == 2 else 0), dtype=np.float32)
+                self._linear_problem(rows, np.empty(0, dtype=np.int64), scalars)
+            elif not restoring:
+                raise ValueError(
+                    "linear_weight: Accumulator('linear_cross_entropy') needs the (V, H) classifier, "
+                    "linear_weight=..."
+                )
         if options:
             raise TypeError(f"{self.loss}: unexpected option(s) {sorted(options)}")
         self._scalars = scalars
@@ -122,6 +147,20 @@ class Accumulator:
         # queue_split: every row's positive logit and log-sum-exp over this shard's negatives
         self._positive: np.ndarray | None = None
         self._shard_lse: np.ndarray | None = None
+
+    def _linear_problem(
+        self, input: Any, target: Any, scalars: dict[str, Any] | None = None
+    ) -> _losses.LinearCrossEntropyProblem:
+        """The linear cross-entropy of these rows under this accumulator's classifier and options."""
+        scalars = self._scalars if scalars is None else scalars
+        return _losses.LinearCrossEntropyProblem(
+            input,
+            self._arrays["linear_weight"],
+            target,
+            linear_bias=self._arrays["linear_bias"],
+            weight=self._arrays["weight"],
+            **scalars,
+        )
 
     # -- state -----------------------------------------------------------------------------
 
@@ -167,6 +206,16 @@ class Accumulator:
                 sample_weight,
             )
             self._add(partial, logits.shape[1:])
+            return self
+        if self.loss == "linear_cross_entropy":
+            if len(arrays) != 2:
+                raise TypeError(
+                    f"linear_cross_entropy.update takes (input, target); got {len(arrays)} arrays"
+                )
+            if sample_weight is not None:
+                raise TypeError("linear_cross_entropy.update takes no sample_weight")
+            linear = self._linear_problem(arrays[0], arrays[1])
+            self._add(linear.partial(linear.forward()), (linear.hidden,))
             return self
         if sample_weight is not None:
             raise TypeError("info_nce.update takes no sample_weight")
@@ -312,7 +361,7 @@ class Accumulator:
         for name, value in arrays.items():
             if name not in digests or _array_digest(value) != digests[name]:
                 raise ValueError(f"{name}: not the array this state was accumulated with")
-        acc = cls(loss, reduction=reduction, **key, **arrays)
+        acc = cls(loss, reduction=reduction, **key, **arrays, _restoring=True)
         acc._has_arrays = acc._digests == digests
         acc._digests = digests
         states = data[fixed + header_size :]

@@ -1,6 +1,7 @@
-"""fastloss over dask arrays (extra ``fastloss[dask]``): the four losses chunked by rows.
+"""fastloss over dask arrays (extra ``fastloss[dask]``): the losses chunked by rows.
 
-``fastloss.dask.mse``, ``mae``, ``cross_entropy`` and ``info_nce`` take the arguments of the
+``fastloss.dask.mse``, ``mae``, ``cross_entropy``, ``info_nce`` and ``linear_cross_entropy``
+take the arguments of the
 NumPy functions (no ``return_grad``) as dask arrays chunked by rows in any way, or NumPy
 arrays. Chunks along the other axes are merged into one, and every per-row argument is
 rechunked to the row chunks of the first one, so unaligned arguments are fine.
@@ -18,8 +19,9 @@ in-memory call on the whole arrays, whatever the chunking, the scheduler or the 
 Values are checked where the rows are (a bad weight raises ``ValueError`` at compute time);
 shapes, dtypes and options are checked at once.
 
-``info_nce``'s shared queue (``negative_mode="unpaired"``) becomes one key of the graph, sent
-once to each worker that needs it, not once per task. In-batch negatives (no
+``info_nce``'s shared queue (``negative_mode="unpaired"``) and ``linear_cross_entropy``'s
+classifier (``linear_weight``, ``linear_bias``) each become one key of the graph, sent once to
+each worker that needs it, not once per task. In-batch negatives (no
 ``negative_keys``) pair every row with every other row, which rows of different chunks never
 meet: they need a single row chunk (``ValueError`` otherwise).
 """
@@ -46,7 +48,7 @@ from ._validation import (
     check_temperature,
 )
 
-__all__ = ["cross_entropy", "info_nce", "mae", "mse"]
+__all__ = ["cross_entropy", "info_nce", "linear_cross_entropy", "mae", "mse"]
 
 # dask's functions are untyped: typed names for the ones used here (mypy strict).
 _blockwise: Callable[..., da.Array] = da.blockwise
@@ -333,16 +335,22 @@ def cross_entropy(
 # -- InfoNCE --------------------------------------------------------------------------------
 
 
-def _queue(value: Any) -> da.Array:
-    """The shared queue as one graph key (one block), whatever it was given as."""
+def _one_key(value: Any, name: str, key: str) -> da.Array:
+    """An array every task reads (a queue, a classifier) as one graph key (one block), whatever it
+    was given as; a NumPy array's key is named ``fastloss-<key>-<token>``."""
     if isinstance(value, da.Array):
-        _known_rows(value, "negative_keys")
+        _known_rows(value, name)
         return _rechunk(value, -1) if value.npartitions != 1 else value
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as error:
-        raise ValueError(f"negative_keys: cannot be converted to an array ({error})") from None
-    return _from_array(array, chunks=-1, name="fastloss-queue-" + tokenize(array))
+        raise ValueError(f"{name}: cannot be converted to an array ({error})") from None
+    return _from_array(array, chunks=-1, name=f"fastloss-{key}-" + tokenize(array))
+
+
+def _queue(value: Any) -> da.Array:
+    """The shared queue as one graph key (one block), whatever it was given as."""
+    return _one_key(value, "negative_keys", "queue")
 
 
 def info_nce(
@@ -423,3 +431,73 @@ def info_nce(
         return _losses.InfoNceProblem(qb, kb, nb, **options).forward().astype(meta.dtype)
 
     return _per_block(row_losses, "i", meta.dtype, "info_nce", options, *args)
+
+
+# -- linear cross-entropy -------------------------------------------------------------------
+
+
+def linear_cross_entropy(
+    input: Any,  # noqa: A002
+    linear_weight: Any,
+    target: Any,
+    *,
+    linear_bias: Any = None,
+    weight: Any = None,
+    reduction: Reduction = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> da.Array:
+    """:func:`fastloss.linear_cross_entropy` over dask arrays chunked by rows: ``input`` ``(N, H)``
+    and ``target`` (``(N,)`` class indices or ``(N, V)`` probabilities) chunked in any way; the
+    classifier ``linear_weight`` ``(V, H)`` and ``linear_bias`` ``(V,)`` (NumPy or dask arrays)
+    each sent to the workers once as one graph key; ``weight`` ``(V,)`` class weights (a NumPy
+    array, or a dask array computed once here). A 0-d dask array for a reduction, a lazy
+    ``(N,)`` dask array for ``"none"``."""
+    reduction = check_reduction(reduction)
+    options = {
+        "weight": _small_array(weight),
+        "ignore_index": check_int(ignore_index, "ignore_index"),
+        "label_smoothing": check_label_smoothing(label_smoothing),
+        "z_loss": _losses.check_z_loss(z_loss),
+        "softcap": None if softcap is None else _losses.check_softcap(softcap),
+    }
+    x, y = _as_dask(input, "input"), _as_dask(target, "target")
+    if x.ndim != 2:
+        raise ValueError(f"input must have shape (N, H); got {x.shape}")
+    _same_rows(x, "input", y, "target")
+    w = _one_key(linear_weight, "linear_weight", "classifier")
+    b = None if linear_bias is None else _one_key(linear_bias, "linear_bias", "bias")
+    # Shapes, dtypes and options now, on zero rows (the class indices are checked where the rows are).
+    meta = _losses.LinearCrossEntropyProblem(
+        _meta(x),
+        np.empty(w.shape, w.dtype),
+        _meta(y),
+        linear_bias=None if b is None else np.empty(b.shape, b.dtype),
+        **options,
+    )
+    x = _by_rows(x, None)
+    y = _by_rows(y, x.chunks[0])
+    # input "ih", target "i" or "iv"; the classifier "vh" and bias "v" have no row index, so
+    # their one block (one graph key) goes to every task.
+    args: list[Any] = [x, "ih", y, "i" if y.ndim == 1 else "iv", w, "vh"]
+    if b is not None:
+        args += [b, "v"]
+
+    def problem(
+        xb: np.ndarray, yb: np.ndarray, wb: np.ndarray, bb: np.ndarray | None = None
+    ) -> _losses.LinearCrossEntropyProblem:
+        return _losses.LinearCrossEntropyProblem(xb, wb, yb, linear_bias=bb, **options)
+
+    def partial(*blocks: np.ndarray) -> Partial:
+        block_problem = problem(*blocks)
+        return block_problem.partial(block_problem.forward())
+
+    if reduction != "none":
+        return _reduce(_per_block(partial, None, object, "linear_cross_entropy", options, *args), reduction)
+
+    def row_losses(*blocks: np.ndarray) -> np.ndarray:
+        return problem(*blocks).forward().astype(meta.dtype)
+
+    return _per_block(row_losses, "i", meta.dtype, "linear_cross_entropy", options, *args)

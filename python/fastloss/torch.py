@@ -4,8 +4,9 @@ through fastloss on CPU tensors.
 Install with ``pip install "fastloss[torch]"``. Tensors are handed to the kernels as NumPy views
 of the same memory (no copy for float32/float64 CPU tensors with whole-element strides), and the
 gradient comes from the same fused pass as the loss, so ``backward`` only scales it by
-``grad_output``. InfoNCE is the exception: its per-row losses share keys, so its backward runs
-the streaming backward kernel with ``grad_output`` as the per-row weights.
+``grad_output``. InfoNCE and linear cross-entropy are the exceptions: their per-row losses share keys (a
+classifier), so their backward runs the streaming backward kernel with ``grad_output`` as the
+per-row weights.
 
 Only first-order reverse mode is supported. The kernels' gradients are numbers, not torch
 graphs, so a second derivative through them would silently be zero: double backward (a
@@ -30,10 +31,12 @@ __all__ = [
     "CrossEntropyLoss",
     "InfoNCE",
     "L1Loss",
+    "LinearCrossEntropyLoss",
     "MSELoss",
     "cross_entropy",
     "info_nce",
     "l1_loss",
+    "linear_cross_entropy",
     "mse_loss",
 ]
 
@@ -309,6 +312,110 @@ def info_nce(
     )
 
 
+class _LinearCrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,  # noqa: A002
+        linear_weight: torch.Tensor,
+        linear_bias: torch.Tensor | None,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        reduction: str,
+        ignore_index: int,
+        label_smoothing: float,
+        z_loss: float,
+        softcap: float | None,
+    ) -> torch.Tensor:
+        x = _to_numpy(input, "input")
+        w = _to_numpy(linear_weight, "linear_weight")
+        b = None if linear_bias is None else _to_numpy(linear_bias, "linear_bias")
+        for name, tensor in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+            if tensor is not None and tensor.dtype != input.dtype:
+                raise TypeError(
+                    f"input and {name} must have the same dtype; got {input.dtype} and {tensor.dtype}"
+                )
+        soft = target.is_floating_point()
+        if soft and target.requires_grad:
+            raise NotImplementedError(
+                "fastloss.torch.linear_cross_entropy: gradients w.r.t. probability targets are not supported"
+            )
+        tgt = _to_numpy(target, "target", floating=soft)
+        class_weight = None if weight is None else _to_numpy(weight, "weight")
+        reduction = check_reduction(reduction)
+        problem = _losses.LinearCrossEntropyProblem(
+            x,
+            w,
+            tgt,
+            linear_bias=b,
+            weight=class_weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        )
+        row_loss = problem.forward(keep_for_backward=any(ctx.needs_input_grad[:3]))
+        ctx.api_name = "linear_cross_entropy"
+        ctx.problem = problem
+        ctx.reduction = reduction
+        ctx.partial = problem.partial(row_loss)
+        if reduction == "none":
+            return torch.from_numpy(row_loss.astype(problem.dtype))
+        return torch.tensor(ctx.partial.result(reduction), dtype=input.dtype)
+
+    jvp = staticmethod(_no_forward_mode)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
+        problem = ctx.problem
+        row_grad = _losses.reduction_row_grad(ctx.partial, ctx.reduction, problem.rows)
+        if ctx.reduction == "none":
+            row_grad *= grad_output.detach().to(torch.float64).cpu().numpy()
+        else:
+            row_grad *= float(grad_output)
+        d_input, d_weight, d_bias = problem.backward(row_grad)
+        needs = ctx.needs_input_grad
+        return (
+            torch.from_numpy(d_input) if needs[0] else None,
+            torch.from_numpy(d_weight) if needs[1] else None,
+            torch.from_numpy(d_bias) if needs[2] and d_bias is not None else None,
+        ) + (None,) * 7
+
+
+def linear_cross_entropy(
+    input: torch.Tensor,  # noqa: A002
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """``torch.nn.functional.linear_cross_entropy`` (``(N, H)`` input, ``(V, H)`` weight) computed by
+    fastloss, plus ``z_loss``, ``softcap`` and ``reduction="batchmean"`` (see
+    :func:`fastloss.linear_cross_entropy`). Gradients flow to ``input``, ``linear_weight`` and
+    ``linear_bias`` (one dtype, float32 or float64); targets and class weights are constants.
+    The backward pass recomputes the logits tile by tile from the saved log-sum-exps."""
+    return _apply(
+        _LinearCrossEntropyFunction,
+        input,
+        linear_weight,
+        linear_bias,
+        target,
+        weight,
+        reduction,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+    )
+
+
 class MSELoss(torch.nn.Module):
     """Drop-in for ``torch.nn.MSELoss`` (CPU, float32/float64)."""
 
@@ -386,4 +493,48 @@ class InfoNCE(torch.nn.Module):
             self.negative_mode,
             self.normalize,
             self.symmetric,
+        )
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """The loss of :func:`linear_cross_entropy` with its options held: ``forward(input,
+    linear_weight, target, linear_bias=None)``."""
+
+    weight: torch.Tensor | None  # a buffer (register_buffer below): declared for type checkers
+
+    def __init__(
+        self,
+        weight: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = check_reduction(reduction)
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+
+    def forward(
+        self,
+        input: torch.Tensor,  # noqa: A002
+        linear_weight: torch.Tensor,
+        target: torch.Tensor,
+        linear_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return linear_cross_entropy(
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            weight=self.weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
         )
