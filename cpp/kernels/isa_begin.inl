@@ -12,6 +12,11 @@
 
 #include "kernels.hpp"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#define FASTLOSS_HAVE_MMAP 1
+#endif
+
 // The hot loops' helper lambdas carry vector accumulators by reference: inlined, they stay in
 // registers; called, every step goes through memory (measured: 3.5x slower MSE).
 // FASTLOSS_PREFETCH(address): a hint to start loading that cache line (it never faults).

@@ -65,13 +65,15 @@ struct RowTargets {
   const LinearCrossEntropyArgs<T>& args;
   int64_t classes;
   double smoothing_weight_sum = 0.0;  // (smoothing / V) sum_c w_c
-  Buffer<double> smooth_coef;         // (smoothing / V) w_c, or (for probabilities) smoothing / V w_c
+  Buffer<double> smooth_coef;         // (smoothing / V) w_c, for class indices with smoothing
 
   explicit RowTargets(const LinearCrossEntropyArgs<T>& a)
-      : args(a), classes(a.weight.rows), smooth_coef(a.weight.rows) {
+      : args(a),
+        classes(a.weight.rows),
+        smooth_coef(a.target_prob.data == nullptr && a.label_smoothing > 0.0 ? a.weight.rows : 0) {
     if (!smooth_coef.ok()) throw std::bad_alloc();
     const double per_class = a.label_smoothing / static_cast<double>(classes);
-    for (int64_t c = 0; c < classes; ++c) {
+    for (int64_t c = 0; c < classes && a.target_prob.data == nullptr && a.label_smoothing > 0.0; ++c) {
       smooth_coef[c] = per_class * (a.class_weight != nullptr ? a.class_weight[c] : 1.0);
       smoothing_weight_sum += smooth_coef[c];
     }
@@ -434,7 +436,7 @@ void linear_cross_entropy_backward(const LinearCrossEntropyArgs<T>& a, const Lin
   const RowTargets<T> targets(a);
   const int64_t group_size = min_i64(backward_row_group(num_threads), ceil_div(n, kRowBlock) * kRowBlock);
   const int64_t padded_depth = ceil_div(depth > 0 ? depth : 1, NR) * NR;
-  Buffer<double> total_coef(n), d_bias(classes);
+  Buffer<double> total_coef(n), d_bias(g.d_bias != nullptr ? classes : 0);
   Buffer<T> packed_rows(ceil_div(group_size, MR) * MR * (depth > 0 ? depth : 1));
   Buffer<T> row_panels(group_size * padded_depth);
   Buffer<T> packed_classes(CT * (depth > 0 ? depth : 1)), class_panels(CT * padded_depth), bias_tile(CT);
@@ -444,7 +446,7 @@ void linear_cross_entropy_backward(const LinearCrossEntropyArgs<T>& a, const Lin
     throw std::bad_alloc();
   }
   for (int64_t i = 0; i < n; ++i) total_coef[i] = targets.total_coef(i);
-  for (int64_t c = 0; c < classes; ++c) d_bias[c] = 0.0;
+  for (int64_t c = 0; c < classes && g.d_bias != nullptr; ++c) d_bias[c] = 0.0;
   const int64_t strips = ceil_div(depth, NR);
   const int threads = threads_for(n * classes * (depth + 1), ceil_div(group_size, kRowBlock), num_threads);
   bool failed = false;
@@ -543,7 +545,7 @@ void linear_cross_entropy_backward(const LinearCrossEntropyArgs<T>& a, const Lin
 #endif
         for (int64_t strip = 0; strip <= strips; ++strip) {
           if (strip == strips) {
-            for (int64_t c = 0; c < cols; ++c) {
+            for (int64_t c = 0; c < cols && g.d_bias != nullptr; ++c) {
               double sum = d_bias[j0 + c];
               for (int64_t r = 0; r < group_rows; ++r) sum += static_cast<double>(d_logits[r * CT + c]);
               d_bias[j0 + c] = sum;
