@@ -73,10 +73,14 @@ struct RowTargets {
         smooth_coef(a.target_prob.data == nullptr && a.label_smoothing > 0.0 ? a.weight.rows : 0) {
     if (!smooth_coef.ok()) throw std::bad_alloc();
     const double per_class = a.label_smoothing / static_cast<double>(classes);
-    for (int64_t c = 0; c < classes && a.target_prob.data == nullptr && a.label_smoothing > 0.0; ++c) {
-      smooth_coef[c] = per_class * (a.class_weight != nullptr ? a.class_weight[c] : 1.0);
-      smoothing_weight_sum += smooth_coef[c];
+    if (a.target_prob.data != nullptr || a.label_smoothing == 0.0) return;
+    // No null test inside the loop (see copy_bias_tile).
+    if (a.class_weight != nullptr) {
+      for (int64_t c = 0; c < classes; ++c) smooth_coef[c] = per_class * a.class_weight[c];
+    } else {
+      for (int64_t c = 0; c < classes; ++c) smooth_coef[c] = per_class;
     }
+    for (int64_t c = 0; c < classes; ++c) smoothing_weight_sum += smooth_coef[c];
   }
   bool probabilities() const { return args.target_prob.data != nullptr; }
   // Whether a linear term sum_c a_c z_c beyond the target's logit is needed.
@@ -101,9 +105,12 @@ struct RowTargets {
     const T* q = args.target_prob.data + i * args.target_prob.row_stride + j0;
     const double keep = 1.0 - args.label_smoothing;
     const double per_class = args.label_smoothing / static_cast<double>(classes);
+    if (args.class_weight == nullptr) {
+      for (int64_t c = 0; c < cols; ++c) coef[c] = keep * static_cast<double>(q[c]) + per_class;
+      return;
+    }
     for (int64_t c = 0; c < cols; ++c) {
-      const double w = args.class_weight != nullptr ? args.class_weight[j0 + c] : 1.0;
-      coef[c] = w * (keep * static_cast<double>(q[c]) + per_class);
+      coef[c] = args.class_weight[j0 + c] * (keep * static_cast<double>(q[c]) + per_class);
     }
   }
   // A = sum_c a_c of row i (0 for an ignored row).
@@ -195,6 +202,18 @@ void class_logit_tile(const LinearCrossEntropyArgs<T>& a, const T* packed_rows, 
   }
 }
 
+// bias[j0 .. j0 + cols) into out, zero up to `width`. Two plain loops: GCC if-converts a single
+// conditional one into masked loads from a null bias, which real CPUs allow (no lane is read) but
+// qemu's emulation of vmaskmovps faults on.
+template <class T>
+void copy_bias_tile(const T* bias, int64_t j0, int64_t cols, int64_t width, T* out) {
+  int64_t c = 0;
+  if (bias != nullptr) {
+    for (; c < cols; ++c) out[c] = bias[j0 + c];
+  }
+  for (; c < width; ++c) out[c] = T(0);
+}
+
 // Scratch of one thread: a classifier tile packed into panels, its bias padded to whole vectors,
 // a tile of logits.
 template <class T>
@@ -211,7 +230,7 @@ template <class T>
 void pack_class_tile(const LinearCrossEntropyArgs<T>& a, int64_t j0, int64_t cols, ClassTileScratch<T>* s) {
   pack_panels(a.weight.data + j0 * a.weight.row_stride, a.weight.row_stride, cols, a.weight.cols,
               s->packed.get(), ceil_div(cols, Simd<T>::kMicroVecs * Simd<T>::kLanes));
-  for (int64_t c = 0; c < kClassTile; ++c) s->bias[c] = a.bias != nullptr && c < cols ? a.bias[j0 + c] : T(0);
+  copy_bias_tile(a.bias, j0, cols, kClassTile, s->bias.get());
 }
 
 // How the classes are cut: the count depends on N and V only (never on threads), enough chunks
@@ -496,8 +515,7 @@ void linear_cross_entropy_backward(const LinearCrossEntropyArgs<T>& a, const Lin
 #endif
         {
           stop = interrupted(a.interrupt);
-          for (int64_t c = 0; c < CT; ++c)
-            bias_tile[c] = a.bias != nullptr && c < cols ? a.bias[j0 + c] : T(0);
+          copy_bias_tile(a.bias, j0, cols, CT, bias_tile.get());
         }
         if (stop) break;
         // The classifier tile, both ways: panels of NR classes for the recompute, panels of NR
