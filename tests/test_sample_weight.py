@@ -136,3 +136,20 @@ def test_streaming_with_sample_weights_gives_the_one_call_bits():
 def test_bad_sample_weight(bad, error):
     with pytest.raises(error, match="sample_weight"):
         fastloss.cross_entropy(np.zeros((4, 3)), [0, 1, 2, 0], sample_weight=bad)
+
+
+@pytest.mark.parametrize("loss", [fastloss.mse, fastloss.mae])
+@pytest.mark.parametrize("cols", [5, 37, 40000])
+def test_weight_beyond_float32_range_times_a_zero_loss_is_zero(loss, cols):
+    """The fuzzer's finding: a float32 element loss of 0 times a weight of 1.8e308 (no float32)
+    was inf * 0 = NaN in the "none" output; the product is taken in float64, as the exact one."""
+    rng = np.random.default_rng(3)
+    pred = rng.standard_normal((3, cols)).astype(np.float32)
+    target = pred.copy()
+    target[2] += np.float32(1e-30)
+    w = np.array([-0.0, np.finfo(np.float64).max, 1e300])
+    out, grad = loss(pred, target, reduction="none", return_grad=True, sample_weight=w)
+    expected = w[:, None] * np.abs(pred.astype(np.float64) - target) ** (2 if loss is fastloss.mse else 1)
+    assert not np.isnan(out).any()
+    assert np.array_equal(out[:2], np.zeros((2, cols), np.float32))
+    np.testing.assert_allclose(out[2], expected[2].astype(np.float32), rtol=1e-6)

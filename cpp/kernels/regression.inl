@@ -182,19 +182,26 @@ FASTLOSS_ALWAYS_INLINE inline void add_vector_lanes(RegressionLanes& lanes, type
 template <class T, RegressionKind Kind>
 FASTLOSS_ALWAYS_INLINE inline void store_vector(typename Simd<T>::V pv, typename Simd<T>::V tv, const T* p,
                                                 const T* t, int64_t n, bool weighted,
-                                                typename Simd<T>::V out_scale,
-                                                typename Simd<T>::V grad_factor, bool grad_factor_fits,
-                                                double grad_factor_double, T* o, T* g) {
+                                                typename Simd<T>::V out_scale, bool out_scale_fits,
+                                                double out_scale_double, typename Simd<T>::V grad_factor,
+                                                bool grad_factor_fits, double grad_factor_double, T* o,
+                                                T* g) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int64_t L = S::kLanes;
   const V e = element_loss_vec<T, Kind>(pv, tv);
-  if (o != nullptr) {
+  if (o != nullptr && (!weighted || out_scale_fits)) {
     const V out = weighted ? S::mul(e, out_scale) : e;
     if (n == L)
       S::store(o, out);
     else
       S::store_partial(o, out, n);
+  } else if (o != nullptr) {
+    // A weight beyond T's range (1e308 on float32): the product in double, as for the gradient,
+    // so that a zero loss stays 0 rather than inf * 0 = NaN.
+    T losses[L];
+    S::store(losses, e);
+    for (int64_t k = 0; k < n; ++k) o[k] = static_cast<T>(out_scale_double * static_cast<double>(losses[k]));
   }
   if (g != nullptr && grad_factor_fits) {
     const V grad = S::mul(grad_factor, element_grad_vec<T, Kind>(pv, tv));
@@ -221,6 +228,7 @@ void regression_contiguous(const T* p, const T* t, int64_t count, double weight,
   using V = typename S::V;
   constexpr int64_t L = S::kLanes;
   const V out_scale = S::set1(static_cast<T>(weight));
+  const bool out_scale_fits = fits<T>(weight);
   const V grad_factor = S::set1(static_cast<T>(grad_scale * weight));
   const bool grad_factor_fits = fits<T>(grad_scale * weight);
   const bool stores = o != nullptr || g != nullptr;
@@ -236,10 +244,10 @@ void regression_contiguous(const T* p, const T* t, int64_t count, double weight,
     add_vector_lanes<T, Kind, 0>(lanes, p0, t0, p + j, t + j, L, weighted, weight, weight_vec, sum);
     add_vector_lanes<T, Kind, 1>(lanes, p1, t1, p + j + L, t + j + L, L, weighted, weight, weight_vec, sum);
     if (stores) {
-      store_vector<T, Kind>(p0, t0, p + j, t + j, L, weighted, out_scale, grad_factor, grad_factor_fits,
-                            grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
-      store_vector<T, Kind>(p1, t1, p + j + L, t + j + L, L, weighted, out_scale, grad_factor,
-                            grad_factor_fits, grad_scale * weight, o ? o + j + L : nullptr,
+      store_vector<T, Kind>(p0, t0, p + j, t + j, L, weighted, out_scale, out_scale_fits, weight, grad_factor,
+                            grad_factor_fits, grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
+      store_vector<T, Kind>(p1, t1, p + j + L, t + j + L, L, weighted, out_scale, out_scale_fits, weight,
+                            grad_factor, grad_factor_fits, grad_scale * weight, o ? o + j + L : nullptr,
                             g ? g + j + L : nullptr);
     }
   }
@@ -249,8 +257,8 @@ void regression_contiguous(const T* p, const T* t, int64_t count, double weight,
     const V pv = S::load_partial(p + j, n, T(0)), tv = S::load_partial(t + j, n, T(0));
     add_vector_lanes<T, Kind, 0>(lanes, pv, tv, p + j, t + j, n, weighted, weight, weight_vec, sum);
     if (stores) {
-      store_vector<T, Kind>(pv, tv, p + j, t + j, n, weighted, out_scale, grad_factor, grad_factor_fits,
-                            grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
+      store_vector<T, Kind>(pv, tv, p + j, t + j, n, weighted, out_scale, out_scale_fits, weight, grad_factor,
+                            grad_factor_fits, grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
     }
   }
   bool finite = exact_lanes_finish(lanes.high[0][0], lanes.high[0][1], sum);
@@ -440,6 +448,7 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
   constexpr int64_t L = S::kLanes;
   static_assert(2 * L == RoundedLanes<T>::kChains * SD::kLanes, "one iteration fills every chain once");
   const V out_scale = S::set1(static_cast<T>(weight));
+  const bool out_scale_fits = fits<T>(weight);
   const V grad_factor = S::set1(static_cast<T>(grad_scale * weight));
   const bool grad_factor_fits = fits<T>(grad_scale * weight);
   const Sum before = *sum;
@@ -464,10 +473,10 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
       }
       const V p0 = S::load(p + j), t0 = S::load(t + j);
       const V p1 = S::load(p + j + L), t1 = S::load(t + j + L);
-      store_vector<T, Kind>(p0, t0, p + j, t + j, L, weighted, out_scale, grad_factor, grad_factor_fits,
-                            grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
-      store_vector<T, Kind>(p1, t1, p + j + L, t + j + L, L, weighted, out_scale, grad_factor,
-                            grad_factor_fits, grad_scale * weight, o ? o + j + L : nullptr,
+      store_vector<T, Kind>(p0, t0, p + j, t + j, L, weighted, out_scale, out_scale_fits, weight, grad_factor,
+                            grad_factor_fits, grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
+      store_vector<T, Kind>(p1, t1, p + j + L, t + j + L, L, weighted, out_scale, out_scale_fits, weight,
+                            grad_factor, grad_factor_fits, grad_scale * weight, o ? o + j + L : nullptr,
                             g ? g + j + L : nullptr);
     }
   }
@@ -489,8 +498,8 @@ void regression_contiguous_rounded(const T* p, const T* t, int64_t count, double
     const int64_t n = count - j < L ? count - j : L;
     if constexpr (Stores) {
       const V pv = S::load_partial(p + j, n, T(0)), tv = S::load_partial(t + j, n, T(0));
-      store_vector<T, Kind>(pv, tv, p + j, t + j, n, weighted, out_scale, grad_factor, grad_factor_fits,
-                            grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
+      store_vector<T, Kind>(pv, tv, p + j, t + j, n, weighted, out_scale, out_scale_fits, weight, grad_factor,
+                            grad_factor_fits, grad_scale * weight, o ? o + j : nullptr, g ? g + j : nullptr);
     }
   }
   const int64_t per_lane = (count + 2 * L - 1) / (2 * L);
@@ -540,7 +549,10 @@ void regression_row_part(const MatrixView<T>& pred, const MatrixView<T>& target,
     const T tj = load_unaligned(t + j * ts);
     if (o != nullptr) {
       const T e = element_loss<T, Kind>(pj, tj);
-      o[j] = weighted ? static_cast<T>(e * static_cast<T>(weight)) : e;
+      // A weight beyond T's range takes the product in double (see store_vector).
+      o[j] = !weighted         ? e
+             : fits<T>(weight) ? static_cast<T>(e * static_cast<T>(weight))
+                               : static_cast<T>(weight * static_cast<double>(e));
     }
     if (g != nullptr) {
       g[j] = grad_factor_fits ? row_grad_scale * element_grad<T, Kind>(pj, tj)
