@@ -1572,3 +1572,154 @@ def test_score_chunking_never_changes_a_bit(capsys, tmp_path, reduction):
             )
             assert code == 0, err
             assert json.loads(out)["value"] == expected, (loss, chunking)
+
+
+# --- score linear_cross_entropy -------------------------------------------------------------
+
+
+def _lce_reference(x, w, b, y, weight, smoothing, z_loss, softcap, ignore_index=-100):
+    """Row losses and the "mean" denominator, in float64, written from the formulas."""
+    z = x.astype(np.float64) @ w.astype(np.float64).T
+    if b is not None:
+        z = z + b
+    if softcap is not None:
+        z = softcap * np.tanh(z / softcap)
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    nll = lse[:, None] - z
+    cw = np.ones(w.shape[0]) if weight is None else weight
+    rows, denominator = np.zeros(len(y)), 0.0
+    for i, t in enumerate(y):
+        if t == ignore_index:
+            continue
+        rows[i] = (1 - smoothing) * cw[t] * nll[i, t] + smoothing / w.shape[0] * (cw * nll[i]).sum()
+        rows[i] += z_loss * lse[i] ** 2
+        denominator += cw[t]
+    return rows, denominator
+
+
+@pytest.fixture
+def lce_files(tmp_path):
+    rng = np.random.default_rng(12)
+    n, h, v = 53, 24, 37
+    x = rng.standard_normal((n, h)).astype(np.float32)
+    w = (rng.standard_normal((v, h)) * 0.5).astype(np.float32)
+    b = rng.standard_normal(v).astype(np.float32)
+    y = rng.integers(0, v, size=n)
+    y[[4, 30]] = -100
+    weight = rng.uniform(0.2, 2.0, size=v)
+    for name, value in {"x": x, "w": w, "b": b, "y": y, "weight": weight}.items():
+        np.save(tmp_path / f"{name}.npy", value)
+    return tmp_path, x, w, b, y, weight
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "batchmean", "none"])
+@pytest.mark.parametrize("options", [(), ("bias", "z_loss"), ("softcap", "weight", "smoothing")])
+def test_score_linear_cross_entropy(capsys, lce_files, reduction, options):
+    tmp, x, w, b, y, weight = lce_files
+    args = ["lce", tmp / "x.npy", tmp / "y.npy", "--linear-weight", tmp / "w.npy", "--reduction", reduction]
+    args += ["--chunk-rows", 7]
+    kw = {}
+    if "bias" in options:
+        args += ["--linear-bias", tmp / "b.npy"]
+        kw["linear_bias"] = b
+    if "z_loss" in options:
+        args += ["--z-loss", 0.01]
+        kw["z_loss"] = 0.01
+    if "softcap" in options:
+        args += ["--softcap", 3.0]
+        kw["softcap"] = 3.0
+    if "weight" in options:
+        args += ["--weight", tmp / "weight.npy"]
+        kw["weight"] = weight
+    if "smoothing" in options:
+        args += ["--label-smoothing", 0.1]
+        kw["label_smoothing"] = 0.1
+    if reduction == "none":
+        args += ["--out", tmp / "rows.npy"]
+    code, out, err = score(capsys, *args)
+    assert code == 0, err
+    rows, denominator = _lce_reference(
+        x,
+        w,
+        kw.get("linear_bias"),
+        y,
+        kw.get("weight"),
+        kw.get("label_smoothing", 0.0),
+        kw.get("z_loss", 0.0),
+        kw.get("softcap"),
+    )
+    one_call = fastloss.linear_cross_entropy(x, w, y, reduction=reduction, **kw)
+    if reduction == "none":
+        got = np.load(tmp / "rows.npy")
+        assert got.dtype == np.float32 and got.shape == (len(y),)
+        np.testing.assert_allclose(got, rows, rtol=2e-5, atol=1e-6)
+        assert got.tobytes() == one_call.tobytes()  # chunks of 7 rows: the one call's bits
+        return
+    expected = {"sum": rows.sum(), "mean": rows.sum() / denominator, "batchmean": rows.sum() / len(y)}
+    assert float(out) == pytest.approx(expected[reduction], rel=2e-6)
+    assert float(out) == one_call  # exact reductions: chunking does not change the bits
+
+
+def test_score_linear_cross_entropy_probabilities(capsys, lce_files):
+    tmp, x, w, _, _, _ = lce_files
+    probs = np.random.default_rng(3).dirichlet(np.ones(w.shape[0]), size=x.shape[0]).astype(np.float32)
+    np.save(tmp / "probs.npy", probs)
+    code, out, err = score(
+        capsys,
+        "linear_cross_entropy",
+        tmp / "x.npy",
+        tmp / "probs.npy",
+        "--linear-weight",
+        tmp / "w.npy",
+        "--chunk-rows",
+        10,
+    )
+    assert code == 0, err
+    z = x.astype(np.float64) @ w.astype(np.float64).T
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    expected = (probs * (lse[:, None] - z)).sum() / x.shape[0]
+    assert float(out) == pytest.approx(expected, rel=2e-6)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ((), "needs --linear-weight FILE"),
+        (("--linear-weight", "b.npy"), "--linear-weight must be (V, 24)"),
+        (("--linear-weight", "w.npy", "--softcap", -1), "--softcap must be None or finite and > 0"),
+        (("--linear-weight", "w.npy", "--z-loss", "nan"), "--z-loss must be finite and >= 0"),
+        (("--linear-weight", "w.npy", "--linear-bias", "x.npy"), "linear_bias"),
+        (
+            ("--linear-weight", "w.npy", "--chunk-rows", 5, "--target", "bad_y.npy"),
+            "TARGET value 37 at row 9",
+        ),
+        (
+            ("--linear-weight", "w.npy", "--target", "x.npy"),
+            "TARGET with probabilities must have shape (53, 37)",
+        ),
+        (("--linear-weight", "w.npy", "--sample-weight", "b.npy"), "--sample-weight applies to mse and mae"),
+    ],
+    ids=lambda v: str(v)[:30],
+)
+def test_score_linear_cross_entropy_errors(capsys, lce_files, extra, message):
+    tmp = lce_files[0]
+    y = np.load(tmp / "y.npy")
+    y[9] = 37
+    np.save(tmp / "bad_y.npy", y)
+    extra = list(extra)
+    target = "y.npy"
+    if "--target" in extra:
+        i = extra.index("--target")
+        target = extra[i + 1]
+        del extra[i : i + 2]
+    resolved = [tmp / e if isinstance(e, str) and e.endswith(".npy") else e for e in extra]
+    code, out, err = score(capsys, "lce", tmp / "x.npy", tmp / target, *resolved)
+    assert code == 1 and out == ""
+    assert err.startswith("fastloss score: error: ") and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_score_z_loss_is_for_linear_cross_entropy_only(capsys, ce_files):
+    tmp = ce_files[0]
+    code, _, err = score(capsys, "cross_entropy", tmp / "logits.npy", tmp / "labels.npy", "--z-loss", 0.1)
+    assert code == 1 and "--z-loss applies to linear_cross_entropy only, not cross_entropy" in err

@@ -887,17 +887,15 @@ _LinearBuffers = tuple[
 ]
 
 
-def check_z_loss(value: Any) -> float:
-    return check_real(value, "z_loss", 0.0, sys.float_info.max, expected="finite and >= 0")
+def check_z_loss(value: Any, name: str = "z_loss") -> float:
+    return check_real(value, name, 0.0, sys.float_info.max, expected="finite and >= 0")
 
 
-def check_softcap(value: Any) -> float:
+def check_softcap(value: Any, name: str = "softcap") -> float:
     """None (no cap) as 0.0, the kernels' "none"; else a finite number > 0."""
     if value is None:
         return 0.0
-    return check_real(
-        value, "softcap", sys.float_info.min, sys.float_info.max, expected="None or finite and > 0"
-    )
+    return check_real(value, name, sys.float_info.min, sys.float_info.max, expected="None or finite and > 0")
 
 
 class LinearCrossEntropyProblem:

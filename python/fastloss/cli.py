@@ -7,7 +7,8 @@
     ``--json`` figures, a PNG chart with ``--chart FILE``.
 
 ``fastloss score LOSS A B [options]``
-    A loss (``mse``, ``mae``, ``cross_entropy`` alias ``ce``, ``info_nce``) of arrays stored in
+    A loss (``mse``, ``mae``, ``cross_entropy`` alias ``ce``, ``info_nce``,
+    ``linear_cross_entropy`` alias ``lce``) of arrays stored in
     ``.npy`` / ``.npz`` files or Parquet columns of any size, every option of the API as a flag.
     The inputs are read by ``fastloss._readers`` (memory maps, streamed compressed members,
     Parquet row groups) in row chunks of about ``--chunk-mb``, released once consumed, so memory
@@ -16,7 +17,7 @@
     (the reduction rules live in ``fastloss._reduction`` alone). ``info_nce`` with in-batch
     negatives (no ``--negatives``) couples every query with every key, so it is one call over
     the whole (memory-mapped) arrays. ``--reduction none`` streams the per-element (per-row for
-    ``cross_entropy`` and ``info_nce``) losses into an ``.npy`` file written through
+    the cross-entropies and ``info_nce``) losses into an ``.npy`` file written through
     ``np.lib.format.open_memmap``. Every ``--out`` file is written under a temporary name and
     renamed once complete; a result that cannot be printed (stdout closed, a broken pipe) is an
     error, exit code 1. ``--json`` prints a JSON object instead of the bare number.
@@ -41,6 +42,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
+from ._losses import check_softcap, check_z_loss
 from ._readers import InputError, RowSource, drop_pages, load_small, open_array
 from ._validation import check_int, check_label_smoothing, check_temperature, check_threads
 from ._version import __version__
@@ -48,8 +50,8 @@ from ._version import __version__
 __all__ = ["main"]
 
 PROG = "fastloss"
-LOSSES = ("mse", "mae", "cross_entropy", "info_nce")
-ALIASES = {"ce": "cross_entropy"}
+LOSSES = ("mse", "mae", "cross_entropy", "info_nce", "linear_cross_entropy")
+ALIASES = {"ce": "cross_entropy", "lce": "linear_cross_entropy"}
 REDUCTIONS = ("mean", "sum", "batchmean", "none")
 NEGATIVE_MODES = ("unpaired", "paired")
 # Largest ``reduction none`` result printed to the terminal instead of written with --out.
@@ -66,9 +68,13 @@ ChunkCall = Callable[[list[np.ndarray], int, int], Any]
 # applies to. Given to another loss it is an error, never silently ignored.
 _OPTIONS = (
     ("--sample-weight", "sample_weight", ("mse", "mae")),
-    ("--weight", "weight", ("cross_entropy",)),
-    ("--ignore-index", "ignore_index", ("cross_entropy",)),
-    ("--label-smoothing", "label_smoothing", ("cross_entropy",)),
+    ("--weight", "weight", ("cross_entropy", "linear_cross_entropy")),
+    ("--ignore-index", "ignore_index", ("cross_entropy", "linear_cross_entropy")),
+    ("--label-smoothing", "label_smoothing", ("cross_entropy", "linear_cross_entropy")),
+    ("--linear-weight", "linear_weight", ("linear_cross_entropy",)),
+    ("--linear-bias", "linear_bias", ("linear_cross_entropy",)),
+    ("--z-loss", "z_loss", ("linear_cross_entropy",)),
+    ("--softcap", "softcap", ("linear_cross_entropy",)),
     ("--negatives", "negatives", ("info_nce",)),
     ("--temperature", "temperature", ("info_nce",)),
     ("--negative-mode", "negative_mode", ("info_nce",)),
@@ -96,7 +102,9 @@ def _chunk_rows(args: argparse.Namespace, row_bytes: int) -> int:
 
 def _labels(loss: str) -> tuple[str, str]:
     """What the two positional inputs are called in messages."""
-    return ("QUERY", "POSITIVE_KEY") if loss == "info_nce" else ("PRED", "TARGET")
+    if loss == "info_nce":
+        return ("QUERY", "POSITIVE_KEY")
+    return ("INPUT", "TARGET") if loss == "linear_cross_entropy" else ("PRED", "TARGET")
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -110,6 +118,10 @@ def _check_options(args: argparse.Namespace) -> None:
         check_label_smoothing(args.label_smoothing, "--label-smoothing")
     if args.temperature is not None:
         check_temperature(args.temperature, "--temperature")
+    if args.z_loss is not None:
+        check_z_loss(args.z_loss, "--z-loss")
+    if args.softcap is not None:
+        check_softcap(args.softcap, "--softcap")
     if args.reduction == "none" and args.out and not args.out.lower().endswith(".npy"):
         raise CliError(
             f"--out {args.out!r}: reduction 'none' writes an .npy file; give a name ending in .npy"
@@ -118,6 +130,8 @@ def _check_options(args: argparse.Namespace) -> None:
         if getattr(args, attr) is not None and args.loss not in owners:
             hint = " (cross_entropy takes --weight)" if attr == "sample_weight" else ""
             raise CliError(f"{flag} applies to {' and '.join(owners)} only, not {args.loss}{hint}")
+    if args.loss == "linear_cross_entropy" and args.linear_weight is None:
+        raise CliError("linear_cross_entropy needs --linear-weight FILE: the (V, H) classifier")
     if args.loss == "info_nce":
         if args.negative_mode == "paired" and args.negatives is None:
             raise CliError(
@@ -148,6 +162,8 @@ def _score(args: argparse.Namespace) -> int:
                 value, out_map = _score_regression(fastloss, args, pred, target)
             elif args.loss == "cross_entropy":
                 value, out_map = _score_cross_entropy(fastloss, args, pred, target)
+            elif args.loss == "linear_cross_entropy":
+                value, out_map = _score_linear_cross_entropy(fastloss, args, pred, target)
             else:
                 value, out_map = _score_info_nce(fastloss, args, pred, target, sources)
             rows = 1 if args.loss == "cross_entropy" and pred.ndim == 1 else pred.shape[0]
@@ -421,6 +437,75 @@ def _score_cross_entropy(
     return (out, out) if acc is None else (acc.result(), None)
 
 
+def _class_targets(target: RowSource, n_rows: int, n_classes: int, inputs: str) -> bool:
+    """Checks a cross-entropy TARGET's shape against its rows and classes; True for probabilities."""
+    if target.dtype.kind == "f":
+        if target.shape != (n_rows, n_classes):
+            raise CliError(
+                f"{inputs} TARGET with probabilities must have shape ({n_rows}, {n_classes}); "
+                f"got {target.shape}"
+            )
+        return True
+    if target.dtype.kind not in "iu":
+        raise CliError(
+            f"{inputs} TARGET must hold integer class indices or floating probabilities; "
+            f"got dtype {target.dtype}"
+        )
+    if target.shape != (n_rows,):
+        raise CliError(f"{inputs} TARGET (class indices) must have shape ({n_rows},); got {target.shape}")
+    return False
+
+
+def _score_linear_cross_entropy(
+    fastloss: ModuleType, args: argparse.Namespace, input: RowSource, target: RowSource
+) -> tuple[Any, np.ndarray | None]:
+    # The classifier (and bias, class weights) is read once and applied to every chunk of rows.
+    kw: dict[str, Any] = {
+        "linear_weight": load_small("--linear-weight", args.linear_weight),
+        "ignore_index": -100 if args.ignore_index is None else args.ignore_index,
+        "label_smoothing": 0.0 if args.label_smoothing is None else args.label_smoothing,
+        "z_loss": 0.0 if args.z_loss is None else args.z_loss,
+        "softcap": args.softcap,
+    }
+    for flag, name in (("--linear-bias", "linear_bias"), ("--weight", "weight")):
+        if getattr(args, name) is not None:
+            kw[name] = load_small(flag, getattr(args, name))
+    classifier = kw["linear_weight"]
+    if input.ndim != 2:
+        raise CliError(f"linear_cross_entropy INPUT must be (N, H); got shape {input.shape}")
+    n_rows, hidden = input.shape
+    if classifier.ndim != 2 or classifier.shape[1] != hidden:
+        raise CliError(
+            f"--linear-weight must be (V, {hidden}) for INPUT {input.shape}; got {classifier.shape}"
+        )
+    n_classes = classifier.shape[0]
+    soft = _class_targets(target, n_rows, n_classes, "linear_cross_entropy")
+    try:
+        acc = (
+            None
+            if args.reduction == "none"
+            else fastloss.Accumulator("linear_cross_entropy", reduction=args.reduction, **kw)
+        )
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    classifier_kw = {name: value for name, value in kw.items() if name != "linear_weight"}
+
+    def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
+        x, y = parts
+        try:
+            if acc is None:
+                return fastloss.linear_cross_entropy(x, classifier, y, reduction="none", **classifier_kw)
+            acc.update(x, y)
+            return 0.0
+        except ValueError:
+            if not soft:
+                _check_labels(np.asarray(y), start, n_classes, kw["ignore_index"])
+            raise
+
+    _, out = _run_chunks(args, [input, target], call, (n_rows,))
+    return (out, out) if acc is None else (acc.result(), None)
+
+
 def _score_info_nce(
     fastloss: ModuleType,
     args: argparse.Namespace,
@@ -599,7 +684,8 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=PROG,
-        description="fastloss: fast CPU losses (MSE, MAE, cross-entropy, InfoNCE) for NumPy.",
+        description="fastloss: fast CPU losses (MSE, MAE, cross-entropy, InfoNCE, linear "
+        "cross-entropy) for NumPy.",
     )
     ap.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
@@ -634,25 +720,26 @@ def build_parser() -> argparse.ArgumentParser:
         "loss",
         metavar="LOSS",
         choices=LOSSES + tuple(ALIASES),
-        help=f"one of: {', '.join(LOSSES)} (ce = cross_entropy)",
+        help=f"one of: {', '.join(LOSSES)} (ce = cross_entropy, lce = linear_cross_entropy)",
     )
     score.add_argument(
         "pred",
         metavar="A",
-        help="PRED (mse/mae), logits (cross_entropy: (N, C) or (C,)), QUERY (info_nce: (N, D))",
+        help="PRED (mse/mae), logits (cross_entropy: (N, C) or (C,)), QUERY (info_nce: (N, D)), "
+        "INPUT (linear_cross_entropy: (N, H))",
     )
     score.add_argument(
         "target",
         metavar="B",
-        help="TARGET (mse/mae), class indices (N,) or probabilities (N, C) (cross_entropy), "
-        "POSITIVE_KEY (info_nce: (N, D))",
+        help="TARGET (mse/mae), class indices (N,) or probabilities (N, C) (cross_entropy; "
+        "(N, V) for linear_cross_entropy), POSITIVE_KEY (info_nce: (N, D))",
     )
     score.add_argument(
         "--reduction",
         choices=REDUCTIONS,
         default="mean",
         help="default mean; 'none' streams one loss per element (per row for "
-        "cross_entropy and info_nce) into --out FILE.npy",
+        "the cross-entropies and info_nce) into --out FILE.npy",
     )
     score.add_argument(
         "--out",
@@ -665,15 +752,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a JSON object (loss, reduction, value, rows; with --out: the file) on stdout",
     )
     score.add_argument("--sample-weight", metavar="FILE", help="mse/mae: (N,) weights, one per row")
-    score.add_argument("--weight", metavar="FILE", help="cross_entropy: (C,) class weights")
     score.add_argument(
-        "--ignore-index", type=int, metavar="I", help="cross_entropy: label to ignore (default -100)"
+        "--weight", metavar="FILE", help="cross_entropy, linear_cross_entropy: (C,) class weights"
+    )
+    score.add_argument(
+        "--ignore-index",
+        type=int,
+        metavar="I",
+        help="cross_entropy, linear_cross_entropy: label to ignore (default -100)",
     )
     score.add_argument(
         "--label-smoothing",
         type=float,
         metavar="EPS",
-        help="cross_entropy: label smoothing in [0, 1] (default 0)",
+        help="cross_entropy, linear_cross_entropy: label smoothing in [0, 1] (default 0)",
+    )
+    score.add_argument(
+        "--linear-weight",
+        metavar="FILE",
+        help="linear_cross_entropy (required): the (V, H) classifier, read once; the (N, V) logits "
+        "INPUT @ W.T are never stored",
+    )
+    score.add_argument("--linear-bias", metavar="FILE", help="linear_cross_entropy: (V,) classifier bias")
+    score.add_argument(
+        "--z-loss", type=float, metavar="Z", help="linear_cross_entropy: z_loss * lse**2 per row (default 0)"
+    )
+    score.add_argument(
+        "--softcap", type=float, metavar="CAP", help="linear_cross_entropy: cap * tanh(logit / cap) (Gemma 2)"
     )
     score.add_argument(
         "--negatives",
