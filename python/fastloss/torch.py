@@ -223,9 +223,16 @@ class _RegressionFunction(torch.autograd.Function):
             )
         shape = tuple(input.shape)
         flat_pred, flat_tgt, flat_w = pred.reshape(-1, 1), tgt.reshape(-1, 1), w.reshape(-1)
-        loss, grad = loss_fn(
-            flat_pred, flat_tgt, reduction=ctx.reduction, sample_weight=flat_w, return_grad=True
-        )
+        try:
+            loss, grad = loss_fn(
+                flat_pred, flat_tgt, reduction=ctx.reduction, sample_weight=flat_w, return_grad=True
+            )
+        except ValueError as error:
+            # The weights' rules (finite, >= 0, not subnormal) are sample_weight's: said of weight.
+            message = str(error)
+            if not message.startswith("sample_weight"):
+                raise
+            raise ValueError("weight" + message[len("sample_weight") :]) from None
         if needs_grad:
             ctx.save_for_backward(torch.from_numpy(grad.reshape(shape)))
         if isinstance(loss, np.ndarray):
@@ -236,7 +243,7 @@ class _RegressionFunction(torch.autograd.Function):
             element = loss_fn(flat_pred, flat_tgt, reduction="none").astype(np.float64).reshape(shape)
             if ctx.reduction == "mean":
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    element = (element - loss) / float(ExactSum.of(flat_w))
+                    element = np.asarray((element - loss) / float(ExactSum.of(flat_w)))
             ctx.weight_grad = (torch.from_numpy(element), weight.dtype)
         return _loss_tensor(loss, input.dtype)
 
