@@ -22,6 +22,7 @@ from ._validation import (
     check_reduction,
     check_temperature,
     compute_dtype,
+    is_floating,
     sample_weights,
     to_kernel_layout,
 )
@@ -94,11 +95,23 @@ def regression_partial(
             f"pred and target must have the same shape (no broadcasting); got pred {pred_array.shape} "
             f"and target {target_array.shape}"
         )
-    if pred_array.ndim == 0:
-        raise ValueError("pred and target must have at least 1 dimension; got 0-d arrays")
     shape = pred_array.shape
-    rows = shape[0]
-    cols = int(np.prod(shape[1:], dtype=np.int64))
+    if pred_array.ndim == 0:
+        # A 0-d pair is one element (as in torch): one row of one element, with no row axis, so
+        # neither "batchmean" (sum / shape[0]) nor per-row weights have a meaning.
+        if reduction == "batchmean":
+            raise ValueError(
+                "reduction='batchmean' divides by pred.shape[0], which 0-d pred and target do not have; "
+                "use 'mean' or 'sum' (equal for one element), or pass arrays of shape (1,)"
+            )
+        if sample_weight is not None:
+            raise ValueError(
+                "sample_weight: 0-d pred and target have no rows to weight; pass arrays of shape (1,)"
+            )
+        rows, cols = 1, 1
+    else:
+        rows = shape[0]
+        cols = int(np.prod(shape[1:], dtype=np.int64))
     dtype = compute_dtype(pred_array, target_array)
     # The outputs first: a call too large to hold them fails at once, before the weights are
     # converted and checked (a pass over N values).
@@ -184,7 +197,8 @@ def mse(
     """Mean squared error: element loss ``(pred - target) ** 2``.
 
     Args:
-        pred, target: arrays of the same shape (ndim >= 1); no broadcasting.
+        pred, target: arrays of the same shape; no broadcasting. A 0-d pair is one element
+            (as in torch), for which ``"batchmean"`` and ``sample_weight`` are ValueErrors.
         reduction: ``"none"`` (element losses, shape of ``pred``), ``"sum"``, ``"mean"`` (sum /
             number of elements, like ``torch.nn.functional.mse_loss``) or ``"batchmean"`` (sum /
             ``pred.shape[0]``: the per-sample sum over features averaged over the batch).
@@ -196,7 +210,8 @@ def mse(
 
     Returns:
         A Python float for a reduction; an ndarray in the computation dtype for ``"none"``.
-        float32 inputs compute in float32, float16 in float32, ints and bools in float64.
+        float32 inputs compute in float32, float16 and bfloat16 in float32, ints and bools in
+        float64.
         With ``return_grad``: ``(loss, grad)``, ``grad`` shaped like ``pred`` and in its floating
         dtype (float64 for integer ``pred``).
     """
@@ -300,7 +315,7 @@ def _targets(
     kind = target_array.dtype.kind
     if kind in "iu":
         return _class_indices(target_array, index_shape), None
-    if kind == "f":
+    if is_floating(target_array.dtype):
         if target_array.shape != prob_shape:
             raise ValueError(
                 f"target: probabilities must have {prob_what} {prob_shape}; got "

@@ -184,6 +184,13 @@ class Accumulator:
             if len(arrays) != 2:
                 raise TypeError(f"{self.loss}.update takes (pred, target); got {len(arrays)} arrays")
             kind = 0 if self.loss == "mse" else 1
+            if np.ndim(arrays[0]) == 0:
+                # fastloss.mse takes a 0-d pair as one element, but an update adds rows, and a
+                # 0-d array has no row axis (its "batchmean" would be undefined).
+                raise ValueError(
+                    f"{self.loss}.update adds rows: pred and target must have at least 1 dimension; got "
+                    "0-d arrays (pass them reshaped to (1,) for one row of one element)"
+                )
             partial, _, _ = _losses.regression_partial(
                 kind, arrays[0], arrays[1], sample_weight, "sum", False
             )
