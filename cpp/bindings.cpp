@@ -207,28 +207,67 @@ py::bytes regression(int kind, const py::array& pred, const py::array& target,
   throw py::type_error("pred: expected native float32 or float64");
 }
 
-// int64 class indices of shape (rows,), every one checked to lie in [0, classes) or to equal
-// ignore_index before any is used (an out-of-range index would read outside a row).
+// The position of flat element i of a C-contiguous array of `shape` in a message: "5" for 1-D,
+// "(1, 2, 0)" for more dimensions.
+std::string position_text(int64_t i, const py::array& array) {
+  if (array.ndim() <= 1) return std::to_string(i);
+  std::string text;
+  for (py::ssize_t d = array.ndim() - 1; d >= 0; --d) {
+    const int64_t extent = array.shape(d);
+    const std::string index = std::to_string(i % extent);
+    text = d == 0 ? index + text : ", " + index + text;
+    i /= extent;
+  }
+  return "(" + text + ")";
+}
+
+// int64 class indices, `rows` of them: a 1-D array of any stride or a C-contiguous one of the
+// K-dimensional target's shape (N, d1, ..., dK), every one checked to lie in [0, classes) or to
+// equal ignore_index before any is used (an out-of-range index would read outside a row).
 const int64_t* class_indices(const py::object& target_index, int64_t rows, int64_t classes,
                              int64_t ignore_index, int64_t* stride) {
   py::array idx = py::reinterpret_borrow<py::array>(target_index);
-  if (!has_dtype<int64_t>(idx) || idx.ndim() != 1 || idx.shape(0) != rows) {
-    throw py::value_error("target: expected int64 class indices of shape (N,)");
+  if (!has_dtype<int64_t>(idx) || idx.ndim() < 1 || idx.size() != rows ||
+      (idx.ndim() > 1 && !(idx.flags() & py::array::c_style))) {
+    throw py::value_error(
+        "target: expected int64 class indices, one per row (N,) or C-contiguous (N, d1, ...)");
   }
   const int64_t* labels = static_cast<const int64_t*>(idx.data());
-  *stride = element_stride(idx, 0, "target");
+  *stride = idx.ndim() == 1 ? element_stride(idx, 0, "target") : 1;
   for (int64_t i = 0; i < rows; ++i) {
     // The labels may be misaligned (np.frombuffer, memory-mapped .npz members): memcpy reads any address.
     int64_t label;
     std::memcpy(&label, labels + i * *stride, sizeof(label));
     if (label != ignore_index && (label < 0 || label >= classes)) {
       throw py::value_error("target: class index " + std::to_string(label) + " at position " +
-                            std::to_string(i) + " is out of range: expected 0 <= target < " +
+                            position_text(i, idx) + " is out of range: expected 0 <= target < " +
                             std::to_string(classes) + " or target == ignore_index (" +
                             std::to_string(ignore_index) + ")");
     }
   }
   return labels;
+}
+
+// Rows of a cross-entropy view: a 2-D (rows, C) array, or a 3-D (N, S, C) one whose rows are the
+// N * S pairs (n, s) (K-dimensional logits with their positions flattened; CrossEntropyArgs).
+template <class T>
+MatrixView<T> cross_entropy_rows(const py::array& a, const char* name, int64_t* rows_per_sample,
+                                 int64_t* sample_stride) {
+  if (a.ndim() != 3) {
+    *rows_per_sample = 0;
+    *sample_stride = 0;
+    return matrix_view<T>(a, name);
+  }
+  if (!has_dtype<T>(a)) throw py::type_error(std::string(name) + ": unexpected dtype");
+  MatrixView<T> v;
+  v.data = static_cast<const T*>(a.data());
+  v.rows = a.shape(0) * a.shape(1);
+  v.cols = a.shape(2);
+  v.row_stride = element_stride(a, 1, name);
+  v.col_stride = element_stride(a, 2, name);
+  *rows_per_sample = a.shape(1) > 0 ? a.shape(1) : 0;
+  *sample_stride = element_stride(a, 0, name);
+  return v;
 }
 
 // The kernel's arguments from the Python ones, checked (labels included); the arrays stay owned by
@@ -238,22 +277,25 @@ CrossEntropyArgs<T> cross_entropy_args(const py::array& logits, const py::object
                                        const py::object& target_prob, const py::object& weight,
                                        int64_t ignore_index, double label_smoothing, const py::object& out,
                                        const py::object& grad, double grad_scale,
-                                       bool grad_divide_by_denominator, const py::object& sample_weight) {
+                                       bool grad_divide_by_denominator, const py::object& sample_weight,
+                                       const py::object& d_target) {
   CrossEntropyArgs<T> args;
-  args.logits = matrix_view<T>(logits, "logits");
+  args.logits = cross_entropy_rows<T>(logits, "logits", &args.rows_per_sample, &args.logits_sample_stride);
   const int64_t rows = args.logits.rows;
   const int64_t cols = args.logits.cols;
-  // One way of reading a row, so that a row's loss does not depend on the layout it came in.
-  if (rows > 0 && cols > 1 && args.logits.col_stride != 1) {
-    throw py::value_error("logits: rows must have unit stride");
-  }
   if (!target_index.is_none()) {
     args.target_index = class_indices(target_index, rows, cols, ignore_index, &args.target_index_stride);
+    if (!d_target.is_none()) throw py::value_error("d_target: class indices have no gradient");
   } else {
-    args.target_prob = matrix_view<T>(py::reinterpret_borrow<py::array>(target_prob), "target");
-    if (args.target_prob.rows != rows || args.target_prob.cols != cols) {
+    const auto prob = py::reinterpret_borrow<py::array>(target_prob);
+    int64_t prob_rows_per_sample;
+    args.target_prob =
+        cross_entropy_rows<T>(prob, "target", &prob_rows_per_sample, &args.target_prob_sample_stride);
+    if (args.target_prob.rows != rows || args.target_prob.cols != cols ||
+        prob_rows_per_sample != args.rows_per_sample) {
       throw py::value_error("target: probabilities must have the shape of logits");
     }
+    args.d_target = output_buffer<T>(d_target, rows * cols, "d_target");
   }
   args.class_weight = double_vector(weight, cols, "weight");
   args.sample_weight = double_vector(sample_weight, rows, "sample_weight");
@@ -281,10 +323,10 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
                               const py::object& target_prob, const py::object& weight, int64_t ignore_index,
                               double label_smoothing, const py::object& out, const py::object& grad,
                               double grad_scale, bool grad_divide_by_denominator,
-                              const py::object& sample_weight) {
+                              const py::object& sample_weight, const py::object& d_target) {
   CrossEntropyArgs<T> args =
       cross_entropy_args<T>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out,
-                            grad, grad_scale, grad_divide_by_denominator, sample_weight);
+                            grad, grad_scale, grad_divide_by_denominator, sample_weight, d_target);
   const CrossEntropySums sums = run_cross_entropy(args);
   return py::make_tuple(state_bytes(sums.loss), state_bytes(sums.denominator));
 }
@@ -292,8 +334,9 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
 // The one-call loss sum and "mean" denominator of plain index targets, correctly rounded.
 template <class T>
 std::pair<double, double> cross_entropy_rounded(const py::array& logits, const py::array& target) {
-  CrossEntropyArgs<T> args = cross_entropy_args<T>(logits, target, py::none(), py::none(), -100, 0.0,
-                                                   py::none(), py::none(), 1.0, false, py::none());
+  CrossEntropyArgs<T> args =
+      cross_entropy_args<T>(logits, target, py::none(), py::none(), -100, 0.0, py::none(), py::none(), 1.0,
+                            false, py::none(), py::none());
   double rounded[2] = {0.0, 0.0};
   args.mode = SumMode::rounded;
   args.rounded = rounded;
@@ -304,19 +347,20 @@ std::pair<double, double> cross_entropy_rounded(const py::array& logits, const p
 py::tuple cross_entropy(const py::array& logits, const py::object& target_index,
                         const py::object& target_prob, const py::object& weight, int64_t ignore_index,
                         double label_smoothing, const py::object& out, const py::object& grad,
-                        double grad_scale, bool grad_divide_by_denominator, const py::object& sample_weight) {
+                        double grad_scale, bool grad_divide_by_denominator, const py::object& sample_weight,
+                        const py::object& d_target) {
   if (target_index.is_none() == target_prob.is_none()) {
     throw py::value_error("target: pass exactly one of class indices or probabilities");
   }
   if (has_dtype<float>(logits)) {
     return cross_entropy_typed<float>(logits, target_index, target_prob, weight, ignore_index,
                                       label_smoothing, out, grad, grad_scale, grad_divide_by_denominator,
-                                      sample_weight);
+                                      sample_weight, d_target);
   }
   if (has_dtype<double>(logits)) {
     return cross_entropy_typed<double>(logits, target_index, target_prob, weight, ignore_index,
                                        label_smoothing, out, grad, grad_scale, grad_divide_by_denominator,
-                                       sample_weight);
+                                       sample_weight, d_target);
   }
   throw py::type_error("logits: expected native float32 or float64");
 }
@@ -861,7 +905,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target_index"), py::arg("target_prob"),
         py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("out"),
         py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0,
-        py::arg("grad_divide_by_denominator") = false, py::arg("sample_weight") = py::none());
+        py::arg("grad_divide_by_denominator") = false, py::arg("sample_weight") = py::none(),
+        py::arg("d_target") = py::none());
   m.def("info_nce", &info_nce, py::arg("query"), py::arg("positive"), py::arg("mode"), py::arg("negatives"),
         py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"),
         py::arg("row_max") = py::none(), py::arg("row_log_sum") = py::none(),

@@ -57,9 +57,14 @@ def cross_entropy(
     grad_scale: float = 1.0,
     grad_divide_by_denominator: bool = False,
     sample_weight: _Float64Array | None = None,
+    d_target: _Array | None = None,
 ) -> tuple[bytes, bytes]:
     """Returns the exact ``(loss sum, PyTorch's "mean" denominator)`` as states; exactly one of
-    ``target_index`` and ``target_prob`` is given."""
+    ``target_index`` and ``target_prob`` is given. ``logits`` is ``(rows, C)`` or ``(N, S, C)``
+    (K-dimensional inputs, rows = N * S; any strides), ``target_prob`` likewise; ``target_index``
+    has one int64 per row (1-D, or C-contiguous of the target's shape for messages that name a
+    multi-index). ``out`` (rows), ``grad`` and ``d_target`` (the gradient w.r.t. probabilities;
+    rows x C) are C-contiguous."""
 
 def info_nce(
     query: _Array,

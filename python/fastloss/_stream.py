@@ -73,7 +73,9 @@ class Accumulator:
     ``softcap``. Per-row arrays go to ``update``:
 
     - ``mse``/``mae``: ``update(pred, target, sample_weight=None)``
-    - ``cross_entropy``: ``update(logits, target, sample_weight=None)``
+    - ``cross_entropy``: ``update(logits, target, sample_weight=None)``, logits ``(N, C)`` or
+      K-dimensional ``(N, C, d1, ..., dK)`` (the rows are the N samples; every update's
+      ``(C, d1, ..., dK)`` must match)
     - ``info_nce``: ``update(query, positive_key)``, or ``update(query, positive_key,
       negative_keys)`` with ``negative_mode="paired"``
     - ``linear_cross_entropy``: ``update(input, target)``
@@ -200,8 +202,10 @@ class Accumulator:
             if len(arrays) != 2:
                 raise TypeError(f"cross_entropy.update takes (logits, target); got {len(arrays)} arrays")
             logits = np.asarray(arrays[0])
-            if logits.ndim != 2:
-                raise ValueError(f"logits: an update takes (N, C) rows; got {logits.shape}")
+            if logits.ndim < 2:
+                raise ValueError(
+                    f"logits: an update takes (N, C) or (N, C, d1, ..., dK) rows; got {logits.shape}"
+                )
             partial, _, _ = _losses.cross_entropy_partial(
                 logits,
                 arrays[1],

@@ -291,17 +291,18 @@ def cross_entropy(
     label_smoothing: float = 0.0,
 ) -> da.Array:
     """:func:`fastloss.cross_entropy` over dask arrays chunked by rows: ``logits`` ``(N, C)`` (or
-    ``(C,)``), ``target`` ``(N,)`` class indices or ``(N, C)`` probabilities, chunked in any way;
-    ``weight`` ``(C,)`` class weights (a NumPy array, or a dask array computed once here).
-    A 0-d dask array for a reduction, a lazy ``(N,)`` dask array (0-d for ``(C,)`` logits) for
-    ``"none"``."""
+    ``(C,)``, or K-dimensional ``(N, C, d1, ..., dK)``), ``target`` ``(N,)`` (``(N, d1, ..., dK)``)
+    class indices or probabilities of the logits' shape, chunked in any way along N (the other
+    axes are gathered into one chunk); ``weight`` ``(C,)`` class weights (a NumPy array, or a
+    dask array computed once here). A 0-d dask array for a reduction, a lazy dask array of the
+    target's shape (0-d for ``(C,)`` logits) for ``"none"``."""
     reduction = check_reduction(reduction)
     ignore = check_int(ignore_index, "ignore_index")
     smoothing = check_label_smoothing(label_smoothing)
     class_weight = _small_array(weight)
     x, y = _as_dask(logits, "logits"), _as_dask(target, "target")
-    if x.ndim not in (1, 2):
-        raise ValueError(f"logits must have shape (N, C) or (C,); got {x.shape}")
+    if x.ndim == 0:
+        raise ValueError("logits must have shape (N, C), (C,) or (N, C, d1, ..., dK); got a 0-d array")
     single = x.ndim == 1
     if single:
         # One sample: its row of one.
@@ -313,7 +314,10 @@ def cross_entropy(
     meta = _losses.cross_entropy_partial(_meta(x), _meta(y), class_weight, ignore, smoothing, "none", False)
     x = _by_rows(x, None)
     y = _by_rows(y, x.chunks[0])
-    args = [x, "ic", y, "i" if y.ndim == 1 else "ic"]
+    # Indices: "i" rows, "c" classes, then the K spatial axes.
+    spatial = _LETTERS[: x.ndim - 2].replace("c", "l")
+    index_target = "i" + spatial
+    args = [x, "ic" + spatial, y, index_target if y.ndim != x.ndim else "ic" + spatial]
     ce_options = (class_weight, ignore, smoothing)
 
     def partial(xb: np.ndarray, yb: np.ndarray) -> Partial:
@@ -328,7 +332,7 @@ def cross_entropy(
         return out
 
     assert meta[1] is not None
-    losses = _per_block(row_losses, "i", meta[1].dtype, "cross_entropy", ce_options, *args)
+    losses = _per_block(row_losses, index_target, meta[1].dtype, "cross_entropy", ce_options, *args)
     return _reshape(losses, ()) if single else losses
 
 

@@ -36,7 +36,7 @@ import torch
 
 from . import _losses
 from ._reduction import ExactSum
-from ._validation import ReductionName, check_reduction
+from ._validation import ReductionName, check_int, check_label_smoothing, check_reduction
 
 __all__ = [
     "CrossEntropyLoss",
@@ -318,18 +318,17 @@ class _CrossEntropyFunction(torch.autograd.Function):
         label_smoothing: float,
     ) -> torch.Tensor:
         logits = _to_numpy(input, "input")
-        soft = target.is_floating_point()
-        if soft and target.requires_grad:
-            raise NotImplementedError(
-                "fastloss.torch.cross_entropy: gradients w.r.t. probability targets are not supported"
-            )
+        soft = isinstance(target, torch.Tensor) and target.is_floating_point()
         tgt = _to_numpy(target, "target", floating=soft)
         class_weight = None if weight is None else _to_numpy(weight, "weight")
         ctx.api_name = "cross_entropy"
         ctx.reduction = reduction
         # reduction is checked by _losses.cross_entropy itself (the cast only narrows the str).
         red = cast(ReductionName, reduction)
-        if not ctx.needs_input_grad[0]:
+        # A probability target is differentiated as torch does: d loss / d q_c =
+        # (1 - label_smoothing) w_c (lse - x_c), written by the kernel in the same pass.
+        want_logits, want_target = ctx.needs_input_grad[0], soft and ctx.needs_input_grad[1]
+        if not (want_logits or want_target):
             return _loss_tensor(
                 _losses.cross_entropy(
                     logits,
@@ -341,25 +340,40 @@ class _CrossEntropyFunction(torch.autograd.Function):
                 ),
                 input.dtype,
             )
-        loss, grad = _losses.cross_entropy(
+        red = check_reduction(reduction)
+        partial, out, grad, d_target = _losses.cross_entropy_pass(
             logits,
             tgt,
-            reduction=red,
-            weight=class_weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            return_grad=True,
+            class_weight,
+            check_int(ignore_index, "ignore_index"),
+            check_label_smoothing(label_smoothing),
+            red,
+            bool(want_logits),
+            return_target_grad=bool(want_target),
         )
-        ctx.save_for_backward(torch.from_numpy(grad))
-        return _loss_tensor(loss, input.dtype)
+        ctx.save_for_backward(
+            None if grad is None else torch.from_numpy(grad),
+            None if d_target is None else torch.from_numpy(d_target),
+        )
+        return _loss_tensor(out if out is not None else partial.result(red), input.dtype)
 
     jvp = staticmethod(_no_forward_mode)
 
     @staticmethod
     @_first_order_only
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
-        (grad,) = ctx.saved_tensors
-        return _scaled(grad, grad_output, ctx.reduction), None, None, None, None, None
+        grad, d_target = ctx.saved_tensors
+        if ctx.reduction == "none" and grad_output.dim() > 1:
+            # K-dimensional: one loss per (n, d1, ..., dK), broadcast over the class axis 1.
+            grad_output = grad_output.unsqueeze(1)
+        return (
+            None if grad is None else _scaled(grad, grad_output, ctx.reduction),
+            None if d_target is None else _scaled(d_target, grad_output, ctx.reduction),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def cross_entropy(
@@ -372,11 +386,14 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """``torch.nn.functional.cross_entropy`` computed by fastloss, with torch's parameters in its
-    order (``size_average``/``reduce``, deprecated, override ``reduction`` as in torch;
-    ``reduction`` may also be ``"batchmean"``, sum / N).
+    """``torch.nn.functional.cross_entropy`` for ``(N, C)``, ``(C,)`` and K-dimensional
+    ``(N, C, d1, ..., dK)`` logits, computed by fastloss, with torch's parameters in its order
+    (``size_average``/``reduce``, deprecated, override ``reduction`` as in torch; ``reduction``
+    may also be ``"batchmean"``, sum / N).
 
-    Gradients flow to ``input`` (the logits); class weights and targets are constants.
+    Gradients flow to ``input`` (the logits) and to a probability ``target`` that requires grad
+    (as torch differentiates it); class weights and class indices are constants. The gradient of
+    K-dimensional logits is a channels-last tensor (strides of ``(N, d1, ..., dK, C)``).
     """
     _check_tensor(target, "target")
     red = _torch_reduction(size_average, reduce, reduction)
@@ -625,7 +642,8 @@ class L1Loss(torch.nn.Module):
 
 
 class CrossEntropyLoss(torch.nn.Module):
-    """Drop-in for ``torch.nn.CrossEntropyLoss``, with its constructor's parameters in its order."""
+    """Drop-in for ``torch.nn.CrossEntropyLoss`` with ``(N, C)``, ``(C,)`` or ``(N, C, d1, ..., dK)``
+    logits, with its constructor's parameters in its order."""
 
     weight: torch.Tensor | None  # a buffer (register_buffer below): declared for type checkers
 
