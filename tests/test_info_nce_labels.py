@@ -369,3 +369,160 @@ def test_label_errors_name_the_argument():
         fastloss.info_nce(q, k, pneg, negative_mode="paired", query_labels=ql, key_labels=kl)
     with pytest.raises(TypeError, match="decoupled"):
         fastloss.info_nce(q, k, decoupled="yes")
+
+
+# -- fastloss.torch: labels and a learnable temperature -----------------------------------------
+
+
+def torch_reference(q, k, neg, tau, *, mode, normalize, ql, kl, decoupled, symmetric=False):
+    """Row losses by plain torch operations (full logits, masks), differentiable in everything."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    if normalize:
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        neg = None if neg is None else F.normalize(neg, dim=-1)
+    minus_inf = torch.tensor(-torch.inf, dtype=q.dtype)
+
+    def in_batch(a, b, la, lb):
+        z = a @ b.T / tau
+        positive = torch.eye(len(a), dtype=torch.bool)
+        if la is not None:
+            positive = positive | (la[:, None] == lb[None, :])
+        in_sum = ~positive if decoupled else torch.ones_like(positive)
+        lse = torch.logsumexp(torch.where(in_sum, z, minus_inf), dim=1)
+        return lse - (z * positive).sum(1) / positive.sum(1)
+
+    if mode == "in-batch":
+        rows = in_batch(q, k, ql, kl)
+        return 0.5 * (rows + in_batch(k, q, kl, ql)) if symmetric else rows
+    z0 = (q * k).sum(1, keepdim=True) / tau
+    zn = q @ neg.T / tau if mode == "unpaired" else torch.einsum("nd,nmd->nm", q, neg) / tau
+    kept = torch.ones_like(zn, dtype=torch.bool)
+    if ql is not None:
+        kept = (kl[None, :] if mode == "unpaired" else kl) != ql[:, None]
+    zn = torch.where(kept, zn, minus_inf)
+    logits = zn if decoupled else torch.cat([z0, zn], dim=1)
+    return torch.logsumexp(logits, dim=1) - z0[:, 0]
+
+
+def _torch_case(mode, dtype, seed=0, n=6, m=7, d=4):
+    torch = pytest.importorskip("torch")
+    q, k, neg, ql, kl = case(mode, n=n, m=m, d=d, seed=seed)
+    tensors = [torch.tensor(x, dtype=dtype, requires_grad=True) for x in (q, k)]
+    neg_t = None if neg is None else torch.tensor(neg, dtype=dtype, requires_grad=True)
+    return tensors[0], tensors[1], neg_t, torch.tensor(ql), torch.tensor(kl)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_learnable_temperature_matches_autograd(mode, decoupled, reduction):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    q, k, neg, ql, kl = _torch_case(mode, torch.float64, seed=2)
+    log_scale = torch.tensor(np.log(1 / 0.3), dtype=torch.float64, requires_grad=True)
+    up = torch.linspace(0.5, 2.0, q.shape[0], dtype=torch.float64)
+    got = ft.info_nce(
+        q,
+        k,
+        neg,
+        1 / log_scale.exp(),
+        reduction,
+        "paired" if mode == "paired" else "unpaired",
+        True,
+        query_labels=ql,
+        key_labels=kl,
+        decoupled=decoupled,
+    )
+    (got * up if reduction == "none" else got).sum().backward()
+    ours = [x.grad.clone() for x in (q, k, neg, log_scale) if x is not None]
+    for x in (q, k, neg, log_scale):
+        if x is not None:
+            x.grad = None
+    rows = torch_reference(
+        q, k, neg, 1 / log_scale.exp(), mode=mode, normalize=True, ql=ql, kl=kl, decoupled=decoupled
+    )
+    want = rows if reduction == "none" else rows.mean()
+    (want * up if reduction == "none" else want).sum().backward()
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    for a, b in zip(ours, [x.grad for x in (q, k, neg, log_scale) if x is not None], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_symmetric_temperature_and_module():
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    q, k, _, ql, kl = _torch_case("in-batch", torch.float64, seed=8)
+    tau = torch.nn.Parameter(torch.tensor([0.25], dtype=torch.float64))
+    module = ft.InfoNCE(temperature=tau, symmetric=True, decoupled=True)
+    assert [p is tau for p in module.parameters()] == [True]
+    got = module(q, k, query_labels=ql, key_labels=kl)
+    got.backward()
+    ours = [x.grad.clone() for x in (q, k, tau)]
+    for x in (q, k, tau):
+        x.grad = None
+    want = torch_reference(
+        q, k, None, tau, mode="in-batch", normalize=True, ql=ql, kl=kl, decoupled=True, symmetric=True
+    ).mean()
+    want.backward()
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    for a, b in zip(ours, [q.grad, k.grad, tau.grad], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert ours[2].shape == (1,)
+
+
+def test_torch_float32_and_constant_tensor_temperature():
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    q, k, neg, ql, kl = _torch_case("unpaired", torch.float32, seed=9, n=20, m=300, d=8)
+    tau = torch.tensor(0.1, requires_grad=True)
+    got = ft.info_nce(q, k, neg, tau, normalize=True, query_labels=ql, key_labels=kl)
+    got.backward()
+    want = torch_reference(
+        q.double(),
+        k.double(),
+        neg.double(),
+        tau.double(),
+        mode="unpaired",
+        normalize=True,
+        ql=ql,
+        kl=kl,
+        decoupled=False,
+    ).mean()
+    (d_tau,) = torch.autograd.grad(want, tau)
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tau.grad.double(), d_tau.double(), rtol=1e-4, atol=1e-4)
+    # a tensor temperature that does not require grad is a constant; a Python float as before
+    fixed = torch.tensor(0.1, dtype=torch.float64)
+    with torch.no_grad():
+        assert (
+            ft.info_nce(q, k, neg, fixed, normalize=True).item()
+            == ft.info_nce(q, k, neg, 0.1, normalize=True).item()
+        )
+    with pytest.raises(ValueError, match="temperature"):
+        ft.info_nce(q, k, neg, torch.ones(2))
+    with pytest.raises(TypeError, match="temperature"):
+        ft.info_nce(q, k, neg, torch.tensor(1))
+    with pytest.raises(ValueError, match="temperature"):
+        ft.info_nce(q, k, neg, torch.tensor(-1.0))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_gradcheck_with_temperature(mode):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    q, k, neg, ql, kl = _torch_case(mode, torch.float64, seed=10, n=4, m=5, d=3)
+    tau = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    negative_mode = "paired" if mode == "paired" else "unpaired"
+
+    def loss(*args):
+        q_, k_, t_ = args[0], args[1], args[-1]
+        n_ = args[2] if len(args) == 4 else None
+        return ft.info_nce(q_, k_, n_, t_, "sum", negative_mode, True, query_labels=ql, key_labels=kl)
+
+    inputs = (q, k, tau) if neg is None else (q, k, neg, tau)
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6)
