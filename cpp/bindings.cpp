@@ -373,9 +373,28 @@ double* writable_doubles(const py::object& obj, py::ssize_t size, const char* na
   return const_cast<double*>(double_vector(obj, size, name));
 }
 
+// Contiguous aligned int64 labels of `size` elements, or null for None.
+const int64_t* label_vector(const py::object& obj, int64_t size, const char* name) {
+  if (obj.is_none()) return nullptr;
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!has_dtype<int64_t>(a) || a.size() != size || !(a.flags() & py::array::c_style) ||
+      reinterpret_cast<uintptr_t>(a.data()) % alignof(int64_t) != 0) {
+    throw py::value_error(std::string(name) + ": expected an aligned C-contiguous int64 array of " +
+                          std::to_string(size) + " elements");
+  }
+  return static_cast<const int64_t*>(a.data());
+}
+
+struct InfoNceLabels {
+  py::object query = py::none();
+  py::object key = py::none();
+  bool decoupled = false;
+};
+
 template <class T>
 InfoNceArgs<T> info_nce_args(const py::array& query, const py::array& positive, int mode,
-                             const py::object& negatives, double inv_temperature, bool normalize) {
+                             const py::object& negatives, double inv_temperature, bool normalize,
+                             const InfoNceLabels& labels = {}) {
   InfoNceArgs<T> args;
   args.query = matrix_view<T>(query, "query");
   args.positive = matrix_view<T>(positive, "positive_key");
@@ -408,6 +427,15 @@ InfoNceArgs<T> info_nce_args(const py::array& query, const py::array& positive, 
   }
   args.inv_temperature = inv_temperature;
   args.normalize = normalize;
+  args.decoupled = labels.decoupled;
+  args.query_labels = label_vector(labels.query, n, "query_labels");
+  const int64_t key_count = args.mode == NegativeMode::in_batch ? n
+                            : args.mode == NegativeMode::paired ? n * args.num_negatives
+                                                                : args.num_negatives;
+  args.key_labels = label_vector(labels.key, key_count, "key_labels");
+  if ((args.query_labels == nullptr) != (args.key_labels == nullptr)) {
+    throw py::value_error("query_labels, key_labels: pass both or neither");
+  }
   return args;
 }
 
@@ -422,8 +450,9 @@ template <class T>
 void info_nce_typed(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
                     double inv_temperature, bool normalize, const py::object& row_loss,
                     const py::object& row_max, const py::object& row_log_sum, bool positive_in_sum,
-                    const py::object& positive_logit) {
-  InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
+                    const py::object& positive_logit, const InfoNceLabels& labels) {
+  InfoNceArgs<T> args =
+      info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize, labels);
   args.row_loss = writable_doubles(row_loss, args.query.rows, "row_loss");
   args.positive_in_sum = positive_in_sum;
   args.positive_logit = writable_doubles(positive_logit, args.query.rows, "positive_logit");
@@ -466,8 +495,10 @@ void info_nce_backward_typed(const py::array& query, const py::array& positive, 
                              const py::object& row_max, const py::object& row_log_sum,
                              const py::object& row_grad, const py::object& d_query,
                              const py::object& d_positive, const py::object& d_negatives,
-                             const py::object& workspace) {
-  InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
+                             const py::object& workspace, const InfoNceLabels& labels,
+                             const py::object& row_temperature_moment) {
+  InfoNceArgs<T> args =
+      info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize, labels);
   const int64_t n = args.query.rows;
   const int64_t dim = args.query.cols;
   InfoNceGradArgs<T> grad;
@@ -486,6 +517,7 @@ void info_nce_backward_typed(const py::array& query, const py::array& positive, 
   }
   grad.workspace =
       output_buffer<T>(workspace, active_set<T>().info_nce_backward_workspace(args), "workspace");
+  grad.row_temperature_moment = writable_doubles(row_temperature_moment, n, "row_temperature_moment");
   const InfoNceBackwardFn<T> fn = active_set<T>().info_nce_backward;
   const int threads = num_threads();
   // The backward pass touches every logit twice (recomputed, then both matrix products).
@@ -657,13 +689,15 @@ void linear_cross_entropy_backward(const py::array& input, const py::array& line
 
 void info_nce(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
               double inv_temperature, bool normalize, const py::object& row_loss, const py::object& row_max,
-              const py::object& row_log_sum, bool positive_in_sum, const py::object& positive_logit) {
+              const py::object& row_log_sum, bool positive_in_sum, const py::object& positive_logit,
+              const py::object& query_labels, const py::object& key_labels, bool decoupled) {
+  const InfoNceLabels labels{query_labels, key_labels, decoupled};
   if (has_dtype<float>(query)) {
     info_nce_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max,
-                          row_log_sum, positive_in_sum, positive_logit);
+                          row_log_sum, positive_in_sum, positive_logit, labels);
   } else if (has_dtype<double>(query)) {
     info_nce_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max,
-                           row_log_sum, positive_in_sum, positive_logit);
+                           row_log_sum, positive_in_sum, positive_logit, labels);
   } else {
     throw py::type_error("query: expected native float32 or float64");
   }
@@ -673,13 +707,18 @@ void info_nce_backward(const py::array& query, const py::array& positive, int mo
                        const py::object& negatives, double inv_temperature, bool normalize,
                        const py::object& row_max, const py::object& row_log_sum, const py::object& row_grad,
                        const py::object& d_query, const py::object& d_positive, const py::object& d_negatives,
-                       const py::object& workspace) {
+                       const py::object& workspace, const py::object& query_labels,
+                       const py::object& key_labels, bool decoupled,
+                       const py::object& row_temperature_moment) {
+  const InfoNceLabels labels{query_labels, key_labels, decoupled};
   if (has_dtype<float>(query)) {
     info_nce_backward_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_max,
-                                   row_log_sum, row_grad, d_query, d_positive, d_negatives, workspace);
+                                   row_log_sum, row_grad, d_query, d_positive, d_negatives, workspace, labels,
+                                   row_temperature_moment);
   } else if (has_dtype<double>(query)) {
     info_nce_backward_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_max,
-                                    row_log_sum, row_grad, d_query, d_positive, d_negatives, workspace);
+                                    row_log_sum, row_grad, d_query, d_positive, d_negatives, workspace,
+                                    labels, row_temperature_moment);
   } else {
     throw py::type_error("query: expected native float32 or float64");
   }
@@ -910,11 +949,15 @@ PYBIND11_MODULE(_core, m) {
   m.def("info_nce", &info_nce, py::arg("query"), py::arg("positive"), py::arg("mode"), py::arg("negatives"),
         py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"),
         py::arg("row_max") = py::none(), py::arg("row_log_sum") = py::none(),
-        py::arg("positive_in_sum") = true, py::arg("positive_logit") = py::none());
+        py::arg("positive_in_sum") = true, py::arg("positive_logit") = py::none(),
+        py::arg("query_labels") = py::none(), py::arg("key_labels") = py::none(),
+        py::arg("decoupled") = false);
   m.def("info_nce_backward", &info_nce_backward, py::arg("query"), py::arg("positive"), py::arg("mode"),
         py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_max"),
         py::arg("row_log_sum"), py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"),
-        py::arg("d_negatives"), py::arg("workspace") = py::none());
+        py::arg("d_negatives"), py::arg("workspace") = py::none(), py::arg("query_labels") = py::none(),
+        py::arg("key_labels") = py::none(), py::arg("decoupled") = false,
+        py::arg("row_temperature_moment") = py::none());
   m.def("info_nce_backward_workspace", &info_nce_backward_workspace, py::arg("query"), py::arg("positive"),
         py::arg("mode"), py::arg("negatives"));
 

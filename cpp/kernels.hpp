@@ -143,6 +143,14 @@ struct InfoNceArgs {
   // receives each row's positive logit.
   bool positive_in_sum = true;
   double* positive_logit = nullptr;
+  // Labels (contiguous int64), or null: query_labels (N); key_labels (N in-batch: the labels of
+  // the positive rows; M unpaired; N x M row-major paired). In-batch, row i's positives are
+  // P(i) = {i} u {j : key_labels[j] == query_labels[i]} and the loss subtracts their mean logit;
+  // with explicit negatives, a negative of the query's label leaves the softmax.
+  const int64_t* query_labels = nullptr;
+  const int64_t* key_labels = nullptr;
+  // The positives leave the log-sum-exp (DCL). A row left with no logit in it has loss -inf.
+  bool decoupled = false;
 };
 constexpr int kQueryTooLong = 1, kPositiveTooLong = 2, kNegativesTooLong = 4;
 
@@ -163,6 +171,9 @@ struct InfoNceGradArgs {
   // null to let the kernel allocate it (the caller allocates it up front, with every other
   // buffer, so that a MemoryError comes before the forward pass rather than after it).
   T* workspace = nullptr;
+  // If not null: row i's sum_{j in D(i)} p_ij z_ij - mean_{p in P(i)} z_ip (float64, N), the
+  // derivative of loss_i w.r.t. temperature times -temperature (a learnable temperature's).
+  double* row_temperature_moment = nullptr;
 };
 
 template <class T>

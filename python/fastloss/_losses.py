@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Literal, overload
 
@@ -709,6 +710,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = ...,
     normalize: bool = ...,
     symmetric: bool = ...,
+    query_labels: ArrayLike | None = ...,
+    key_labels: ArrayLike | None = ...,
+    decoupled: bool = ...,
     return_grad: Literal[False] = ...,
 ) -> float: ...
 @overload
@@ -722,6 +726,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = ...,
     normalize: bool = ...,
     symmetric: bool = ...,
+    query_labels: ArrayLike | None = ...,
+    key_labels: ArrayLike | None = ...,
+    decoupled: bool = ...,
     return_grad: Literal[False] = ...,
 ) -> np.ndarray: ...
 @overload
@@ -735,6 +742,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = ...,
     normalize: bool = ...,
     symmetric: bool = ...,
+    query_labels: ArrayLike | None = ...,
+    key_labels: ArrayLike | None = ...,
+    decoupled: bool = ...,
     return_grad: Literal[True],
 ) -> tuple[float, InfoNceGrads]: ...
 @overload
@@ -748,6 +758,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = ...,
     normalize: bool = ...,
     symmetric: bool = ...,
+    query_labels: ArrayLike | None = ...,
+    key_labels: ArrayLike | None = ...,
+    decoupled: bool = ...,
     return_grad: Literal[True],
 ) -> tuple[np.ndarray, InfoNceGrads]: ...
 @overload
@@ -761,6 +774,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = ...,
     normalize: bool = ...,
     symmetric: bool = ...,
+    query_labels: ArrayLike | None = ...,
+    key_labels: ArrayLike | None = ...,
+    decoupled: bool = ...,
     return_grad: bool = ...,
 ) -> InfoNceLossAndGrad: ...
 def info_nce(
@@ -773,6 +789,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = "unpaired",
     normalize: bool = False,
     symmetric: bool = False,
+    query_labels: ArrayLike | None = None,
+    key_labels: ArrayLike | None = None,
+    decoupled: bool = False,
     return_grad: bool = False,
 ) -> InfoNceLossAndGrad:
     """InfoNCE: a (K+1)-way cross-entropy whose true class is the positive key.
@@ -794,7 +813,19 @@ def info_nce(
         normalize: L2-normalise every query and key row first (``x / max(||x||, 1e-12)``), as
             ``info-nce-pytorch``'s ``InfoNCE`` does.
         symmetric: with in-batch negatives only, average the query->key and key->query losses
-            (CLIP).
+            (CLIP). With labels, the key->query direction takes ``key_labels`` as its query labels
+            and ``query_labels`` as its key labels.
+        query_labels: ``(N,)`` integer class labels of the queries, or None. In-batch, row ``i``'s
+            positives are ``P(i) = {i} | {j : key_labels[j] == query_labels[i]}`` and its loss is
+            ``logsumexp_j z_ij - mean_{p in P(i)} z_ip`` (SupCon's L_out). With explicit
+            negatives, a negative of the query's label is a false negative and leaves the softmax.
+        key_labels: integer labels of the keys: ``(N,)`` in-batch (the rows of ``positive_key``;
+            default ``query_labels``, the two views of one sample sharing its label), ``(M,)``
+            for a queue, ``(N, M)`` for paired negatives (required with explicit negatives).
+        decoupled: leave the positives out of the log-sum-exp (DCL): in-batch, the sum runs over
+            the keys outside ``P(i)``; with explicit negatives, over the kept negatives. A row left
+            with nothing to sum has loss ``-inf`` (the log of an empty sum, log 0); its gradient is
+            the positives' term alone (the empty log-sum-exp is a constant).
         return_grad: also return ``(d_query, d_positive_key, d_negative_keys)``
             (``d_negative_keys`` is None without negatives), from a second streaming pass that
             recomputes each tile's logits from the saved log-sum-exps: memory stays O(N + tile).
@@ -809,6 +840,9 @@ def info_nce(
         negative_mode=negative_mode,
         normalize=normalize,
         symmetric=symmetric,
+        query_labels=query_labels,
+        key_labels=key_labels,
+        decoupled=decoupled,
     )
     if return_grad:
         # Every buffer before any work: an allocation that fails does so now, not after the forward pass.
@@ -845,6 +879,17 @@ class _InfoNceBuffers:
         self.workspace = np.empty(size, dtype=problem.dtype)
 
 
+def _labels(value: ArrayLike, name: str, shape: tuple[int, ...], shape_text: str) -> np.ndarray:
+    """Integer labels of exactly `shape`, as aligned contiguous int64 (the kernels' layout;
+    unsigned values wrap to int64, which keeps equality)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers (any integer dtype); got dtype {array.dtype}")
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape_text} = {shape}; got {array.shape}")
+    return np.require(array.astype(np.int64, copy=False), dtype=np.int64, requirements=["C", "A"])
+
+
 def _stats_rows(stats: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     return (None, None) if stats is None else (stats[0], stats[1])
 
@@ -864,11 +909,16 @@ class InfoNceProblem:
         negative_mode: Any,
         normalize: Any,
         symmetric: Any,
+        query_labels: Any = None,
+        key_labels: Any = None,
+        decoupled: Any = False,
     ) -> None:
         check_choice(negative_mode, "negative_mode", NEGATIVE_MODES)
         tau = check_temperature(temperature)
+        self.temperature = tau
         self.normalize = check_flag(normalize, "normalize")
         self.symmetric = check_flag(symmetric, "symmetric")
+        self.decoupled = check_flag(decoupled, "decoupled")
         self.inv_tau = 1.0 / tau
 
         query_array = _matrix(query, "query")
@@ -906,6 +956,7 @@ class InfoNceProblem:
                         f"{negatives_array.shape}"
                     )
         self.rows, self.dim = rows, dim
+        self.query_labels, self.key_labels = self._check_labels(query_labels, key_labels, negatives_array)
         self._originals = (query_array, positive_array, negatives_array)
         arrays = (query_array, positive_array) + (() if negatives_array is None else (negatives_array,))
         self.dtype = compute_dtype(*arrays)
@@ -927,6 +978,36 @@ class InfoNceProblem:
         self._key_stats: np.ndarray | None = None
         self._backward_buffers: _InfoNceBuffers | None = None
 
+    def _check_labels(
+        self, query_labels: ArrayLike | None, key_labels: ArrayLike | None, negatives: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if query_labels is None:
+            if key_labels is not None:
+                raise ValueError("key_labels: given without query_labels; pass query_labels too")
+            return None, None
+        queries = _labels(query_labels, "query_labels", (self.rows,), "(N,)")
+        if self.mode == _IN_BATCH:
+            if key_labels is None:  # the two views of one sample share its label (SimCLR, SupCon)
+                return queries, queries
+            return queries, _labels(key_labels, "key_labels", (self.rows,), "(N,) with in-batch negatives")
+        if key_labels is None:
+            raise ValueError(
+                "key_labels: required with query_labels and explicit negatives (the labels of the "
+                "negative_keys rows)"
+            )
+        assert negatives is not None
+        if self.mode == _UNPAIRED:
+            return queries, _labels(key_labels, "key_labels", negatives.shape[:1], "(M,) with a queue")
+        keys = _labels(key_labels, "key_labels", negatives.shape[:2], "(N, M) with paired negatives")
+        return queries, keys
+
+    def _label_args(self, swapped: bool = False) -> dict[str, Any]:
+        """The kernel's label arguments; swapped for the keys -> queries direction."""
+        queries, keys = (
+            (self.key_labels, self.query_labels) if swapped else (self.query_labels, self.key_labels)
+        )
+        return {"query_labels": queries, "key_labels": keys, "decoupled": self.decoupled}
+
     def shard_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """For one shard of a queue of negatives: each row's positive logit and the log-sum-exp of
         its logits against these negatives alone (-inf for none), both float64."""
@@ -947,6 +1028,7 @@ class InfoNceProblem:
             stats[1],
             positive_in_sum=False,
             positive_logit=positive,
+            **self._label_args(),
         )
         with np.errstate(invalid="ignore"):  # no negatives: max -inf, log of a zero sum -inf
             lse = np.where(np.isneginf(stats[0]), -np.inf, stats[0] + stats[1])
@@ -977,6 +1059,7 @@ class InfoNceProblem:
             self.normalize,
             row_loss,
             *_stats_rows(self._row_stats),
+            **self._label_args(),
         )
         if self.symmetric:
             _core.info_nce(
@@ -988,12 +1071,22 @@ class InfoNceProblem:
                 self.normalize,
                 key_loss,
                 *_stats_rows(self._key_stats),
+                **self._label_args(swapped=True),
             )
             row_loss = 0.5 * (row_loss + key_loss)
         return row_loss
 
     def backward(self, row_grad: np.ndarray) -> InfoNceGrads:
         """Gradients of sum_i row_grad[i] * loss_i: (d_query, d_positive_key, d_negative_keys)."""
+        return self.backward_with_temperature(row_grad, temperature=False)[0]
+
+    def backward_with_temperature(
+        self, row_grad: np.ndarray, temperature: bool = True
+    ) -> tuple[InfoNceGrads, float | None]:
+        """backward(), and with temperature=True the derivative of sum_i row_grad[i] * loss_i
+        w.r.t. the temperature: -(1/tau) sum_i row_grad[i] m_i, with the kernel's per-row
+        m_i = sum_{j in D(i)} p_ij z_ij - mean_{p in P(i)} z_ip, summed exactly (math.fsum) so
+        the result does not depend on any summation order."""
         if self._row_stats is None:
             raise RuntimeError("InfoNceProblem.backward needs forward(keep_for_backward=True) first")
         row_grad = np.ascontiguousarray(row_grad, dtype=np.float64)
@@ -1005,6 +1098,7 @@ class InfoNceProblem:
             buffers = _InfoNceBuffers(self)
         d_query, d_positive, workspace = buffers.query[0], buffers.positive[0], buffers.workspace
         d_negatives = None if buffers.negatives is None else buffers.negatives[0]
+        moments = np.empty((2 if self.symmetric else 1, self.rows)) if temperature else None
         _core.info_nce_backward(
             self.query,
             self.positive,
@@ -1018,6 +1112,8 @@ class InfoNceProblem:
             d_positive,
             d_negatives,
             workspace,
+            row_temperature_moment=None if moments is None else moments[0],
+            **self._label_args(),
         )
         if self.symmetric:
             # The keys -> queries direction: the two arrays swap roles.
@@ -1034,12 +1130,20 @@ class InfoNceProblem:
                 d_query,
                 None,
                 workspace,
+                row_temperature_moment=None if moments is None else moments[1],
+                **self._label_args(swapped=True),
             )
-        return (
+        d_temperature = None
+        if moments is not None:
+            # row_grad is already halved when symmetric: each direction's rows weigh half
+            weighted = (moments * row_grad).ravel()
+            d_temperature = -self.inv_tau * math.fsum(weighted.tolist())
+        grads = (
             _finish_gradient(*buffers.query),
             _finish_gradient(*buffers.positive),
             None if buffers.negatives is None else _finish_gradient(*buffers.negatives),
         )
+        return grads, d_temperature
 
 
 # -- linear cross-entropy -------------------------------------------------------------------

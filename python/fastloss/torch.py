@@ -400,6 +400,27 @@ def cross_entropy(
     return _apply(_CrossEntropyFunction, input, target, weight, ignore_index, red, label_smoothing)
 
 
+def _temperature_value(temperature: Any) -> float | Any:
+    """A Python number as given (checked by the loss); a tensor of one element as its value."""
+    if not isinstance(temperature, torch.Tensor):
+        return temperature
+    if temperature.numel() != 1:
+        raise ValueError(
+            f"temperature: a tensor temperature must hold one element (0-d or shape (1,)); got shape "
+            f"{tuple(temperature.shape)}"
+        )
+    if not temperature.dtype.is_floating_point:
+        raise TypeError(f"temperature: a tensor temperature must be floating point; got {temperature.dtype}")
+    return float(temperature.detach().cpu().reshape(()))
+
+
+def _label_array(labels: Any, name: str) -> Any:
+    """Labels as NumPy (a CPU tensor's view); anything else goes to the loss's checks as given."""
+    if isinstance(labels, torch.Tensor):
+        return _to_numpy(labels, name, floating=False)
+    return labels
+
+
 class _InfoNceFunction(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -407,11 +428,14 @@ class _InfoNceFunction(torch.autograd.Function):
         query: torch.Tensor,
         positive_key: torch.Tensor,
         negative_keys: torch.Tensor | None,
-        temperature: float,
+        temperature: Any,
         reduction: str,
         negative_mode: str,
         normalize: bool,
         symmetric: bool,
+        query_labels: Any,
+        key_labels: Any,
+        decoupled: bool,
     ) -> torch.Tensor:
         arrays = [_to_numpy(query, "query"), _to_numpy(positive_key, "positive_key")]
         negatives = None if negative_keys is None else _to_numpy(negative_keys, "negative_keys")
@@ -420,15 +444,19 @@ class _InfoNceFunction(torch.autograd.Function):
             arrays[0],
             arrays[1],
             negatives,
-            temperature=temperature,
+            temperature=_temperature_value(temperature),
             negative_mode=negative_mode,
             normalize=normalize,
             symmetric=symmetric,
+            query_labels=_label_array(query_labels, "query_labels"),
+            key_labels=_label_array(key_labels, "key_labels"),
+            decoupled=decoupled,
         )
-        row_loss = problem.forward(keep_for_backward=any(ctx.needs_input_grad[:3]))
+        row_loss = problem.forward(keep_for_backward=any(ctx.needs_input_grad[:4]))
         ctx.api_name = "info_nce"
         ctx.problem = problem
         ctx.reduction = reduction
+        ctx.temperature = temperature if isinstance(temperature, torch.Tensor) else None
         if reduction == "none":
             return torch.from_numpy(row_loss.astype(problem.dtype))
         ctx.divisor = problem.partial(row_loss).divisor(reduction)
@@ -447,11 +475,21 @@ class _InfoNceFunction(torch.autograd.Function):
             if ctx.divisor:
                 scale /= ctx.divisor
             row_grad = np.full(problem.rows, scale)
-        d_query, d_positive, d_negatives = problem.backward(row_grad)
+        wants_temperature = ctx.needs_input_grad[3]
+        (d_query, d_positive, d_negatives), d_temperature = problem.backward_with_temperature(
+            row_grad, temperature=wants_temperature
+        )
+        temperature_grad = None
+        if wants_temperature and d_temperature is not None:
+            tau = ctx.temperature
+            temperature_grad = torch.tensor(d_temperature, dtype=tau.dtype).reshape(tau.shape).to(tau.device)
         return (
             torch.from_numpy(d_query),
             torch.from_numpy(d_positive),
             None if d_negatives is None else torch.from_numpy(d_negatives),
+            temperature_grad,
+            None,
+            None,
             None,
             None,
             None,
@@ -464,13 +502,25 @@ def info_nce(
     query: torch.Tensor,
     positive_key: torch.Tensor,
     negative_keys: torch.Tensor | None = None,
-    temperature: float = 0.07,
+    temperature: float | torch.Tensor = 0.07,
     reduction: str = "mean",
     negative_mode: str = "unpaired",
     normalize: bool = False,
     symmetric: bool = False,
+    *,
+    query_labels: Any = None,
+    key_labels: Any = None,
+    decoupled: bool = False,
 ) -> torch.Tensor:
-    """:func:`fastloss.info_nce` on tensors, differentiable w.r.t. query and keys."""
+    """:func:`fastloss.info_nce` on tensors, differentiable w.r.t. query and keys.
+
+    ``temperature`` may be a tensor of one element; if it requires grad (a learnable temperature,
+    e.g. CLIP's ``1 / logit_scale.exp()``), it receives
+    ``sum_i row_grad_i * dL_i/dtau = -(1/tau) sum_i row_grad_i (sum_{j in D(i)} p_ij z_ij -
+    mean_{p in P(i)} z_ip)``, computed in the backward pass from the saved log-sum-exps and
+    summed exactly. ``query_labels`` / ``key_labels`` (integer tensors or arrays) and
+    ``decoupled`` are :func:`fastloss.info_nce`'s; labels are constants.
+    """
     return _apply(
         _InfoNceFunction,
         query,
@@ -481,6 +531,9 @@ def info_nce(
         negative_mode,
         normalize,
         symmetric,
+        query_labels,
+        key_labels,
+        decoupled,
     )
 
 
@@ -675,15 +728,20 @@ class CrossEntropyLoss(torch.nn.Module):
 
 class InfoNCE(torch.nn.Module):
     """InfoNCE with ``info-nce-pytorch``'s interface and defaults (temperature 0.1, rows
-    L2-normalised); ``normalize=False`` and ``symmetric=True`` (CLIP) are available too."""
+    L2-normalised; the functional :func:`info_nce`, like :func:`fastloss.info_nce`, defaults to
+    0.07 without normalisation); ``normalize=False``, ``symmetric=True`` (CLIP) and
+    ``decoupled=True`` (DCL) are available too. ``temperature`` may be a tensor: an
+    ``nn.Parameter`` is registered as the module's and learned. ``forward`` takes the labels
+    (SupCon positives in-batch, false-negative elimination with negatives) as keywords."""
 
     def __init__(
         self,
-        temperature: float = 0.1,
+        temperature: float | torch.Tensor = 0.1,
         reduction: str = "mean",
         negative_mode: str = "unpaired",
         normalize: bool = True,
         symmetric: bool = False,
+        decoupled: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = temperature
@@ -691,9 +749,16 @@ class InfoNCE(torch.nn.Module):
         self.negative_mode = negative_mode
         self.normalize = normalize
         self.symmetric = symmetric
+        self.decoupled = decoupled
 
     def forward(
-        self, query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor | None = None
+        self,
+        query: torch.Tensor,
+        positive_key: torch.Tensor,
+        negative_keys: torch.Tensor | None = None,
+        *,
+        query_labels: Any = None,
+        key_labels: Any = None,
     ) -> torch.Tensor:
         return info_nce(
             query,
@@ -704,6 +769,9 @@ class InfoNCE(torch.nn.Module):
             self.negative_mode,
             self.normalize,
             self.symmetric,
+            query_labels=query_labels,
+            key_labels=key_labels,
+            decoupled=self.decoupled,
         )
 
 
