@@ -165,6 +165,15 @@ def test_linear_cross_entropy(bf16, reduction, soft):
     )
 
 
+@pytest.mark.parametrize("loss", ("mse", "mae", "cross_entropy"))
+def test_accumulator(bf16, loss):
+    (a, a32), (b, b32) = values(bf16, 9, 5, seed=18), values(bf16, 9, 5, seed=19)
+    if loss == "cross_entropy":
+        b = b32 = np.arange(9) % 5
+    acc = fastloss.Accumulator(loss, reduction="sum").update(a[:4], b[:4]).update(a[4:], b[4:])
+    assert acc.result() == getattr(fastloss, loss)(a32, b32, reduction="sum")
+
+
 def test_byte_swapped_void_is_still_refused():
     # bfloat16 is known by name: a plain 2-byte void dtype is not a number.
     with pytest.raises(TypeError, match="pred: dtype"):
