@@ -202,7 +202,13 @@ def _layouts(x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(2, 3, 5, 3), (3, 17, 2, 7), (1, 40, 3, 6), (2, 1, 4, 4)], ids=str)
+@pytest.mark.parametrize(
+    "shape",
+    # Small groups, odd sizes, C = 1, and C large enough for blocks of one group (C >= 1024)
+    # and for groups beyond a reduction block (C >= 16384).
+    [(2, 3, 5, 3), (3, 17, 2, 7), (1, 40, 3, 6), (2, 1, 4, 4), (2, 1500, 3, 7), (1, 16400, 3, 7)],
+    ids=str,
+)
 def test_bits_equal_the_2d_contiguous_call(isa, shape, dtype):
     x, t, w = _case(shape, dtype, seed=7)
     _, q, _ = _case(shape, dtype, seed=8, soft=True)
@@ -233,7 +239,7 @@ def test_bits_equal_the_2d_contiguous_call(isa, shape, dtype):
 
 
 def test_threads_do_not_change_bits(restore_threads):
-    x, t, w = _case((4, 6, 40, 40), np.float32, seed=9)
+    x, t, w = _case((4, 6, 80, 80), np.float32, seed=9)
     fastloss.set_num_threads(1)
     one = fastloss.cross_entropy(x, t, reduction="none", weight=w), fastloss.cross_entropy(x, t, weight=w)
     fastloss.set_num_threads(2)
