@@ -16,7 +16,7 @@ import sys
 
 import fastloss
 import numpy as np
-from fastloss import _core
+from fastloss import _core, _losses
 
 SPECIAL = [np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-45, -1e-45, 0.0, -0.0, 1.5, -2.25]
 
@@ -111,6 +111,25 @@ def _cross_entropy(rng) -> dict[str, list]:
                 *fastloss.cross_entropy(x, y, weight=w, label_smoothing=0.1, return_grad=True),
                 *fastloss.cross_entropy(x, q, reduction="sum", label_smoothing=0.2, return_grad=True),
                 fastloss.cross_entropy(x, q, reduction="none", weight=w),
+            ]
+        # K-dimensional (N, C, H, W) in its natural layout (class stride H * W: rows gathered),
+        # with the gradients w.r.t. logits and probability targets.
+        for classes, shape in [(3, (2, 5, 3)), (17, (3, 2, 7)), (40, (1, 4, 5))]:
+            n, h, wd = shape
+            x = rng.uniform((n, classes, h, wd), dtype, 16.0)
+            y = rng.ints(n * h * wd, classes).reshape(n, h, wd)
+            y[0, 0, 0] = -100
+            q = rng.positive((n, classes, h, wd), 0.0, dtype)
+            w = rng.positive(classes, 0.5)
+            _, _, soft_grad, soft_target_grad = _losses.cross_entropy_pass(
+                x, q, w, -100, 0.1, "mean", True, None, return_target_grad=True
+            )
+            out[f"ce-kdim-{np.dtype(dtype).name}-{classes}"] = [
+                fastloss.cross_entropy(x, y, reduction="none"),
+                *fastloss.cross_entropy(x, y, weight=w, label_smoothing=0.1, return_grad=True),
+                fastloss.cross_entropy(x, q, reduction="none"),
+                soft_grad,
+                soft_target_grad,
             ]
         special = np.array(SPECIAL + [-1e30, 1e30, 88.0, -87.5], dtype)
         rows = np.stack([np.roll(special, k) for k in range(len(special))])

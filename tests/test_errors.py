@@ -792,9 +792,11 @@ def test_torch_front_end_errors():
         ft.cross_entropy(torch.ones(2, 3), torch.tensor([0, 1]), weight=torch.ones(3, dtype=torch.int64))
     with raises(TypeError, r"input and target", r"dtype"):
         ft.l1_loss(torch.ones(3), torch.ones(3, dtype=torch.float64))
+    # cross_entropy differentiates probability targets (tests/test_cross_entropy_kdim.py);
+    # linear_cross_entropy does not, and says so rather than return a zero gradient.
     probabilities = torch.full((2, 3), 1 / 3, requires_grad=True)
     with raises(NotImplementedError, r"probability targets"):
-        ft.cross_entropy(torch.ones(2, 3), probabilities)
+        ft.linear_cross_entropy(torch.ones(2, 4), torch.ones(3, 4), probabilities)
 
 
 def test_torch_cross_entropy_target_not_a_tensor():

@@ -415,8 +415,12 @@ FASTLOSS_ALWAYS_INLINE inline const T* row_start(const MatrixView<T>& view, int6
 // in that layout the group's values of one class are neighbours (one cache line, not count of
 // them). A copy holds the same values as the row, so every row gets the bits that the same row
 // given contiguously gets: the code after this sees only unit-stride rows.
+// `next` is the first row of the next group (null: none), whose line of each class is requested
+// while this group is copied: a group touches one line per class, C lines over as many pages,
+// which the hardware prefetcher does not follow.
 template <class T>
-void group_rows(const CrossEntropyArgs<T>& a, int64_t g0, int64_t count, T* scratch, const T** x) {
+void group_rows(const CrossEntropyArgs<T>& a, int64_t g0, int64_t count, const T* next, T* scratch,
+                const T** x) {
   for (int64_t k = 0; k < count; ++k) {
     x[k] = row_start(a.logits, a.rows_per_sample, a.logits_sample_stride, g0 + k);
   }
@@ -424,6 +428,7 @@ void group_rows(const CrossEntropyArgs<T>& a, int64_t g0, int64_t count, T* scra
   const int64_t cs = a.logits.col_stride;
   if (cs == 1 || cols == 1) return;
   for (int64_t c = 0; c < cols; ++c) {
+    if (next != nullptr) FASTLOSS_PREFETCH(next + c * cs);
     for (int64_t k = 0; k < count; ++k) scratch[k * cols + c] = load_unaligned(x[k] + c * cs);
   }
   for (int64_t k = 0; k < count; ++k) x[k] = scratch + k * cols;
@@ -453,10 +458,14 @@ void cross_entropy_sums(const CrossEntropyArgs<T>& a, int num_threads, Sums* sum
     }
     grad_scale /= exact_sum_round(denominator);
   }
-  const int64_t rows_per_block = cols >= kCrossEntropyBlock ? 1 : kCrossEntropyBlock / cols;
-  const int64_t num_blocks = (rows + rows_per_block - 1) / rows_per_block;
   const bool gather = cols > 1 && a.logits.col_stride != 1;
-  // Scratch for gathered rows: at most max(kCrossEntropyBlock, cols) elements per block.
+  // Gathered rows come at least a whole group per block: the group's values of one class share a
+  // cache line in the (N, C, H, W) layout, where a row alone would use one value of each line. (The
+  // blocks' sums are exact, so how the rows are blocked never changes a result.)
+  const int64_t min_rows = gather ? kLogGroup : 1;
+  const int64_t rows_per_block = cols * min_rows >= kCrossEntropyBlock ? min_rows : kCrossEntropyBlock / cols;
+  const int64_t num_blocks = (rows + rows_per_block - 1) / rows_per_block;
+  // Scratch for gathered rows: one group, at most max(kCrossEntropyBlock, kLogGroup * cols) elements.
   const int64_t scratch_size = gather ? (rows_per_block < kLogGroup ? rows_per_block : kLogGroup) * cols : 0;
   auto block_sum = [&](int64_t b, Sums* block_sums, T* scratch) {
     Sums block = *block_sums;  // a local, so that a compensated sum stays in registers
@@ -466,7 +475,10 @@ void cross_entropy_sums(const CrossEntropyArgs<T>& a, int num_threads, Sums* sum
       const int64_t count = r1 - g0 < kLogGroup ? r1 - g0 : kLogGroup;
       double row_max[kLogGroup], exp_sum[kLogGroup], log_sum[kLogGroup];
       const T* x[kLogGroup];
-      group_rows(a, g0, count, scratch, x);
+      const T* next = gather && g0 + count < rows
+                          ? row_start(a.logits, a.rows_per_sample, a.logits_sample_stride, g0 + count)
+                          : nullptr;
+      group_rows(a, g0, count, next, scratch, x);
       const bool short_rows = cols <= kVirtualLanes<T> && a.grad == nullptr &&
                               short_rows_exp_sum(x, cols, count, row_max, exp_sum);
       for (int64_t k = 0; k < count && !short_rows; ++k) {
