@@ -428,7 +428,7 @@ def test_torch_kdim_values_and_gradients(shape, dtype):
             b = x.clone().requires_grad_()
             ta = target.clone().requires_grad_(target.is_floating_point())
             tb = target.clone().requires_grad_(target.is_floating_point())
-            got = ft.cross_entropy(a, ta, w, -100, reduction, 0.1)
+            got = ft.cross_entropy(a, ta, w, ignore_index=-100, reduction=reduction, label_smoothing=0.1)
             ref = F.cross_entropy(b, tb, weight=w, reduction=reduction, label_smoothing=0.1)
             torch.testing.assert_close(got, ref, **tol)
             upstream = torch.rand(got.shape, generator=gen, dtype=dtype)
@@ -454,14 +454,23 @@ def test_torch_gradcheck_logits_and_soft_target(shape):
     w = torch.rand(classes, generator=gen, dtype=torch.float64) + 0.5
     for reduction in ("none", "sum", "mean"):
         assert torch.autograd.gradcheck(
-            lambda a, b, r=reduction: ft.cross_entropy(a, b, w, -100, r, 0.2), (x, q)
+            lambda a, b, r=reduction: ft.cross_entropy(
+                a, b, w, ignore_index=-100, reduction=r, label_smoothing=0.2
+            ),
+            (x, q),
         )
         assert torch.autograd.gradcheck(
-            lambda b, r=reduction: ft.cross_entropy(x.detach(), b, None, -100, r, 0.0), (q,)
+            lambda b, r=reduction: ft.cross_entropy(
+                x.detach(), b, None, ignore_index=-100, reduction=r, label_smoothing=0.0
+            ),
+            (q,),
         )
     if len(shape) > 1:
         t = torch.randint(0, classes, (shape[0],) + shape[2:], generator=gen)
-        assert torch.autograd.gradcheck(lambda a: ft.cross_entropy(a, t, w, -100, "mean", 0.1), (x,))
+        assert torch.autograd.gradcheck(
+            lambda a: ft.cross_entropy(a, t, w, ignore_index=-100, reduction="mean", label_smoothing=0.1),
+            (x,),
+        )
 
 
 def test_torch_soft_target_grad_only_target_and_no_grad():

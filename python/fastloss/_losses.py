@@ -562,7 +562,7 @@ def _ce_targets(
         if target_array.ndim <= 1:
             return to_kernel_layout(target_array.reshape(-1), np.dtype(np.int64)), None, target_array
         return np.ascontiguousarray(target_array, dtype=np.int64), None, target_array
-    if kind == "f":
+    if is_floating(target_array.dtype):
         if target_array.shape == logits_shape:
             return None, _ce_rows(target_array, dtype), target_array
         if target_array.shape == index_shape:
