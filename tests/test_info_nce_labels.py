@@ -526,3 +526,91 @@ def test_torch_gradcheck_with_temperature(mode):
 
     inputs = (q, k, tau) if neg is None else (q, k, neg, tau)
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6)
+
+
+# -- streaming and dask ------------------------------------------------------------------------
+
+
+def _bits(x):
+    return np.float64(x).tobytes()
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_accumulator_with_queue_labels_gives_the_one_call_bits(decoupled):
+    q, k, neg, ql, kl = case("unpaired", n=30, m=500, d=8, classes=6, seed=12)
+    once = fastloss.info_nce(q, k, neg, query_labels=ql, key_labels=kl, decoupled=decoupled, normalize=True)
+    acc = fastloss.Accumulator(
+        "info_nce", negative_keys=neg, key_labels=kl, decoupled=decoupled, normalize=True
+    )
+    for a, b in ((0, 7), (7, 20), (20, 30)):
+        acc.update(q[a:b], k[a:b], query_labels=ql[a:b])
+    assert _bits(acc.result()) == _bits(once)
+    restored = fastloss.Accumulator.from_bytes(acc.to_bytes(), negative_keys=neg, key_labels=kl)
+    assert _bits(restored.result()) == _bits(once)
+    restored.update(q[:3], k[:3], query_labels=ql[:3])  # takes further updates with the arrays
+    with pytest.raises(ValueError, match="key_labels"):
+        fastloss.Accumulator("info_nce", negative_keys=neg, key_labels=kl).update(q, k)
+    with pytest.raises(TypeError, match="key_labels"):
+        fastloss.Accumulator("info_nce", negative_keys=neg, key_labels=kl).update(
+            q, k, query_labels=ql, key_labels=kl
+        )
+    with pytest.raises(ValueError, match="key_labels"):
+        fastloss.Accumulator("info_nce", key_labels=kl)
+    with pytest.raises(TypeError, match="query_labels"):
+        fastloss.Accumulator("mse").update(q, k, query_labels=ql)
+
+
+def test_accumulator_paired_and_queue_split_labels():
+    q, k, neg, ql, kl = case("paired", n=12, m=9, d=5, seed=13)
+    once = fastloss.info_nce(q, k, neg, negative_mode="paired", query_labels=ql, key_labels=kl)
+    acc = fastloss.Accumulator("info_nce", negative_mode="paired")
+    acc.update(q[:5], k[:5], neg[:5], query_labels=ql[:5], key_labels=kl[:5])
+    acc.update(q[5:], k[5:], neg[5:], query_labels=ql[5:], key_labels=kl[5:])
+    assert _bits(acc.result()) == _bits(once)
+
+    q, k, neg, ql, kl = case("unpaired", n=10, m=600, d=6, classes=4, seed=14)
+    for decoupled in (False, True):
+        once = fastloss.info_nce(q, k, neg, query_labels=ql, key_labels=kl, decoupled=decoupled)
+        shards = []
+        for a, b in ((0, 250), (250, 600)):
+            shard = fastloss.Accumulator("info_nce", queue_split=True, decoupled=decoupled)
+            shard.update(q, k, neg[a:b], query_labels=ql, key_labels=kl[a:b])
+            shards.append(shard)
+        merged = shards[0].merge(shards[1]).result()
+        np.testing.assert_allclose(merged, once, rtol=1e-14)  # the documented 2 ulp
+
+
+def test_dask_labels_match_one_call():
+    da = pytest.importorskip("dask.array")
+    import fastloss.dask as fd
+
+    q, k, neg, ql, kl = case("unpaired", n=40, m=300, d=6, classes=5, seed=15)
+    once = fastloss.info_nce(q, k, neg, query_labels=ql, key_labels=kl, decoupled=True, reduction="none")
+    got = fd.info_nce(
+        da.from_array(q, chunks=(13, 6)),
+        da.from_array(k, chunks=(13, 6)),
+        neg,
+        query_labels=da.from_array(ql, chunks=7),
+        key_labels=kl,
+        decoupled=True,
+        reduction="none",
+    ).compute()
+    assert np.array_equal(got, once)
+    q, k, neg, ql, kl = case("paired", n=20, m=7, d=4, seed=16)
+    once = fastloss.info_nce(q, k, neg, negative_mode="paired", query_labels=ql, key_labels=kl)
+    got = fd.info_nce(
+        da.from_array(q, chunks=(6, 4)),
+        da.from_array(k, chunks=(6, 4)),
+        da.from_array(neg, chunks=(6, 7, 4)),
+        negative_mode="paired",
+        query_labels=ql,
+        key_labels=da.from_array(kl, chunks=(5, 7)),
+    ).compute()
+    assert _bits(got) == _bits(once)
+    q, k, _, ql, kl = case("in-batch", n=20, d=4, seed=17)
+    once = fastloss.info_nce(q, k, query_labels=ql, symmetric=True)
+    assert _bits(
+        fd.info_nce(da.from_array(q), da.from_array(k), query_labels=ql, symmetric=True).compute()
+    ) == _bits(once)
+    with pytest.raises(ValueError, match="key_labels"):
+        fd.info_nce(da.from_array(q), da.from_array(k), key_labels=kl)
