@@ -510,8 +510,9 @@ def test_torch_float32_and_constant_tensor_temperature():
         ft.info_nce(q, k, neg, torch.tensor(-1.0))
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("mode", MODES)
-def test_torch_gradcheck_with_temperature(mode):
+def test_torch_gradcheck_with_temperature(mode, decoupled):
     torch = pytest.importorskip("torch")
     import fastloss.torch as ft
 
@@ -522,7 +523,9 @@ def test_torch_gradcheck_with_temperature(mode):
     def loss(*args):
         q_, k_, t_ = args[0], args[1], args[-1]
         n_ = args[2] if len(args) == 4 else None
-        return ft.info_nce(q_, k_, n_, t_, "sum", negative_mode, True, query_labels=ql, key_labels=kl)
+        return ft.info_nce(
+            q_, k_, n_, t_, "sum", negative_mode, True, query_labels=ql, key_labels=kl, decoupled=decoupled
+        )
 
     inputs = (q, k, tau) if neg is None else (q, k, neg, tau)
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6)
@@ -614,3 +617,36 @@ def test_dask_labels_match_one_call():
     ) == _bits(once)
     with pytest.raises(ValueError, match="key_labels"):
         fd.info_nce(da.from_array(q), da.from_array(k), key_labels=kl)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_float32_values_and_gradients(mode, decoupled):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    q, k, neg, ql, kl = _torch_case(mode, torch.float32, seed=18, n=40, m=300, d=16)
+    tau = torch.tensor(0.2, requires_grad=True)
+    leaves = [x for x in (q, k, neg, tau) if x is not None]
+    got = ft.info_nce(
+        q,
+        k,
+        neg,
+        tau,
+        "mean",
+        "paired" if mode == "paired" else "unpaired",
+        True,
+        query_labels=ql,
+        key_labels=kl,
+        decoupled=decoupled,
+    )
+    ours = torch.autograd.grad(got, leaves)
+    want = torch_reference(
+        q, k, neg, tau, mode=mode, normalize=True, ql=ql, kl=kl, decoupled=decoupled
+    ).mean()
+    theirs = torch.autograd.grad(want, leaves)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
