@@ -404,14 +404,16 @@ class NumpyFastPeer(_NumpyPeer):
         return ce
 
     def _infonce_queue(self, w, data):
-        if w.classes:
-            return None  # not formulated with labels
+        if w.classes and w.grad:
+            return None  # the gradient is not formulated with labels
         q, k, neg = data["query"], data["positive"], data["negatives"]
         n = q.shape[0]
         m_total = neg.shape[0]
         kb = max(1024, (8 * _BLOCK_ELEMS) // max(1, n))  # measured best: ~8 MiB logit blocks
         inv_tau = np.float32(1.0 / w.temperature)
         buf = np.empty((n, min(kb, m_total)), np.float32)
+        query_labels = data["query_labels"][:, None] if w.classes else None
+        key_labels = data["key_labels"] if w.classes else None
 
         def lse_pass(qs, pos):
             # Online log-sum-exp over blocks of the queue: running max and sum per query.
@@ -420,6 +422,8 @@ class NumpyFastPeer(_NumpyPeer):
             for j in range(0, m_total, kb):
                 b = buf[:, : min(kb, m_total - j)]
                 np.matmul(qs, neg[j : j + kb].T, out=b)
+                if key_labels is not None:  # false negatives leave the softmax
+                    np.putmask(b, query_labels == key_labels[j : j + kb], np.float32(-np.inf))
                 new_m = np.maximum(run_m, b.max(axis=1))
                 run_s *= np.exp(run_m - new_m)
                 np.subtract(b, new_m.astype(np.float32)[:, None], out=b)
