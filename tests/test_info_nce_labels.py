@@ -367,6 +367,12 @@ def test_label_errors_name_the_argument():
     pneg = np.zeros((4, 6, 3 + 1))
     with pytest.raises(ValueError, match=r"key_labels.*\(4, 6\).*\(6,\)"):
         fastloss.info_nce(q, k, pneg, negative_mode="paired", query_labels=ql, key_labels=kl)
+    with pytest.raises(ValueError, match="^query_labels: cannot be converted"):
+        fastloss.info_nce(q, k, query_labels=[[0, 1], [2]])
+    with pytest.raises(TypeError, match="^key_labels must hold integers"):
+        fastloss.info_nce(q, k, query_labels=ql, key_labels=["a", "b", "c", "d"])
+    with pytest.raises(TypeError, match="^query_labels must hold integers"):
+        fastloss.info_nce(q, k, query_labels=np.array([True, False, True, True]))
     with pytest.raises(TypeError, match="decoupled"):
         fastloss.info_nce(q, k, decoupled="yes")
 
