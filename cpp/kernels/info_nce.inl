@@ -469,6 +469,45 @@ int64_t filter_row(const InfoNceArgs<T>& a, bool in_batch, int64_t i, int64_t j0
   return kept;
 }
 
+// Heapsort of int64 labels, here rather than std::sort: a std:: template instantiated in a wide
+// ISA's file is one symbol the linker may merge with the baseline's copy (so the scalar path
+// could run AVX code); this one lives in the ISA's namespace.
+inline void sort_labels(int64_t* a, int64_t n) {
+  const auto sift_down = [a](int64_t root, int64_t end) {
+    while (2 * root + 1 < end) {
+      int64_t child = 2 * root + 1;
+      if (child + 1 < end && a[child] < a[child + 1]) ++child;
+      if (!(a[root] < a[child])) return;
+      const int64_t t = a[root];
+      a[root] = a[child];
+      a[child] = t;
+      root = child;
+    }
+  };
+  for (int64_t start = n / 2 - 1; start >= 0; --start) sift_down(start, n);
+  for (int64_t end = n - 1; end > 0; --end) {
+    const int64_t t = a[0];
+    a[0] = a[end];
+    a[end] = t;
+    sift_down(0, end);
+  }
+}
+
+// The first index of sorted[0, n) whose value is >= value (strictly_greater: > value).
+inline int64_t label_bound(const int64_t* sorted, int64_t n, int64_t value, bool strictly_greater) {
+  int64_t low = 0, high = n;
+  while (low < high) {
+    const int64_t mid = low + (high - low) / 2;
+    const bool before = strictly_greater ? sorted[mid] <= value : sorted[mid] < value;
+    if (before) {
+      low = mid + 1;
+    } else {
+      high = mid;
+    }
+  }
+  return low;
+}
+
 // Per row, |P(i)| and |D(i)|, counted from the labels before any logit (the key labels of a
 // shared stream sorted once: O((N + M) log M)). |D(i)| = 0 gives the row loss -inf: the
 // log-sum-exp of no logit is log 0.
@@ -489,7 +528,7 @@ struct RowSets {
     if (!positives.ok() || !in_sum.ok() || !sorted.ok()) throw std::bad_alloc();
     if (labels && !paired) {
       for (int64_t j = 0; j < keys; ++j) sorted[j] = a.key_labels[j];
-      std::sort(sorted.get(), sorted.get() + keys);
+      sort_labels(sorted.get(), keys);
     }
     for (int64_t i = 0; i < n; ++i) {
       int64_t same = 0;
@@ -497,8 +536,8 @@ struct RowSets {
         const int64_t* row = a.key_labels + i * keys;
         for (int64_t j = 0; j < keys; ++j) same += row[j] == a.query_labels[i] ? 1 : 0;
       } else if (labels) {
-        const auto range = std::equal_range(sorted.get(), sorted.get() + keys, a.query_labels[i]);
-        same = range.second - range.first;
+        same = label_bound(sorted.get(), keys, a.query_labels[i], true) -
+               label_bound(sorted.get(), keys, a.query_labels[i], false);
       }
       if (in_batch) {
         positives[i] = same + (labels && a.key_labels[i] == a.query_labels[i] ? 0 : 1);
