@@ -367,6 +367,12 @@ def test_label_errors_name_the_argument():
     pneg = np.zeros((4, 6, 3 + 1))
     with pytest.raises(ValueError, match=r"key_labels.*\(4, 6\).*\(6,\)"):
         fastloss.info_nce(q, k, pneg, negative_mode="paired", query_labels=ql, key_labels=kl)
+    with pytest.raises(ValueError, match="^query_labels: cannot be converted"):
+        fastloss.info_nce(q, k, query_labels=[[0, 1], [2]])
+    with pytest.raises(TypeError, match="^key_labels must hold integers"):
+        fastloss.info_nce(q, k, query_labels=ql, key_labels=["a", "b", "c", "d"])
+    with pytest.raises(TypeError, match="^query_labels must hold integers"):
+        fastloss.info_nce(q, k, query_labels=np.array([True, False, True, True]))
     with pytest.raises(TypeError, match="decoupled"):
         fastloss.info_nce(q, k, decoupled="yes")
 
@@ -510,8 +516,9 @@ def test_torch_float32_and_constant_tensor_temperature():
         ft.info_nce(q, k, neg, torch.tensor(-1.0))
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("mode", MODES)
-def test_torch_gradcheck_with_temperature(mode):
+def test_torch_gradcheck_with_temperature(mode, decoupled):
     torch = pytest.importorskip("torch")
     import fastloss.torch as ft
 
@@ -522,7 +529,130 @@ def test_torch_gradcheck_with_temperature(mode):
     def loss(*args):
         q_, k_, t_ = args[0], args[1], args[-1]
         n_ = args[2] if len(args) == 4 else None
-        return ft.info_nce(q_, k_, n_, t_, "sum", negative_mode, True, query_labels=ql, key_labels=kl)
+        return ft.info_nce(
+            q_, k_, n_, t_, "sum", negative_mode, True, query_labels=ql, key_labels=kl, decoupled=decoupled
+        )
 
     inputs = (q, k, tau) if neg is None else (q, k, neg, tau)
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6)
+
+
+# -- streaming and dask ------------------------------------------------------------------------
+
+
+def _bits(x):
+    return np.float64(x).tobytes()
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_accumulator_with_queue_labels_gives_the_one_call_bits(decoupled):
+    q, k, neg, ql, kl = case("unpaired", n=30, m=500, d=8, classes=6, seed=12)
+    once = fastloss.info_nce(q, k, neg, query_labels=ql, key_labels=kl, decoupled=decoupled, normalize=True)
+    acc = fastloss.Accumulator(
+        "info_nce", negative_keys=neg, key_labels=kl, decoupled=decoupled, normalize=True
+    )
+    for a, b in ((0, 7), (7, 20), (20, 30)):
+        acc.update(q[a:b], k[a:b], query_labels=ql[a:b])
+    assert _bits(acc.result()) == _bits(once)
+    restored = fastloss.Accumulator.from_bytes(acc.to_bytes(), negative_keys=neg, key_labels=kl)
+    assert _bits(restored.result()) == _bits(once)
+    restored.update(q[:3], k[:3], query_labels=ql[:3])  # takes further updates with the arrays
+    with pytest.raises(ValueError, match="key_labels"):
+        fastloss.Accumulator("info_nce", negative_keys=neg, key_labels=kl).update(q, k)
+    with pytest.raises(TypeError, match="key_labels"):
+        fastloss.Accumulator("info_nce", negative_keys=neg, key_labels=kl).update(
+            q, k, query_labels=ql, key_labels=kl
+        )
+    with pytest.raises(ValueError, match="key_labels"):
+        fastloss.Accumulator("info_nce", key_labels=kl)
+    with pytest.raises(TypeError, match="query_labels"):
+        fastloss.Accumulator("mse").update(q, k, query_labels=ql)
+
+
+def test_accumulator_paired_and_queue_split_labels():
+    q, k, neg, ql, kl = case("paired", n=12, m=9, d=5, seed=13)
+    once = fastloss.info_nce(q, k, neg, negative_mode="paired", query_labels=ql, key_labels=kl)
+    acc = fastloss.Accumulator("info_nce", negative_mode="paired")
+    acc.update(q[:5], k[:5], neg[:5], query_labels=ql[:5], key_labels=kl[:5])
+    acc.update(q[5:], k[5:], neg[5:], query_labels=ql[5:], key_labels=kl[5:])
+    assert _bits(acc.result()) == _bits(once)
+
+    q, k, neg, ql, kl = case("unpaired", n=10, m=600, d=6, classes=4, seed=14)
+    for decoupled in (False, True):
+        once = fastloss.info_nce(q, k, neg, query_labels=ql, key_labels=kl, decoupled=decoupled)
+        shards = []
+        for a, b in ((0, 250), (250, 600)):
+            shard = fastloss.Accumulator("info_nce", queue_split=True, decoupled=decoupled)
+            shard.update(q, k, neg[a:b], query_labels=ql, key_labels=kl[a:b])
+            shards.append(shard)
+        merged = shards[0].merge(shards[1]).result()
+        np.testing.assert_allclose(merged, once, rtol=1e-14)  # the documented 2 ulp
+
+
+def test_dask_labels_match_one_call():
+    da = pytest.importorskip("dask.array")
+    import fastloss.dask as fd
+
+    q, k, neg, ql, kl = case("unpaired", n=40, m=300, d=6, classes=5, seed=15)
+    once = fastloss.info_nce(q, k, neg, query_labels=ql, key_labels=kl, decoupled=True, reduction="none")
+    got = fd.info_nce(
+        da.from_array(q, chunks=(13, 6)),
+        da.from_array(k, chunks=(13, 6)),
+        neg,
+        query_labels=da.from_array(ql, chunks=7),
+        key_labels=kl,
+        decoupled=True,
+        reduction="none",
+    ).compute()
+    assert np.array_equal(got, once)
+    q, k, neg, ql, kl = case("paired", n=20, m=7, d=4, seed=16)
+    once = fastloss.info_nce(q, k, neg, negative_mode="paired", query_labels=ql, key_labels=kl)
+    got = fd.info_nce(
+        da.from_array(q, chunks=(6, 4)),
+        da.from_array(k, chunks=(6, 4)),
+        da.from_array(neg, chunks=(6, 7, 4)),
+        negative_mode="paired",
+        query_labels=ql,
+        key_labels=da.from_array(kl, chunks=(5, 7)),
+    ).compute()
+    assert _bits(got) == _bits(once)
+    q, k, _, ql, kl = case("in-batch", n=20, d=4, seed=17)
+    once = fastloss.info_nce(q, k, query_labels=ql, symmetric=True)
+    assert _bits(
+        fd.info_nce(da.from_array(q), da.from_array(k), query_labels=ql, symmetric=True).compute()
+    ) == _bits(once)
+    with pytest.raises(ValueError, match="key_labels"):
+        fd.info_nce(da.from_array(q), da.from_array(k), key_labels=kl)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_float32_values_and_gradients(mode, decoupled):
+    torch = pytest.importorskip("torch")
+    import fastloss.torch as ft
+
+    q, k, neg, ql, kl = _torch_case(mode, torch.float32, seed=18, n=40, m=300, d=16)
+    tau = torch.tensor(0.2, requires_grad=True)
+    leaves = [x for x in (q, k, neg, tau) if x is not None]
+    got = ft.info_nce(
+        q,
+        k,
+        neg,
+        tau,
+        "mean",
+        "paired" if mode == "paired" else "unpaired",
+        True,
+        query_labels=ql,
+        key_labels=kl,
+        decoupled=decoupled,
+    )
+    ours = torch.autograd.grad(got, leaves)
+    want = torch_reference(
+        q, k, neg, tau, mode=mode, normalize=True, ql=ql, kl=kl, decoupled=decoupled
+    ).mean()
+    theirs = torch.autograd.grad(want, leaves)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

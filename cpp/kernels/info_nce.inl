@@ -283,6 +283,18 @@ int64_t info_nce_backward_workspace(const InfoNceArgs<T>& a) {
   return KeyChunks(key_stream(a).count).count * a.query.rows * a.query.cols;
 }
 
+// A 4096-bit summary of a key tile's labels: a query whose label's bit is clear has no key of its
+// label in the tile (most rows of a queue tile, with many classes), so it skips the scan.
+struct LabelBits {
+  uint64_t words[64];
+  static uint64_t slot(int64_t label) { return (static_cast<uint64_t>(label) * 0x9E3779B97F4A7C15ull) >> 52; }
+  void build(const int64_t* labels, int64_t count) {
+    for (uint64_t& w : words) w = 0;
+    for (int64_t j = 0; j < count; ++j) words[slot(labels[j]) >> 6] |= uint64_t(1) << (slot(labels[j]) & 63);
+  }
+  bool may_hold(int64_t label) const { return ((words[slot(label) >> 6] >> (slot(label) & 63)) & 1) != 0; }
+};
+
 // Scratch for one work item: a packed key tile, the keys' inverse norms, a tile of logits.
 template <class T>
 struct TileScratch {
@@ -293,6 +305,7 @@ struct TileScratch {
   Buffer<double> key_inv_norm;  // kKeyTile
   Buffer<T> key_scale;          // kKeyTile: key_inv_norm in T, for the vector loops
   Buffer<T> logits;             // kQueryBlock x kKeyTile
+  LabelBits label_bits;         // of the tile's key labels, if any
 
   explicit TileScratch(int64_t d)
       : dim(d),
@@ -318,6 +331,7 @@ void pack_keys(const InfoNceArgs<T>& a, const KeyStream<T>& keys, int64_t j0, in
     s->key_scale[j] = static_cast<T>(s->key_inv_norm[j]);
   }
   for (int64_t j = cols; j < kKeyTile; ++j) s->key_scale[j] = T(0);
+  if (a.key_labels != nullptr) s->label_bits.build(a.key_labels + j0, cols);
 }
 
 // Logits of queries [i0, i0 + rows) (rows <= kQueryBlock) against the packed tile of `cols` keys,
@@ -376,11 +390,12 @@ const int64_t* tile_labels(const InfoNceArgs<T>& a, int64_t i, int64_t j0) {
   return a.key_labels + (a.mode == NegativeMode::paired ? i * a.num_negatives : 0) + j0;
 }
 
-// Whether any of `cols` keys is a positive or a false negative: a branch-free scan (most tiles of
-// a queue hold none, and then skip filter_row).
-inline bool tile_has_special(const int64_t* labels, int64_t label, int64_t cols, bool diagonal_in_tile) {
+// Whether any of `cols` keys is a positive or a false negative: the tile's label bits (null for
+// paired negatives) rule most rows out, else a branch-free scan.
+inline bool tile_has_special(const int64_t* labels, int64_t label, int64_t cols, bool diagonal_in_tile,
+                             const LabelBits* bits) {
   if (diagonal_in_tile) return true;
-  if (labels == nullptr) return false;
+  if (labels == nullptr || (bits != nullptr && !bits->may_hold(label))) return false;
   int any = 0;
   for (int64_t j = 0; j < cols; ++j) any |= labels[j] == label ? 1 : 0;
   return any != 0;
@@ -399,24 +414,98 @@ inline KeyRole key_role(bool in_batch, bool decoupled, const int64_t* labels, in
   return {positive, !(positive && decoupled)};
 }
 
+// Removes in place, order kept, the logits whose key label is `label` (false negatives), and
+// returns how many remain. Blocks of 32 labels are tested by a vectorisable scan first: a block
+// without a match moves as a whole (usually not at all), so a row with one false negative costs
+// about one block's scalar pass.
+template <class T>
+int64_t drop_false_negatives(const int64_t* labels, int64_t label, int64_t cols, T* row) {
+  constexpr int64_t kBlock = 32;
+  int64_t kept = 0;
+  for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+    const int64_t count = min_i64(kBlock, cols - c0);
+    int any = 0;
+    for (int64_t j = 0; j < count; ++j) any |= labels[c0 + j] == label ? 1 : 0;
+    if (any == 0) {
+      if (kept != c0) std::memmove(row + kept, row + c0, static_cast<size_t>(count) * sizeof(T));
+      kept += count;
+      continue;
+    }
+    for (int64_t j = 0; j < count; ++j) {
+      row[kept] = row[c0 + j];
+      kept += labels[c0 + j] != label ? 1 : 0;
+    }
+  }
+  return kept;
+}
+
 // Row i's logits of keys [j0, j0 + cols) with those outside D(i) removed in place, the rest in
 // their order (so every path sums one fixed sequence); in-batch with labels, the positives'
-// logits are added to *positive_sum in key order. Returns how many remain.
+// logits are added to *positive_sum in key order. Returns how many remain. `bits`: the tile's
+// label bits, or null.
 template <class T>
 int64_t filter_row(const InfoNceArgs<T>& a, bool in_batch, int64_t i, int64_t j0, int64_t cols, T* row,
-                   double* positive_sum) {
+                   double* positive_sum, const LabelBits* bits) {
   const int64_t* labels = tile_labels(a, i, j0);
   const int64_t label = a.query_labels != nullptr ? a.query_labels[i] : 0;
   const int64_t diagonal = in_batch ? i - j0 : -1;
-  if (!tile_has_special(labels, label, cols, diagonal >= 0 && diagonal < cols)) return cols;
-  int64_t kept = 0;
-  for (int64_t j = 0; j < cols; ++j) {
+  const bool diagonal_in_tile = diagonal >= 0 && diagonal < cols;
+  if (!diagonal_in_tile && (labels == nullptr || (bits != nullptr && !bits->may_hold(label)))) return cols;
+  if (!in_batch) return drop_false_negatives(labels, label, cols, row);
+  // Keys before the first positive or false negative stay where they are.
+  int64_t j = 0;
+  if (labels != nullptr) {
+    while (j < cols && labels[j] != label && j != diagonal) ++j;
+  } else {
+    j = diagonal;
+  }
+  int64_t kept = j;
+  for (; j < cols; ++j) {
     const KeyRole role = key_role(in_batch, a.decoupled, labels, label, j, j == diagonal);
     if (role.positive && labels != nullptr) *positive_sum += static_cast<double>(row[j]);
     row[kept] = row[j];
     kept += role.in_sum ? 1 : 0;
   }
   return kept;
+}
+
+// Heapsort of int64 labels, here rather than std::sort: a std:: template instantiated in a wide
+// ISA's file is one symbol the linker may merge with the baseline's copy (so the scalar path
+// could run AVX code); this one lives in the ISA's namespace.
+inline void sort_labels(int64_t* a, int64_t n) {
+  const auto sift_down = [a](int64_t root, int64_t end) {
+    while (2 * root + 1 < end) {
+      int64_t child = 2 * root + 1;
+      if (child + 1 < end && a[child] < a[child + 1]) ++child;
+      if (!(a[root] < a[child])) return;
+      const int64_t t = a[root];
+      a[root] = a[child];
+      a[child] = t;
+      root = child;
+    }
+  };
+  for (int64_t start = n / 2 - 1; start >= 0; --start) sift_down(start, n);
+  for (int64_t end = n - 1; end > 0; --end) {
+    const int64_t t = a[0];
+    a[0] = a[end];
+    a[end] = t;
+    sift_down(0, end);
+  }
+}
+
+// The first index of sorted[0, n) whose value is >= value (strictly_greater: > value).
+inline int64_t label_bound(const int64_t* sorted, int64_t n, int64_t value, bool strictly_greater) {
+  int64_t low = 0, high = n;
+  while (low < high) {
+    const int64_t mid = low + (high - low) / 2;
+    const bool before = strictly_greater ? sorted[mid] <= value : sorted[mid] < value;
+    if (before) {
+      low = mid + 1;
+    } else {
+      high = mid;
+    }
+  }
+  return low;
 }
 
 // Per row, |P(i)| and |D(i)|, counted from the labels before any logit (the key labels of a
@@ -432,12 +521,14 @@ struct RowSets {
     const bool in_batch = a.mode == NegativeMode::in_batch;
     const bool paired = a.mode == NegativeMode::paired;
     const int64_t keys = in_batch ? n : a.num_negatives;
-    const bool labels = a.query_labels != nullptr && a.key_labels != nullptr;
+    // Only in-batch positives with labels and an empty D(i) (possible only when decoupled) need
+    // the counts; otherwise |P(i)| = 1 and |D(i)| >= 1 (the positive), without the sort.
+    const bool labels = a.query_labels != nullptr && a.key_labels != nullptr && (in_batch || a.decoupled);
     Buffer<int64_t> sorted(labels && !paired ? keys : 0);
     if (!positives.ok() || !in_sum.ok() || !sorted.ok()) throw std::bad_alloc();
     if (labels && !paired) {
       for (int64_t j = 0; j < keys; ++j) sorted[j] = a.key_labels[j];
-      std::sort(sorted.get(), sorted.get() + keys);
+      sort_labels(sorted.get(), keys);
     }
     for (int64_t i = 0; i < n; ++i) {
       int64_t same = 0;
@@ -445,8 +536,8 @@ struct RowSets {
         const int64_t* row = a.key_labels + i * keys;
         for (int64_t j = 0; j < keys; ++j) same += row[j] == a.query_labels[i] ? 1 : 0;
       } else if (labels) {
-        const auto range = std::equal_range(sorted.get(), sorted.get() + keys, a.query_labels[i]);
-        same = range.second - range.first;
+        same = label_bound(sorted.get(), keys, a.query_labels[i], true) -
+               label_bound(sorted.get(), keys, a.query_labels[i], false);
       }
       if (in_batch) {
         positives[i] = same + (labels && a.key_labels[i] == a.query_labels[i] ? 0 : 1);
@@ -633,7 +724,8 @@ void info_nce_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, const Ro
       double key_inv;
       for (int64_t c = 0; c < cols; ++c) logits[c] = static_cast<T>(paired_logit(a, f, i, j0 + c, &key_inv));
       double unused = 0.0;
-      const int64_t kept = filtering ? filter_row(a, false, i, j0, cols, logits.get(), &unused) : cols;
+      const int64_t kept =
+          filtering ? filter_row(a, false, i, j0, cols, logits.get(), &unused, nullptr) : cols;
       if (kept > 0) state.add(logits.get(), kept);
     }
     finish_row(a, state, f.positive_logit[i], filtering && sets.in_sum[i] == 0, i);
@@ -699,8 +791,9 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
         for (int64_t r = 0; r < rows; ++r) {
           T* row = s.logits.get() + r * kKeyTile;
           if (keys.in_batch && i0 + r >= j0 && i0 + r < j0 + cols) diagonal[i0 + r] = row[i0 + r - j0];
-          const int64_t kept =
-              filtering ? filter_row(a, keys.in_batch, i0 + r, j0, cols, row, &positive_sum[b0 + r]) : cols;
+          const int64_t kept = filtering ? filter_row(a, keys.in_batch, i0 + r, j0, cols, row,
+                                                      &positive_sum[b0 + r], &s.label_bits)
+                                         : cols;
           if (kept > 0) state[b0 + r].add(row, kept);
         }
       }
@@ -970,7 +1063,7 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
           const int64_t label = a.query_labels != nullptr ? a.query_labels[i] : 0;
           const int64_t diagonal = keys.in_batch ? i - j0 : -1;
           const bool special =
-              filtering ? tile_has_special(labels, label, cols, diagonal_here) : diagonal_here;
+              filtering ? tile_has_special(labels, label, cols, diagonal_here, &s.label_bits) : diagonal_here;
           if (special) {
             // The positives' entries, softmax - 1 / |P(i)|, are formed in float64 (they cancel);
             // an entry outside D(i) has softmax exactly 0, whatever the vector exp gave it.

@@ -3,7 +3,6 @@
 // simd/<isa>.inl with that ISA's Simd<float> and Simd<double>), includes this, and exports
 // <isa>_table(). Each ISA compiles the same templates in its own namespace, so the
 // linker never merges code built for a wide ISA with code that must run on any CPU.
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>

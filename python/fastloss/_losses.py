@@ -882,7 +882,10 @@ class _InfoNceBuffers:
 def _labels(value: ArrayLike, name: str, shape: tuple[int, ...], shape_text: str) -> np.ndarray:
     """Integer labels of exactly `shape`, as aligned contiguous int64 (the kernels' layout;
     unsigned values wrap to int64, which keeps equality)."""
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:  # ragged nested sequences
+        raise ValueError(f"{name}: cannot be converted to an array ({error})") from None
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers (any integer dtype); got dtype {array.dtype}")
     if array.shape != shape:

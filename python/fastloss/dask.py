@@ -367,12 +367,17 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = "unpaired",
     normalize: bool = False,
     symmetric: bool = False,
+    query_labels: Any = None,
+    key_labels: Any = None,
+    decoupled: bool = False,
 ) -> da.Array:
     """:func:`fastloss.info_nce` over dask arrays chunked by rows: ``query`` and ``positive_key``
     ``(N, D)``; ``negative_keys`` an ``(M, D)`` queue (``"unpaired"``: a NumPy or dask array, sent
     to the workers once as one graph key), ``(N, M, D)`` per-query negatives chunked by rows
     (``"paired"``), or None for in-batch negatives, which need ``query`` in one row chunk. A 0-d
-    dask array for a reduction, a lazy ``(N,)`` dask array for ``"none"``."""
+    dask array for a reduction, a lazy ``(N,)`` dask array for ``"none"``. ``query_labels``
+    ``(N,)`` are chunked with the rows; ``key_labels`` go with their keys: a queue's ``(M,)`` as
+    one graph key, paired ``(N, M)`` by rows, in-batch ``(N,)`` with the rows."""
     reduction = check_reduction(reduction)
     mode = check_choice(negative_mode, "negative_mode", _losses.NEGATIVE_MODES)
     tau = check_temperature(temperature)
@@ -399,13 +404,37 @@ def info_nce(
                 f"negative_keys must have shape ({q.shape[0]}, M, {q.shape[1]}) with negative_mode='paired'; "
                 f"got {negatives.shape}"
             )
-    options = {"temperature": tau, "negative_mode": mode, "normalize": norm, "symmetric": sym}
+    options: dict[str, Any] = {
+        "temperature": tau,
+        "negative_mode": mode,
+        "normalize": norm,
+        "symmetric": sym,
+        "decoupled": check_flag(decoupled, "decoupled"),
+    }
     meta_negatives = (
         None
         if negatives is None
         else (_meta(negatives) if paired else np.empty(negatives.shape, negatives.dtype))
     )
-    meta = _losses.InfoNceProblem(_meta(q), _meta(k), meta_negatives, **options)
+    labels: list[da.Array | None] = [None, None]
+    shared_key_labels = negatives is not None and not paired  # a queue's: one graph key
+    if query_labels is not None or key_labels is not None:
+        if query_labels is not None and key_labels is None and negatives is None:
+            key_labels = query_labels  # in-batch: the two views share their labels
+        for index, (value, name) in enumerate(((query_labels, "query_labels"), (key_labels, "key_labels"))):
+            if value is not None:
+                shared = index == 1 and shared_key_labels
+                labels[index] = _one_key(value, name, "labels") if shared else _as_dask(value, name)
+    # Every label check (dtype, shapes) on zero rows of the same arrays.
+    meta_labels = [
+        None
+        if array is None
+        else (np.empty(array.shape, array.dtype) if index == 1 and shared_key_labels else _meta(array))
+        for index, array in enumerate(labels)
+    ]
+    meta = _losses.InfoNceProblem(
+        _meta(q), _meta(k), meta_negatives, query_labels=meta_labels[0], key_labels=meta_labels[1], **options
+    )
     q = _by_rows(q, None)
     if negatives is None and q.numblocks[0] > 1:
         raise ValueError(
@@ -423,16 +452,31 @@ def info_nce(
     args: list[Any] = [q, "id", k, "id"]
     if negatives is not None:
         args += [negatives, "imd" if paired else "nd"]
+    has_negatives = negatives is not None
+    if labels[0] is not None:
+        args += [_by_rows(labels[0], rows), "i"]
+    if labels[1] is not None:
+        if not has_negatives:
+            args += [_by_rows(labels[1], rows), "i"]
+        else:
+            args += [_by_rows(labels[1], rows), "im"] if paired else [labels[1], "n"]
 
-    def partial(qb: np.ndarray, kb: np.ndarray, nb: np.ndarray | None = None) -> Partial:
-        problem = _losses.InfoNceProblem(qb, kb, nb, **options)
+    def problem_of(blocks: tuple[Any, ...]) -> _losses.InfoNceProblem:
+        qb, kb, rest = blocks[0], blocks[1], list(blocks[2:])
+        nb = rest.pop(0) if has_negatives else None
+        qlb = rest.pop(0) if labels[0] is not None else None
+        klb = rest.pop(0) if labels[1] is not None else None
+        return _losses.InfoNceProblem(qb, kb, nb, query_labels=qlb, key_labels=klb, **options)
+
+    def partial(*blocks: Any) -> Partial:
+        problem = problem_of(blocks)
         return problem.partial(problem.forward())
 
     if reduction != "none":
         return _reduce(_per_block(partial, None, object, "info_nce", options, *args), reduction)
 
-    def row_losses(qb: np.ndarray, kb: np.ndarray, nb: np.ndarray | None = None) -> np.ndarray:
-        return _losses.InfoNceProblem(qb, kb, nb, **options).forward().astype(meta.dtype)
+    def row_losses(*blocks: Any) -> np.ndarray:
+        return problem_of(blocks).forward().astype(meta.dtype)
 
     return _per_block(row_losses, "i", meta.dtype, "info_nce", options, *args)
 
