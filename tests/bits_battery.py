@@ -169,6 +169,48 @@ def _info_nce(rng: _Inputs) -> dict[str, list]:
             q, k, paired, negative_mode="paired", normalize=True, return_grad=True
         )
         out[f"infonce-paired-{name}"] = [loss, *grads]
+        # Labels (SupCon positives in-batch, false negatives masked out of a queue spanning
+        # several key tiles and of paired negatives) and decoupled denominators.
+        q, k = rng.uniform((13, 17), dtype), rng.uniform((13, 17), dtype)
+        query_labels = rng.ints(13, 4)
+        for decoupled in (False, True):
+            loss, grads = fastloss.info_nce(
+                q, k, query_labels=query_labels, decoupled=decoupled, symmetric=True, return_grad=True
+            )
+            out[f"infonce-supcon-{name}-{decoupled}"] = [loss, *grads]
+        queue = rng.uniform((600, 17), dtype)
+        queue_labels = rng.ints(600, 4)
+        for decoupled in (False, True):
+            loss, grads = fastloss.info_nce(
+                q,
+                k,
+                queue,
+                query_labels=query_labels,
+                key_labels=queue_labels,
+                decoupled=decoupled,
+                return_grad=True,
+            )
+            rows = fastloss.info_nce(
+                q,
+                k,
+                queue,
+                query_labels=query_labels,
+                key_labels=queue_labels,
+                decoupled=decoupled,
+                reduction="none",
+            )
+            out[f"infonce-queue-masked-{name}-{decoupled}"] = [rows, loss, *grads]
+        paired = rng.uniform((13, 5, 17), dtype)
+        loss, grads = fastloss.info_nce(
+            q,
+            k,
+            paired,
+            negative_mode="paired",
+            query_labels=query_labels,
+            key_labels=rng.ints(65, 4).reshape(13, 5),
+            return_grad=True,
+        )
+        out[f"infonce-paired-masked-{name}"] = [loss, *grads]
     return out
 
 
