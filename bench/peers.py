@@ -10,6 +10,7 @@ The callable returns the loss as a Python float, or ``(loss, grads)`` for gradie
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import warnings
 from collections.abc import Callable
@@ -133,9 +134,12 @@ class FastlossPeer(Peer):
             return lambda: fl.cross_entropy(x, y)
         q, k, tau = data["query"], data["positive"], w.temperature
         neg = data.get("negatives")
+        labels = {"query_labels": data["query_labels"], "key_labels": data["key_labels"]} if w.classes else {}
+        if labels and "query_labels" not in inspect.signature(fl.info_nce).parameters:
+            return None  # a fastloss before labels
         if g:
-            return lambda: fl.info_nce(q, k, neg, temperature=tau, return_grad=True)
-        return lambda: fl.info_nce(q, k, neg, temperature=tau)
+            return lambda: fl.info_nce(q, k, neg, temperature=tau, return_grad=True, **labels)
+        return lambda: fl.info_nce(q, k, neg, temperature=tau, **labels)
 
     def supports_grad(self) -> bool:
         """Whether this fastloss build has ``return_grad`` (issue "Gradients")."""
@@ -245,6 +249,19 @@ class NumpyRefPeer(_NumpyPeer):
                     return loss, (dq, g[:, :1] * q, g[:, 1:].T @ q)
 
                 return moco_grad
+
+            if w.classes:
+                if w.grad:
+                    return None
+                same = data["query_labels"][:, None] == data["key_labels"][None, :]
+
+                def moco_masked():
+                    l_pos = np.sum(q * k, axis=1, keepdims=True)
+                    l_neg = q @ neg.T
+                    l_neg[same] = -np.inf  # false negatives leave the softmax
+                    return _np_ce_mean(np.concatenate([l_pos, l_neg], axis=1) / tau, zeros)
+
+                return moco_masked
 
             def moco():
                 l_pos = np.sum(q * k, axis=1, keepdims=True)
@@ -387,12 +404,16 @@ class NumpyFastPeer(_NumpyPeer):
         return ce
 
     def _infonce_queue(self, w, data):
+        if w.classes and w.grad:
+            return None  # the gradient is not formulated with labels
         q, k, neg = data["query"], data["positive"], data["negatives"]
         n = q.shape[0]
         m_total = neg.shape[0]
         kb = max(1024, (8 * _BLOCK_ELEMS) // max(1, n))  # measured best: ~8 MiB logit blocks
         inv_tau = np.float32(1.0 / w.temperature)
         buf = np.empty((n, min(kb, m_total)), np.float32)
+        query_labels = data["query_labels"][:, None] if w.classes else None
+        key_labels = data["key_labels"] if w.classes else None
 
         def lse_pass(qs, pos):
             # Online log-sum-exp over blocks of the queue: running max and sum per query.
@@ -401,6 +422,8 @@ class NumpyFastPeer(_NumpyPeer):
             for j in range(0, m_total, kb):
                 b = buf[:, : min(kb, m_total - j)]
                 np.matmul(qs, neg[j : j + kb].T, out=b)
+                if key_labels is not None:  # false negatives leave the softmax
+                    np.putmask(b, query_labels == key_labels[j : j + kb], np.float32(-np.inf))
                 new_m = np.maximum(run_m, b.max(axis=1))
                 run_s *= np.exp(run_m - new_m)
                 np.subtract(b, new_m.astype(np.float32)[:, None], out=b)
@@ -608,8 +631,15 @@ class TorchPeer(Peer):
             neg = t["negatives"]
             zeros = torch.zeros(q.shape[0], dtype=torch.int64)
 
+            same = None
+            if w.classes:
+                same = t["query_labels"][:, None] == t["key_labels"][None, :]
+
             def moco_loss():
-                logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ neg.T], dim=1) / tau
+                l_neg = q @ neg.T
+                if same is not None:  # false negatives leave the softmax
+                    l_neg = l_neg.masked_fill(same, float("-inf"))
+                logits = torch.cat([(q * k).sum(dim=1, keepdim=True), l_neg], dim=1) / tau
                 return F.cross_entropy(logits, zeros)
 
             if w.grad:
@@ -750,7 +780,7 @@ class JaxPeer(Peer):
 
     def prepare(self, w, data):
         jax, jnp = self.jax, self.jnp
-        if w.family == "lce":
+        if w.family == "lce" or w.classes:
             return None  # not formulated here
         arrs = {key: jax.device_put(a) for key, a in data.items()}
 

@@ -207,28 +207,67 @@ py::bytes regression(int kind, const py::array& pred, const py::array& target,
   throw py::type_error("pred: expected native float32 or float64");
 }
 
-// int64 class indices of shape (rows,), every one checked to lie in [0, classes) or to equal
-// ignore_index before any is used (an out-of-range index would read outside a row).
+// The position of flat element i of a C-contiguous array of `shape` in a message: "5" for 1-D,
+// "(1, 2, 0)" for more dimensions.
+std::string position_text(int64_t i, const py::array& array) {
+  if (array.ndim() <= 1) return std::to_string(i);
+  std::string text;
+  for (py::ssize_t d = array.ndim() - 1; d >= 0; --d) {
+    const int64_t extent = array.shape(d);
+    const std::string index = std::to_string(i % extent);
+    text = d == 0 ? index + text : ", " + index + text;
+    i /= extent;
+  }
+  return "(" + text + ")";
+}
+
+// int64 class indices, `rows` of them: a 1-D array of any stride or a C-contiguous one of the
+// K-dimensional target's shape (N, d1, ..., dK), every one checked to lie in [0, classes) or to
+// equal ignore_index before any is used (an out-of-range index would read outside a row).
 const int64_t* class_indices(const py::object& target_index, int64_t rows, int64_t classes,
                              int64_t ignore_index, int64_t* stride) {
   py::array idx = py::reinterpret_borrow<py::array>(target_index);
-  if (!has_dtype<int64_t>(idx) || idx.ndim() != 1 || idx.shape(0) != rows) {
-    throw py::value_error("target: expected int64 class indices of shape (N,)");
+  if (!has_dtype<int64_t>(idx) || idx.ndim() < 1 || idx.size() != rows ||
+      (idx.ndim() > 1 && !(idx.flags() & py::array::c_style))) {
+    throw py::value_error(
+        "target: expected int64 class indices, one per row (N,) or C-contiguous (N, d1, ...)");
   }
   const int64_t* labels = static_cast<const int64_t*>(idx.data());
-  *stride = element_stride(idx, 0, "target");
+  *stride = idx.ndim() == 1 ? element_stride(idx, 0, "target") : 1;
   for (int64_t i = 0; i < rows; ++i) {
     // The labels may be misaligned (np.frombuffer, memory-mapped .npz members): memcpy reads any address.
     int64_t label;
     std::memcpy(&label, labels + i * *stride, sizeof(label));
     if (label != ignore_index && (label < 0 || label >= classes)) {
       throw py::value_error("target: class index " + std::to_string(label) + " at position " +
-                            std::to_string(i) + " is out of range: expected 0 <= target < " +
+                            position_text(i, idx) + " is out of range: expected 0 <= target < " +
                             std::to_string(classes) + " or target == ignore_index (" +
                             std::to_string(ignore_index) + ")");
     }
   }
   return labels;
+}
+
+// Rows of a cross-entropy view: a 2-D (rows, C) array, or a 3-D (N, S, C) one whose rows are the
+// N * S pairs (n, s) (K-dimensional logits with their positions flattened; CrossEntropyArgs).
+template <class T>
+MatrixView<T> cross_entropy_rows(const py::array& a, const char* name, int64_t* rows_per_sample,
+                                 int64_t* sample_stride) {
+  if (a.ndim() != 3) {
+    *rows_per_sample = 0;
+    *sample_stride = 0;
+    return matrix_view<T>(a, name);
+  }
+  if (!has_dtype<T>(a)) throw py::type_error(std::string(name) + ": unexpected dtype");
+  MatrixView<T> v;
+  v.data = static_cast<const T*>(a.data());
+  v.rows = a.shape(0) * a.shape(1);
+  v.cols = a.shape(2);
+  v.row_stride = element_stride(a, 1, name);
+  v.col_stride = element_stride(a, 2, name);
+  *rows_per_sample = a.shape(1) > 0 ? a.shape(1) : 0;
+  *sample_stride = element_stride(a, 0, name);
+  return v;
 }
 
 // The kernel's arguments from the Python ones, checked (labels included); the arrays stay owned by
@@ -238,22 +277,25 @@ CrossEntropyArgs<T> cross_entropy_args(const py::array& logits, const py::object
                                        const py::object& target_prob, const py::object& weight,
                                        int64_t ignore_index, double label_smoothing, const py::object& out,
                                        const py::object& grad, double grad_scale,
-                                       bool grad_divide_by_denominator, const py::object& sample_weight) {
+                                       bool grad_divide_by_denominator, const py::object& sample_weight,
+                                       const py::object& d_target) {
   CrossEntropyArgs<T> args;
-  args.logits = matrix_view<T>(logits, "logits");
+  args.logits = cross_entropy_rows<T>(logits, "logits", &args.rows_per_sample, &args.logits_sample_stride);
   const int64_t rows = args.logits.rows;
   const int64_t cols = args.logits.cols;
-  // One way of reading a row, so that a row's loss does not depend on the layout it came in.
-  if (rows > 0 && cols > 1 && args.logits.col_stride != 1) {
-    throw py::value_error("logits: rows must have unit stride");
-  }
   if (!target_index.is_none()) {
     args.target_index = class_indices(target_index, rows, cols, ignore_index, &args.target_index_stride);
+    if (!d_target.is_none()) throw py::value_error("d_target: class indices have no gradient");
   } else {
-    args.target_prob = matrix_view<T>(py::reinterpret_borrow<py::array>(target_prob), "target");
-    if (args.target_prob.rows != rows || args.target_prob.cols != cols) {
+    const auto prob = py::reinterpret_borrow<py::array>(target_prob);
+    int64_t prob_rows_per_sample;
+    args.target_prob =
+        cross_entropy_rows<T>(prob, "target", &prob_rows_per_sample, &args.target_prob_sample_stride);
+    if (args.target_prob.rows != rows || args.target_prob.cols != cols ||
+        prob_rows_per_sample != args.rows_per_sample) {
       throw py::value_error("target: probabilities must have the shape of logits");
     }
+    args.d_target = output_buffer<T>(d_target, rows * cols, "d_target");
   }
   args.class_weight = double_vector(weight, cols, "weight");
   args.sample_weight = double_vector(sample_weight, rows, "sample_weight");
@@ -281,10 +323,10 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
                               const py::object& target_prob, const py::object& weight, int64_t ignore_index,
                               double label_smoothing, const py::object& out, const py::object& grad,
                               double grad_scale, bool grad_divide_by_denominator,
-                              const py::object& sample_weight) {
+                              const py::object& sample_weight, const py::object& d_target) {
   CrossEntropyArgs<T> args =
       cross_entropy_args<T>(logits, target_index, target_prob, weight, ignore_index, label_smoothing, out,
-                            grad, grad_scale, grad_divide_by_denominator, sample_weight);
+                            grad, grad_scale, grad_divide_by_denominator, sample_weight, d_target);
   const CrossEntropySums sums = run_cross_entropy(args);
   return py::make_tuple(state_bytes(sums.loss), state_bytes(sums.denominator));
 }
@@ -292,8 +334,9 @@ py::tuple cross_entropy_typed(const py::array& logits, const py::object& target_
 // The one-call loss sum and "mean" denominator of plain index targets, correctly rounded.
 template <class T>
 std::pair<double, double> cross_entropy_rounded(const py::array& logits, const py::array& target) {
-  CrossEntropyArgs<T> args = cross_entropy_args<T>(logits, target, py::none(), py::none(), -100, 0.0,
-                                                   py::none(), py::none(), 1.0, false, py::none());
+  CrossEntropyArgs<T> args =
+      cross_entropy_args<T>(logits, target, py::none(), py::none(), -100, 0.0, py::none(), py::none(), 1.0,
+                            false, py::none(), py::none());
   double rounded[2] = {0.0, 0.0};
   args.mode = SumMode::rounded;
   args.rounded = rounded;
@@ -304,19 +347,20 @@ std::pair<double, double> cross_entropy_rounded(const py::array& logits, const p
 py::tuple cross_entropy(const py::array& logits, const py::object& target_index,
                         const py::object& target_prob, const py::object& weight, int64_t ignore_index,
                         double label_smoothing, const py::object& out, const py::object& grad,
-                        double grad_scale, bool grad_divide_by_denominator, const py::object& sample_weight) {
+                        double grad_scale, bool grad_divide_by_denominator, const py::object& sample_weight,
+                        const py::object& d_target) {
   if (target_index.is_none() == target_prob.is_none()) {
     throw py::value_error("target: pass exactly one of class indices or probabilities");
   }
   if (has_dtype<float>(logits)) {
     return cross_entropy_typed<float>(logits, target_index, target_prob, weight, ignore_index,
                                       label_smoothing, out, grad, grad_scale, grad_divide_by_denominator,
-                                      sample_weight);
+                                      sample_weight, d_target);
   }
   if (has_dtype<double>(logits)) {
     return cross_entropy_typed<double>(logits, target_index, target_prob, weight, ignore_index,
                                        label_smoothing, out, grad, grad_scale, grad_divide_by_denominator,
-                                       sample_weight);
+                                       sample_weight, d_target);
   }
   throw py::type_error("logits: expected native float32 or float64");
 }
@@ -329,9 +373,28 @@ double* writable_doubles(const py::object& obj, py::ssize_t size, const char* na
   return const_cast<double*>(double_vector(obj, size, name));
 }
 
+// Contiguous aligned int64 labels of `size` elements, or null for None.
+const int64_t* label_vector(const py::object& obj, int64_t size, const char* name) {
+  if (obj.is_none()) return nullptr;
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!has_dtype<int64_t>(a) || a.size() != size || !(a.flags() & py::array::c_style) ||
+      reinterpret_cast<uintptr_t>(a.data()) % alignof(int64_t) != 0) {
+    throw py::value_error(std::string(name) + ": expected an aligned C-contiguous int64 array of " +
+                          std::to_string(size) + " elements");
+  }
+  return static_cast<const int64_t*>(a.data());
+}
+
+struct InfoNceLabels {
+  py::object query = py::none();
+  py::object key = py::none();
+  bool decoupled = false;
+};
+
 template <class T>
 InfoNceArgs<T> info_nce_args(const py::array& query, const py::array& positive, int mode,
-                             const py::object& negatives, double inv_temperature, bool normalize) {
+                             const py::object& negatives, double inv_temperature, bool normalize,
+                             const InfoNceLabels& labels = {}) {
   InfoNceArgs<T> args;
   args.query = matrix_view<T>(query, "query");
   args.positive = matrix_view<T>(positive, "positive_key");
@@ -364,6 +427,15 @@ InfoNceArgs<T> info_nce_args(const py::array& query, const py::array& positive, 
   }
   args.inv_temperature = inv_temperature;
   args.normalize = normalize;
+  args.decoupled = labels.decoupled;
+  args.query_labels = label_vector(labels.query, n, "query_labels");
+  const int64_t key_count = args.mode == NegativeMode::in_batch ? n
+                            : args.mode == NegativeMode::paired ? n * args.num_negatives
+                                                                : args.num_negatives;
+  args.key_labels = label_vector(labels.key, key_count, "key_labels");
+  if ((args.query_labels == nullptr) != (args.key_labels == nullptr)) {
+    throw py::value_error("query_labels, key_labels: pass both or neither");
+  }
   return args;
 }
 
@@ -378,8 +450,9 @@ template <class T>
 void info_nce_typed(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
                     double inv_temperature, bool normalize, const py::object& row_loss,
                     const py::object& row_max, const py::object& row_log_sum, bool positive_in_sum,
-                    const py::object& positive_logit) {
-  InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
+                    const py::object& positive_logit, const InfoNceLabels& labels) {
+  InfoNceArgs<T> args =
+      info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize, labels);
   args.row_loss = writable_doubles(row_loss, args.query.rows, "row_loss");
   args.positive_in_sum = positive_in_sum;
   args.positive_logit = writable_doubles(positive_logit, args.query.rows, "positive_logit");
@@ -422,8 +495,10 @@ void info_nce_backward_typed(const py::array& query, const py::array& positive, 
                              const py::object& row_max, const py::object& row_log_sum,
                              const py::object& row_grad, const py::object& d_query,
                              const py::object& d_positive, const py::object& d_negatives,
-                             const py::object& workspace) {
-  InfoNceArgs<T> args = info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize);
+                             const py::object& workspace, const InfoNceLabels& labels,
+                             const py::object& row_temperature_moment) {
+  InfoNceArgs<T> args =
+      info_nce_args<T>(query, positive, mode, negatives, inv_temperature, normalize, labels);
   const int64_t n = args.query.rows;
   const int64_t dim = args.query.cols;
   InfoNceGradArgs<T> grad;
@@ -442,6 +517,7 @@ void info_nce_backward_typed(const py::array& query, const py::array& positive, 
   }
   grad.workspace =
       output_buffer<T>(workspace, active_set<T>().info_nce_backward_workspace(args), "workspace");
+  grad.row_temperature_moment = writable_doubles(row_temperature_moment, n, "row_temperature_moment");
   const InfoNceBackwardFn<T> fn = active_set<T>().info_nce_backward;
   const int threads = num_threads();
   // The backward pass touches every logit twice (recomputed, then both matrix products).
@@ -613,13 +689,15 @@ void linear_cross_entropy_backward(const py::array& input, const py::array& line
 
 void info_nce(const py::array& query, const py::array& positive, int mode, const py::object& negatives,
               double inv_temperature, bool normalize, const py::object& row_loss, const py::object& row_max,
-              const py::object& row_log_sum, bool positive_in_sum, const py::object& positive_logit) {
+              const py::object& row_log_sum, bool positive_in_sum, const py::object& positive_logit,
+              const py::object& query_labels, const py::object& key_labels, bool decoupled) {
+  const InfoNceLabels labels{query_labels, key_labels, decoupled};
   if (has_dtype<float>(query)) {
     info_nce_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max,
-                          row_log_sum, positive_in_sum, positive_logit);
+                          row_log_sum, positive_in_sum, positive_logit, labels);
   } else if (has_dtype<double>(query)) {
     info_nce_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_loss, row_max,
-                           row_log_sum, positive_in_sum, positive_logit);
+                           row_log_sum, positive_in_sum, positive_logit, labels);
   } else {
     throw py::type_error("query: expected native float32 or float64");
   }
@@ -629,13 +707,18 @@ void info_nce_backward(const py::array& query, const py::array& positive, int mo
                        const py::object& negatives, double inv_temperature, bool normalize,
                        const py::object& row_max, const py::object& row_log_sum, const py::object& row_grad,
                        const py::object& d_query, const py::object& d_positive, const py::object& d_negatives,
-                       const py::object& workspace) {
+                       const py::object& workspace, const py::object& query_labels,
+                       const py::object& key_labels, bool decoupled,
+                       const py::object& row_temperature_moment) {
+  const InfoNceLabels labels{query_labels, key_labels, decoupled};
   if (has_dtype<float>(query)) {
     info_nce_backward_typed<float>(query, positive, mode, negatives, inv_temperature, normalize, row_max,
-                                   row_log_sum, row_grad, d_query, d_positive, d_negatives, workspace);
+                                   row_log_sum, row_grad, d_query, d_positive, d_negatives, workspace, labels,
+                                   row_temperature_moment);
   } else if (has_dtype<double>(query)) {
     info_nce_backward_typed<double>(query, positive, mode, negatives, inv_temperature, normalize, row_max,
-                                    row_log_sum, row_grad, d_query, d_positive, d_negatives, workspace);
+                                    row_log_sum, row_grad, d_query, d_positive, d_negatives, workspace,
+                                    labels, row_temperature_moment);
   } else {
     throw py::type_error("query: expected native float32 or float64");
   }
@@ -861,15 +944,20 @@ PYBIND11_MODULE(_core, m) {
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("target_index"), py::arg("target_prob"),
         py::arg("weight"), py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("out"),
         py::arg("grad") = py::none(), py::arg("grad_scale") = 1.0,
-        py::arg("grad_divide_by_denominator") = false, py::arg("sample_weight") = py::none());
+        py::arg("grad_divide_by_denominator") = false, py::arg("sample_weight") = py::none(),
+        py::arg("d_target") = py::none());
   m.def("info_nce", &info_nce, py::arg("query"), py::arg("positive"), py::arg("mode"), py::arg("negatives"),
         py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_loss"),
         py::arg("row_max") = py::none(), py::arg("row_log_sum") = py::none(),
-        py::arg("positive_in_sum") = true, py::arg("positive_logit") = py::none());
+        py::arg("positive_in_sum") = true, py::arg("positive_logit") = py::none(),
+        py::arg("query_labels") = py::none(), py::arg("key_labels") = py::none(),
+        py::arg("decoupled") = false);
   m.def("info_nce_backward", &info_nce_backward, py::arg("query"), py::arg("positive"), py::arg("mode"),
         py::arg("negatives"), py::arg("inv_temperature"), py::arg("normalize"), py::arg("row_max"),
         py::arg("row_log_sum"), py::arg("row_grad"), py::arg("d_query"), py::arg("d_positive"),
-        py::arg("d_negatives"), py::arg("workspace") = py::none());
+        py::arg("d_negatives"), py::arg("workspace") = py::none(), py::arg("query_labels") = py::none(),
+        py::arg("key_labels") = py::none(), py::arg("decoupled") = false,
+        py::arg("row_temperature_moment") = py::none());
   m.def("info_nce_backward_workspace", &info_nce_backward_workspace, py::arg("query"), py::arg("positive"),
         py::arg("mode"), py::arg("negatives"));
 

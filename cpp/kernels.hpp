@@ -64,25 +64,36 @@ using RegressionFn = void (*)(RegressionKind kind, MatrixView<T> pred, MatrixVie
                               const double* row_weight, T* out, T* grad, double grad_scale, int num_threads,
                               Interrupt* interrupt, SumMode mode, ExactSumState* sum, double* rounded);
 
-// Cross-entropy over rows of logits (rows = N, cols = C). The target is either class indices
+// Cross-entropy over rows of logits (cols = C classes). The target is either class indices
 // (target_index, stride in elements; every value is already checked to lie in [0, C) or to equal
 // ignore_index) or a probability matrix of the logits' shape (target_prob.data != nullptr).
+// Rows are N samples of rows_per_sample rows each (K-dimensional inputs (N, C, d1, ..., dK): a
+// sample's d1 * ... * dK positions), so row r = n * rows_per_sample + s of a view starts at
+// data + n * sample_stride + s * row_stride, which a single row stride could not express for the
+// (N, C, H, W) layout. rows_per_sample == 0: one sample of every row, row r at r * row_stride.
+// Any col_stride: rows whose classes are not adjacent are gathered into scratch first.
 template <class T>
 struct CrossEntropyArgs {
-  MatrixView<T> logits;  // col_stride == 1 (or one column)
+  MatrixView<T> logits;  // rows = N * rows_per_sample
+  int64_t rows_per_sample = 0;
+  int64_t logits_sample_stride = 0;
   const int64_t* target_index = nullptr;
   int64_t target_index_stride = 1;
   MatrixView<T> target_prob;
+  int64_t target_prob_sample_stride = 0;
   const double* class_weight = nullptr;  // C contiguous values or null
-  // N contiguous sample weights or null: each multiplies its row's loss, gradient and share of
+  // One contiguous weight per row, or null: each multiplies its row's loss, gradients and share of
   // the "mean" denominator.
   const double* sample_weight = nullptr;
   int64_t ignore_index = -100;
   double label_smoothing = 0.0;
-  T* out = nullptr;  // N contiguous row losses, or null
-  // Gradient of (grad_scale * sum of row losses) w.r.t. logits, N x C contiguous, or null. With
+  T* out = nullptr;  // contiguous row losses, or null
+  // Gradient of (grad_scale * sum of row losses) w.r.t. logits, rows x C contiguous, or null. With
   // grad_divide_by_denominator the scale is further divided by the "mean" denominator.
   T* grad = nullptr;
+  // Probability targets only: the gradient of the same scaled sum w.r.t. the target, rows x C
+  // contiguous, or null: (1 - label_smoothing) w_c (lse - x_c) times the row's scale.
+  T* d_target = nullptr;
   double grad_scale = 1.0;
   bool grad_divide_by_denominator = false;
   Interrupt* interrupt = nullptr;
@@ -132,6 +143,14 @@ struct InfoNceArgs {
   // receives each row's positive logit.
   bool positive_in_sum = true;
   double* positive_logit = nullptr;
+  // Labels (contiguous int64), or null: query_labels (N); key_labels (N in-batch: the labels of
+  // the positive rows; M unpaired; N x M row-major paired). In-batch, row i's positives are
+  // P(i) = {i} u {j : key_labels[j] == query_labels[i]} and the loss subtracts their mean logit;
+  // with explicit negatives, a negative of the query's label leaves the softmax.
+  const int64_t* query_labels = nullptr;
+  const int64_t* key_labels = nullptr;
+  // The positives leave the log-sum-exp (DCL). A row left with no logit in it has loss -inf.
+  bool decoupled = false;
 };
 constexpr int kQueryTooLong = 1, kPositiveTooLong = 2, kNegativesTooLong = 4;
 
@@ -152,6 +171,9 @@ struct InfoNceGradArgs {
   // null to let the kernel allocate it (the caller allocates it up front, with every other
   // buffer, so that a MemoryError comes before the forward pass rather than after it).
   T* workspace = nullptr;
+  // If not null: row i's sum_{j in D(i)} p_ij z_ij - mean_{p in P(i)} z_ip (float64, N), the
+  // derivative of loss_i w.r.t. temperature times -temperature (a learnable temperature's).
+  double* row_temperature_moment = nullptr;
 };
 
 template <class T>

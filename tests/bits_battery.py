@@ -16,7 +16,7 @@ import sys
 
 import fastloss
 import numpy as np
-from fastloss import _core
+from fastloss import _core, _losses
 
 SPECIAL = [np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-45, -1e-45, 0.0, -0.0, 1.5, -2.25]
 
@@ -112,6 +112,25 @@ def _cross_entropy(rng) -> dict[str, list]:
                 *fastloss.cross_entropy(x, q, reduction="sum", label_smoothing=0.2, return_grad=True),
                 fastloss.cross_entropy(x, q, reduction="none", weight=w),
             ]
+        # K-dimensional (N, C, H, W) in its natural layout (class stride H * W: rows gathered),
+        # with the gradients w.r.t. logits and probability targets.
+        for classes, shape in [(3, (2, 5, 3)), (17, (3, 2, 7)), (40, (1, 4, 5))]:
+            n, h, wd = shape
+            x = rng.uniform((n, classes, h, wd), dtype, 16.0)
+            y = rng.ints(n * h * wd, classes).reshape(n, h, wd)
+            y[0, 0, 0] = -100
+            q = rng.positive((n, classes, h, wd), 0.0, dtype)
+            w = rng.positive(classes, 0.5)
+            _, _, soft_grad, soft_target_grad = _losses.cross_entropy_pass(
+                x, q, w, -100, 0.1, "mean", True, None, return_target_grad=True
+            )
+            out[f"ce-kdim-{np.dtype(dtype).name}-{classes}"] = [
+                fastloss.cross_entropy(x, y, reduction="none"),
+                *fastloss.cross_entropy(x, y, weight=w, label_smoothing=0.1, return_grad=True),
+                fastloss.cross_entropy(x, q, reduction="none"),
+                soft_grad,
+                soft_target_grad,
+            ]
         special = np.array(SPECIAL + [-1e30, 1e30, 88.0, -87.5], dtype)
         rows = np.stack([np.roll(special, k) for k in range(len(special))])
         labels = np.arange(len(special)) % len(special)
@@ -150,6 +169,48 @@ def _info_nce(rng: _Inputs) -> dict[str, list]:
             q, k, paired, negative_mode="paired", normalize=True, return_grad=True
         )
         out[f"infonce-paired-{name}"] = [loss, *grads]
+        # Labels (SupCon positives in-batch, false negatives masked out of a queue spanning
+        # several key tiles and of paired negatives) and decoupled denominators.
+        q, k = rng.uniform((13, 17), dtype), rng.uniform((13, 17), dtype)
+        query_labels = rng.ints(13, 4)
+        for decoupled in (False, True):
+            loss, grads = fastloss.info_nce(
+                q, k, query_labels=query_labels, decoupled=decoupled, symmetric=True, return_grad=True
+            )
+            out[f"infonce-supcon-{name}-{decoupled}"] = [loss, *grads]
+        queue = rng.uniform((600, 17), dtype)
+        queue_labels = rng.ints(600, 4)
+        for decoupled in (False, True):
+            loss, grads = fastloss.info_nce(
+                q,
+                k,
+                queue,
+                query_labels=query_labels,
+                key_labels=queue_labels,
+                decoupled=decoupled,
+                return_grad=True,
+            )
+            rows = fastloss.info_nce(
+                q,
+                k,
+                queue,
+                query_labels=query_labels,
+                key_labels=queue_labels,
+                decoupled=decoupled,
+                reduction="none",
+            )
+            out[f"infonce-queue-masked-{name}-{decoupled}"] = [rows, loss, *grads]
+        paired = rng.uniform((13, 5, 17), dtype)
+        loss, grads = fastloss.info_nce(
+            q,
+            k,
+            paired,
+            negative_mode="paired",
+            query_labels=query_labels,
+            key_labels=rng.ints(65, 4).reshape(13, 5),
+            return_grad=True,
+        )
+        out[f"infonce-paired-masked-{name}"] = [loss, *grads]
     return out
 
 

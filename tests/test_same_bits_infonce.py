@@ -261,3 +261,69 @@ def test_queue_split_accumulator(normalize):
         return {"result": np.float64(shards[0].result()), "lse": shards[0]._shard_lse}
 
     _assert_same_bits_on_every_path(run)
+
+
+def _label_outputs(q, k, neg, *, mode, ql, kl, decoupled, symmetric=False, normalize=True):
+    """Row losses, gradients, saved log-sum-exps and the temperature's gradient with labels."""
+    problem = _losses.InfoNceProblem(
+        q,
+        k,
+        neg,
+        temperature=0.1,
+        negative_mode="paired" if mode == "paired" else "unpaired",
+        normalize=normalize,
+        symmetric=symmetric,
+        query_labels=ql,
+        key_labels=kl,
+        decoupled=decoupled,
+    )
+    out: dict[str, object] = {"row_loss": problem.forward(keep_for_backward=True)}
+    out["row_stats"] = problem._row_stats.copy()
+    grads, d_temperature = problem.backward_with_temperature(np.linspace(0.5, 1.5, problem.rows))
+    for name, grad in zip(("d_query", "d_positive", "d_negatives"), grads, strict=True):
+        if grad is not None:
+            out[name] = grad
+    out["d_temperature"] = np.float64(d_temperature)
+    if neg is not None and mode == "unpaired":
+        out["shard_positive"], out["shard_lse"] = problem.shard_stats()
+    return out
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_labels_and_decoupled_on_every_path_and_thread_count(dtype, mode, decoupled):
+    # Masks formed per tile from the labels: partial key tiles, two chunks of in-batch keys (1100,
+    # chunks of >= 1024) and three of a queue (2100), several query groups (384), so that 2
+    # threads split the work; 5 classes, so every tile holds keys to mask.
+    rng = np.random.default_rng(6000)
+    n, m, d = {"in-batch": (1100, 0, 9), "unpaired": (97, 2100, 17), "paired": (13, 300, 17)}[mode]
+    q, k, neg = _case(rng, dtype, mode, n, m, d)
+    ql = rng.integers(0, 5, n)
+    kl = {
+        "in-batch": rng.integers(0, 5, n),
+        "unpaired": rng.integers(0, 5, m),
+        "paired": rng.integers(0, 5, (n, m)),
+    }[mode]
+    previous = fastloss.get_num_threads()
+    try:
+        fastloss.set_num_threads(1)
+        expected = _on(
+            "scalar", lambda: _label_outputs(q, k, neg, mode=mode, ql=ql, kl=kl, decoupled=decoupled)
+        )
+        for threads in (1, 2):
+            fastloss.set_num_threads(threads)
+            for isa in ISAS:
+                got = _on(
+                    isa, lambda: _label_outputs(q, k, neg, mode=mode, ql=ql, kl=kl, decoupled=decoupled)
+                )
+                assert got.keys() == expected.keys()
+                for name, value in expected.items():
+                    assert _same_bits(got[name], value), f"{isa}, {threads} threads: {name}"
+        if mode == "in-batch":
+            fastloss.set_num_threads(2)
+            _assert_same_bits_on_every_path(
+                _label_outputs, q, k, neg, mode=mode, ql=ql, kl=kl, decoupled=decoupled, symmetric=True
+            )
+    finally:
+        fastloss.set_num_threads(previous)

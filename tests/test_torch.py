@@ -21,7 +21,7 @@ def leaf(*shape, dtype=torch.float64, seed=0):
 @pytest.mark.parametrize("fn", ["mse_loss", "l1_loss"])
 def test_regression_gradcheck(reduction, fn):
     x, t = leaf(5, 4, seed=1), leaf(5, 4, seed=2)
-    assert torch.autograd.gradcheck(lambda a, b: getattr(ft, fn)(a, b, reduction), (x, t))
+    assert torch.autograd.gradcheck(lambda a, b: getattr(ft, fn)(a, b, reduction=reduction), (x, t))
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS + ("batchmean",))
@@ -138,12 +138,13 @@ def test_inputs_are_not_copied():
 def test_rejects_non_cpu_and_unsupported_dtypes():
     with pytest.raises(TypeError, match="input"):
         ft.mse_loss(torch.ones(3, device="meta"), torch.ones(3, device="meta"))
+    # float16 and bfloat16 are accepted (tests/test_bfloat16.py); complex and integer inputs are not.
     with pytest.raises(TypeError, match="input"):
-        ft.mse_loss(torch.ones(3, dtype=torch.float16), torch.ones(3, dtype=torch.float16))
+        ft.mse_loss(torch.ones(3, dtype=torch.complex64), torch.ones(3, dtype=torch.complex64))
     with pytest.raises(TypeError, match="input"):
         ft.cross_entropy(torch.ones(2, 3, dtype=torch.int64), torch.tensor([0, 1]))
     with pytest.raises(TypeError, match="query"):
-        ft.info_nce(torch.ones(2, 3, dtype=torch.bfloat16), torch.ones(2, 3, dtype=torch.bfloat16))
+        ft.info_nce(torch.ones(2, 3, dtype=torch.int32), torch.ones(2, 3, dtype=torch.int32))
     with pytest.raises(ValueError, match="reduction"):
         ft.MSELoss(reduction="avg")
 
@@ -183,7 +184,12 @@ def _fixture_calls():
     negatives = torch.randn(6, 4, dtype=torch.float64, generator=g)
     return [
         ("mse_loss", lambda a: ft.mse_loss(a, t), lambda a: F.mse_loss(a, t), x),
-        ("l1_loss", lambda a: ft.l1_loss(a, t, "sum"), lambda a: F.l1_loss(a, t, reduction="sum"), x),
+        (
+            "l1_loss",
+            lambda a: ft.l1_loss(a, t, reduction="sum"),
+            lambda a: F.l1_loss(a, t, reduction="sum"),
+            x,
+        ),
         (
             "cross_entropy",
             lambda a: ft.cross_entropy(a, labels, weight, label_smoothing=0.1),

@@ -124,8 +124,8 @@ double row_exp_sum_pass(const T* x, int64_t cols, T row_max, T* exps, RowsAhead<
 }
 
 // The max and exp-sum of one row. When `exps` is not null it receives exp(x_c - max), which the
-// gradient turns into softmax probabilities without a second exp. The row (unit stride, which
-// bindings.cpp requires) is read twice while it sits in L1: a vector max, then the exps
+// gradient turns into softmax probabilities without a second exp. The row (unit stride: other
+// layouts are gathered first, see group_rows) is read twice while it sits in L1: a vector max, then the exps
 // (row_exp_sum_pass); meanwhile the rows `ahead` are fetched.
 template <class T>
 RowSums row_exp_sum(const T* x, int64_t cols, T* exps, RowsAhead<T> ahead) {
@@ -204,8 +204,7 @@ typename Simd<double>::V fold_lane_vectors(typename Simd<double>::V* lanes) {
 // -inf - max in the fill lanes past the row), the lanes' one-term runs widened exactly, and the
 // same fold. False, writing nothing, if a row holds an inf or NaN (row_exp_sum then takes them).
 template <class T>
-bool short_rows_exp_sum(const T* x, int64_t row_stride, int64_t cols, int64_t count, double* row_max,
-                        double* exp_sum) {
+bool short_rows_exp_sum(const T* const* x, int64_t cols, int64_t count, double* row_max, double* exp_sum) {
   using S = Simd<T>;
   using SD = Simd<double>;
   using V = typename S::V;
@@ -216,7 +215,7 @@ bool short_rows_exp_sum(const T* x, int64_t row_stride, int64_t cols, int64_t co
   // The group transposed: column c of row r at columns[c * kLogGroup + r]; rows past `count` are 0.
   T columns[W * kLogGroup];
   for (int64_t r = 0; r < count; ++r) {
-    for (int64_t c = 0; c < cols; ++c) columns[c * kLogGroup + r] = load_unaligned(x + r * row_stride + c);
+    for (int64_t c = 0; c < cols; ++c) columns[c * kLogGroup + r] = load_unaligned(x[r] + c);
   }
   for (int64_t c = 0; c < cols; ++c) {
     for (int64_t r = count; r < kLogGroup; ++r) columns[c * kLogGroup + r] = T(0);
@@ -281,31 +280,29 @@ double row_sum(int64_t cols, Term term) {
   return exact_sum_round(exact);
 }
 
-// Loss of row `i` and its contribution to the "mean" denominator from the row's log-sum-exp; with a
-// gradient buffer (already holding exp(x - max)), also grad_scale * d loss / d logits of this row.
+// Loss of row `i` (logits x, unit stride; probabilities p, stride a.target_prob.col_stride, or
+// null) and its contribution to the "mean" denominator from the row's log-sum-exp; with a gradient
+// buffer (already holding exp(x - max)), also grad_scale * d loss / d logits of this row, and with
+// a.d_target, grad_scale * d loss / d p.
 template <class T>
-FASTLOSS_ALWAYS_INLINE inline void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i,
-                                                     double grad_scale, const RowLogSumExp& lse,
+FASTLOSS_ALWAYS_INLINE inline void cross_entropy_row(const CrossEntropyArgs<T>& a, int64_t i, const T* x,
+                                                     const T* p, double grad_scale, const RowLogSumExp& lse,
                                                      double exp_sum, double* loss, double* denominator) {
-  const MatrixView<T>& logits = a.logits;
-  const int64_t cols = logits.cols;
-  const int64_t cs = logits.col_stride;
-  const T* x = logits.data + i * logits.row_stride;
+  const int64_t cols = a.logits.cols;
   const double* w = a.class_weight;
   const double smoothing = a.label_smoothing;
   const double uniform = smoothing / static_cast<double>(cols);
   T* g = a.grad != nullptr ? a.grad + i * cols : nullptr;
 
-  if (a.target_prob.data != nullptr) {
+  if (p != nullptr) {
     // Soft targets: sum_c w_c * q_c * (lse - x_c) with q = (1 - eps) p + eps / C.
-    const T* p = a.target_prob.data + i * a.target_prob.row_stride;
     const int64_t ps = a.target_prob.col_stride;
     auto weighted_target = [&](int64_t c) {
       const double q = (1.0 - smoothing) * static_cast<double>(load_unaligned(p + c * ps)) + uniform;
       return w != nullptr ? load_unaligned(w + c) * q : q;
     };
     const double total = row_sum(cols, [&](int64_t c) {
-      return weighted_target(c) * lse.neg_log_softmax(static_cast<double>(load_unaligned(x + c * cs)));
+      return weighted_target(c) * lse.neg_log_softmax(static_cast<double>(load_unaligned(x + c)));
     });
     const double target_mass = row_sum(cols, weighted_target);
     if (g != nullptr) {
@@ -314,6 +311,15 @@ FASTLOSS_ALWAYS_INLINE inline void cross_entropy_row(const CrossEntropyArgs<T>& 
       for (int64_t c = 0; c < cols; ++c) {
         g[c] = static_cast<T>(grad_scale *
                               (static_cast<double>(g[c]) * inv_sum * target_mass - weighted_target(c)));
+      }
+    }
+    if (a.d_target != nullptr) {
+      // d/dp_c = (1 - eps) w_c (lse - x_c): lse does not depend on the target.
+      T* dp = a.d_target + i * cols;
+      const double coef = grad_scale * (1.0 - smoothing);
+      for (int64_t c = 0; c < cols; ++c) {
+        const double term = lse.neg_log_softmax(static_cast<double>(load_unaligned(x + c)));
+        dp[c] = static_cast<T>(coef * (w != nullptr ? load_unaligned(w + c) * term : term));
       }
     }
     *loss = total;
@@ -331,7 +337,7 @@ FASTLOSS_ALWAYS_INLINE inline void cross_entropy_row(const CrossEntropyArgs<T>& 
     return;
   }
   const double label_weight = w != nullptr ? load_unaligned(w + label) : 1.0;
-  double total = label_weight * lse.neg_log_softmax(static_cast<double>(load_unaligned(x + label * cs)));
+  double total = label_weight * lse.neg_log_softmax(static_cast<double>(load_unaligned(x + label)));
   double weight_total = static_cast<double>(cols);
   using S = Simd<T>;
   using V = typename S::V;
@@ -340,7 +346,7 @@ FASTLOSS_ALWAYS_INLINE inline void cross_entropy_row(const CrossEntropyArgs<T>& 
     // eps / C * sum_c w_c (lse - x_c), the uniform part of the smoothed target.
     // Term by term in float64: sum_c x_c - C max would cancel catastrophically at huge logits.
     const double smooth = row_sum(cols, [&](int64_t c) {
-      const double term = lse.neg_log_softmax(static_cast<double>(load_unaligned(x + c * cs)));
+      const double term = lse.neg_log_softmax(static_cast<double>(load_unaligned(x + c)));
       return w != nullptr ? load_unaligned(w + c) * term : term;
     });
     weight_total = row_sum(cols, [&](int64_t c) { return w != nullptr ? load_unaligned(w + c) : 1.0; });
@@ -395,6 +401,39 @@ inline void merge_into(CompensatedCrossEntropySums& into, const CompensatedCross
   compensated_sum_merge(into.denominator, from.denominator);
 }
 
+// Where row r of a view starts (CrossEntropyArgs: rows in samples of rows_per_sample).
+template <class T>
+FASTLOSS_ALWAYS_INLINE inline const T* row_start(const MatrixView<T>& view, int64_t rows_per_sample,
+                                                 int64_t sample_stride, int64_t r) {
+  if (rows_per_sample == 0) return view.data + r * view.row_stride;
+  return view.data + (r / rows_per_sample) * sample_stride + (r % rows_per_sample) * view.row_stride;
+}
+
+// The logits of rows [g0, g0 + count) with their classes at unit stride, in x[k]: the rows
+// themselves, or, when the class stride is not 1 (the (N, C, H, W) layout: classes H * W apart),
+// copies in `scratch` (count x cols). The copies are made class by class over the group, because
+// in that layout the group's values of one class are neighbours (one cache line, not count of
+// them). A copy holds the same values as the row, so every row gets the bits that the same row
+// given contiguously gets: the code after this sees only unit-stride rows.
+// `next` is the first row of the next group (null: none), whose line of each class is requested
+// while this group is copied: a group touches one line per class, C lines over as many pages,
+// which the hardware prefetcher does not follow.
+template <class T>
+void group_rows(const CrossEntropyArgs<T>& a, int64_t g0, int64_t count, const T* next, T* scratch,
+                const T** x) {
+  for (int64_t k = 0; k < count; ++k) {
+    x[k] = row_start(a.logits, a.rows_per_sample, a.logits_sample_stride, g0 + k);
+  }
+  const int64_t cols = a.logits.cols;
+  const int64_t cs = a.logits.col_stride;
+  if (cs == 1 || cols == 1) return;
+  for (int64_t c = 0; c < cols; ++c) {
+    if (next != nullptr) FASTLOSS_PREFETCH(next + c * cs);
+    for (int64_t k = 0; k < count; ++k) scratch[k * cols + c] = load_unaligned(x[k] + c * cs);
+  }
+  for (int64_t k = 0; k < count; ++k) x[k] = scratch + k * cols;
+}
+
 // Adds every row's loss and denominator share to *sums (CrossEntropySums: exactly).
 template <class T, class Sums>
 void cross_entropy_sums(const CrossEntropyArgs<T>& a, int num_threads, Sums* sums) {
@@ -403,7 +442,7 @@ void cross_entropy_sums(const CrossEntropyArgs<T>& a, int num_threads, Sums* sum
   if (rows == 0 || cols == 0) return;
   double grad_scale = a.grad_scale;
   const bool sample_weighted = a.sample_weight != nullptr;
-  if (a.grad != nullptr && a.grad_divide_by_denominator) {
+  if ((a.grad != nullptr || a.d_target != nullptr) && a.grad_divide_by_denominator) {
     // The "mean" denominator is needed before any gradient is written: one cheap pass over labels
     // and sample weights, summed exactly as the returned one is.
     ExactSumState denominator;
@@ -419,49 +458,83 @@ void cross_entropy_sums(const CrossEntropyArgs<T>& a, int num_threads, Sums* sum
     }
     grad_scale /= exact_sum_round(denominator);
   }
-  const int64_t rows_per_block = cols >= kCrossEntropyBlock ? 1 : kCrossEntropyBlock / cols;
+  const bool gather = cols > 1 && a.logits.col_stride != 1;
+  // Gathered rows come at least a whole group per block: the group's values of one class share a
+  // cache line in the (N, C, H, W) layout, where a row alone would use one value of each line. (The
+  // blocks' sums are exact, so how the rows are blocked never changes a result.)
+  const int64_t min_rows = gather ? kLogGroup : 1;
+  const int64_t rows_per_block = cols * min_rows >= kCrossEntropyBlock ? min_rows : kCrossEntropyBlock / cols;
   const int64_t num_blocks = (rows + rows_per_block - 1) / rows_per_block;
+  // Scratch for gathered rows: one group, at most max(kCrossEntropyBlock, kLogGroup * cols) elements.
+  const int64_t scratch_size = gather ? (rows_per_block < kLogGroup ? rows_per_block : kLogGroup) * cols : 0;
+  auto block_sum = [&](int64_t b, Sums* block_sums, T* scratch) {
+    Sums block = *block_sums;  // a local, so that a compensated sum stays in registers
+    const int64_t r0 = b * rows_per_block;
+    const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+    for (int64_t g0 = r0; g0 < r1; g0 += kLogGroup) {
+      const int64_t count = r1 - g0 < kLogGroup ? r1 - g0 : kLogGroup;
+      double row_max[kLogGroup], exp_sum[kLogGroup], log_sum[kLogGroup];
+      const T* x[kLogGroup];
+      const T* next = gather && g0 + count < rows
+                          ? row_start(a.logits, a.rows_per_sample, a.logits_sample_stride, g0 + count)
+                          : nullptr;
+      group_rows(a, g0, count, next, scratch, x);
+      const bool short_rows = cols <= kVirtualLanes<T> && a.grad == nullptr &&
+                              short_rows_exp_sum(x, cols, count, row_max, exp_sum);
+      for (int64_t k = 0; k < count && !short_rows; ++k) {
+        const int64_t r = g0 + k;
+        const bool ignored = a.target_prob.data == nullptr &&
+                             load_unaligned(a.target_index + r * a.target_index_stride) == a.ignore_index;
+        // The next row's logits (gathered ones are in cache already); the gradient row after it
+        // (its stores come a row later).
+        RowsAhead<T> ahead;
+        if (!gather && r + 1 < rows) {
+          ahead.logits = k + 1 < count
+                             ? x[k + 1]
+                             : row_start(a.logits, a.rows_per_sample, a.logits_sample_stride, r + 1);
+        }
+        if (a.grad != nullptr && r + 2 < rows) ahead.exps = a.grad + (r + 2) * cols;
+        const RowSums sums =
+            ignored ? RowSums{0.0, 1.0}
+                    : row_exp_sum(x[k], cols, a.grad != nullptr ? a.grad + r * cols : nullptr, ahead);
+        row_max[k] = sums.max;
+        exp_sum[k] = sums.sum;
+      }
+      vector_log(exp_sum, log_sum, count);
+      for (int64_t k = 0; k < count; ++k) {
+        const int64_t r = g0 + k;
+        double loss, denominator;
+        const double sample = sample_weighted ? load_unaligned(a.sample_weight + r) : 1.0;
+        const T* p = a.target_prob.data == nullptr
+                         ? nullptr
+                         : row_start(a.target_prob, a.rows_per_sample, a.target_prob_sample_stride, r);
+        cross_entropy_row(a, r, x[k], p, grad_scale * sample, RowLogSumExp{row_max[k], log_sum[k]},
+                          exp_sum[k], &loss, &denominator);
+        if (a.out != nullptr) a.out[r] = static_cast<T>(sample_weighted ? loss * sample : loss);
+        exact_sum_add_term(block.loss, loss, sample_weighted, sample);
+        exact_sum_add_term(block.denominator, denominator, sample_weighted, sample);
+      }
+    }
+    *block_sums = block;
+  };
+  bool failed = false;
   exact_blocks_sum(
       num_blocks, rows * cols, num_threads, a.interrupt,
       [&](int64_t b, Sums* block_sums) {
-        Sums block = *block_sums;  // a local, so that a compensated sum stays in registers
-        const int64_t r0 = b * rows_per_block;
-        const int64_t r1 = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
-        for (int64_t g0 = r0; g0 < r1; g0 += kLogGroup) {
-          const int64_t count = r1 - g0 < kLogGroup ? r1 - g0 : kLogGroup;
-          double row_max[kLogGroup], exp_sum[kLogGroup], log_sum[kLogGroup];
-          const bool short_rows = cols <= kVirtualLanes<T> && a.grad == nullptr &&
-                                  short_rows_exp_sum(a.logits.data + g0 * a.logits.row_stride,
-                                                     a.logits.row_stride, cols, count, row_max, exp_sum);
-          for (int64_t k = 0; k < count && !short_rows; ++k) {
-            const int64_t r = g0 + k;
-            const bool ignored = a.target_prob.data == nullptr &&
-                                 load_unaligned(a.target_index + r * a.target_index_stride) == a.ignore_index;
-            // The next row's logits; the gradient row after it (its stores come a row later).
-            RowsAhead<T> ahead;
-            if (r + 1 < rows) ahead.logits = a.logits.data + (r + 1) * a.logits.row_stride;
-            if (a.grad != nullptr && r + 2 < rows) ahead.exps = a.grad + (r + 2) * cols;
-            const RowSums sums = ignored
-                                     ? RowSums{0.0, 1.0}
-                                     : row_exp_sum(a.logits.data + r * a.logits.row_stride, cols,
-                                                   a.grad != nullptr ? a.grad + r * cols : nullptr, ahead);
-            row_max[k] = sums.max;
-            exp_sum[k] = sums.sum;
-          }
-          vector_log(exp_sum, log_sum, count);
-          for (int64_t k = 0; k < count; ++k) {
-            double loss, denominator;
-            const double sample = sample_weighted ? load_unaligned(a.sample_weight + g0 + k) : 1.0;
-            cross_entropy_row(a, g0 + k, grad_scale * sample, RowLogSumExp{row_max[k], log_sum[k]},
-                              exp_sum[k], &loss, &denominator);
-            if (a.out != nullptr) a.out[g0 + k] = static_cast<T>(sample_weighted ? loss * sample : loss);
-            exact_sum_add_term(block.loss, loss, sample_weighted, sample);
-            exact_sum_add_term(block.denominator, denominator, sample_weighted, sample);
-          }
+        if (!gather) return block_sum(b, block_sums, nullptr);
+        Buffer<T> scratch(scratch_size);
+        if (!scratch.ok()) {
+      // Reported after the blocks: no exception may leave an OpenMP region.
+#if defined(_OPENMP)
+#pragma omp atomic write
+#endif
+          failed = true;
+          return;
         }
-        *block_sums = block;
+        block_sum(b, block_sums, scratch.get());
       },
       sums);
+  if (failed) throw std::bad_alloc();
 }
 
 template <class T>

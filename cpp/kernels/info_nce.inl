@@ -283,6 +283,18 @@ int64_t info_nce_backward_workspace(const InfoNceArgs<T>& a) {
   return KeyChunks(key_stream(a).count).count * a.query.rows * a.query.cols;
 }
 
+// A 4096-bit summary of a key tile's labels: a query whose label's bit is clear has no key of its
+// label in the tile (most rows of a queue tile, with many classes), so it skips the scan.
+struct LabelBits {
+  uint64_t words[64];
+  static uint64_t slot(int64_t label) { return (static_cast<uint64_t>(label) * 0x9E3779B97F4A7C15ull) >> 52; }
+  void build(const int64_t* labels, int64_t count) {
+    for (uint64_t& w : words) w = 0;
+    for (int64_t j = 0; j < count; ++j) words[slot(labels[j]) >> 6] |= uint64_t(1) << (slot(labels[j]) & 63);
+  }
+  bool may_hold(int64_t label) const { return ((words[slot(label) >> 6] >> (slot(label) & 63)) & 1) != 0; }
+};
+
 // Scratch for one work item: a packed key tile, the keys' inverse norms, a tile of logits.
 template <class T>
 struct TileScratch {
@@ -293,6 +305,7 @@ struct TileScratch {
   Buffer<double> key_inv_norm;  // kKeyTile
   Buffer<T> key_scale;          // kKeyTile: key_inv_norm in T, for the vector loops
   Buffer<T> logits;             // kQueryBlock x kKeyTile
+  LabelBits label_bits;         // of the tile's key labels, if any
 
   explicit TileScratch(int64_t d)
       : dim(d),
@@ -318,6 +331,7 @@ void pack_keys(const InfoNceArgs<T>& a, const KeyStream<T>& keys, int64_t j0, in
     s->key_scale[j] = static_cast<T>(s->key_inv_norm[j]);
   }
   for (int64_t j = cols; j < kKeyTile; ++j) s->key_scale[j] = T(0);
+  if (a.key_labels != nullptr) s->label_bits.build(a.key_labels + j0, cols);
 }
 
 // Logits of queries [i0, i0 + rows) (rows <= kQueryBlock) against the packed tile of `cols` keys,
@@ -354,6 +368,187 @@ void logit_tile(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int64_t i0, i
     }
   }
 }
+
+// -- labels and decoupling -----------------------------------------------------------------
+// Row i's positives P(i) and the logits of its log-sum-exp D(i):
+//   in-batch: key j is a positive if j == i or key_labels[j] == query_labels[i]; D(i) is every
+//     key (SupCon's L_out), or with decoupled the keys outside P(i) (DCL);
+//   explicit negatives: the positive is class 0 (P(i) = {it}); a negative of the query's label
+//     is a false negative, outside D(i); the positive is in D(i) unless decoupled.
+// Masked logits are removed from a tile row before its log-sum-exp (filter_row) and their
+// probabilities set to exactly 0 in the backward pass, so no exp of a masked logit (which a
+// vector exp of -inf might round to a tiny floor) is ever summed.
+template <class T>
+bool filters_keys(const InfoNceArgs<T>& a) {
+  return a.query_labels != nullptr || (a.decoupled && a.mode == NegativeMode::in_batch);
+}
+
+// The labels of row i's keys from j0 on, or null without labels.
+template <class T>
+const int64_t* tile_labels(const InfoNceArgs<T>& a, int64_t i, int64_t j0) {
+  if (a.key_labels == nullptr) return nullptr;
+  return a.key_labels + (a.mode == NegativeMode::paired ? i * a.num_negatives : 0) + j0;
+}
+
+// Whether any of `cols` keys is a positive or a false negative: the tile's label bits (null for
+// paired negatives) rule most rows out, else a branch-free scan.
+inline bool tile_has_special(const int64_t* labels, int64_t label, int64_t cols, bool diagonal_in_tile,
+                             const LabelBits* bits) {
+  if (diagonal_in_tile) return true;
+  if (labels == nullptr || (bits != nullptr && !bits->may_hold(label))) return false;
+  int any = 0;
+  for (int64_t j = 0; j < cols; ++j) any |= labels[j] == label ? 1 : 0;
+  return any != 0;
+}
+
+struct KeyRole {
+  bool positive;  // in P(i) (in-batch only; the explicit-negative positive is class 0)
+  bool in_sum;    // in D(i)
+};
+
+inline KeyRole key_role(bool in_batch, bool decoupled, const int64_t* labels, int64_t label, int64_t j,
+                        bool is_diagonal) {
+  const bool same = labels != nullptr && labels[j] == label;
+  if (!in_batch) return {false, !same};
+  const bool positive = same || is_diagonal;
+  return {positive, !(positive && decoupled)};
+}
+
+// Removes in place, order kept, the logits whose key label is `label` (false negatives), and
+// returns how many remain. Blocks of 32 labels are tested by a vectorisable scan first: a block
+// without a match moves as a whole (usually not at all), so a row with one false negative costs
+// about one block's scalar pass.
+template <class T>
+int64_t drop_false_negatives(const int64_t* labels, int64_t label, int64_t cols, T* row) {
+  constexpr int64_t kBlock = 32;
+  int64_t kept = 0;
+  for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+    const int64_t count = min_i64(kBlock, cols - c0);
+    int any = 0;
+    for (int64_t j = 0; j < count; ++j) any |= labels[c0 + j] == label ? 1 : 0;
+    if (any == 0) {
+      if (kept != c0) std::memmove(row + kept, row + c0, static_cast<size_t>(count) * sizeof(T));
+      kept += count;
+      continue;
+    }
+    for (int64_t j = 0; j < count; ++j) {
+      row[kept] = row[c0 + j];
+      kept += labels[c0 + j] != label ? 1 : 0;
+    }
+  }
+  return kept;
+}
+
+// Row i's logits of keys [j0, j0 + cols) with those outside D(i) removed in place, the rest in
+// their order (so every path sums one fixed sequence); in-batch with labels, the positives'
+// logits are added to *positive_sum in key order. Returns how many remain. `bits`: the tile's
+// label bits, or null.
+template <class T>
+int64_t filter_row(const InfoNceArgs<T>& a, bool in_batch, int64_t i, int64_t j0, int64_t cols, T* row,
+                   double* positive_sum, const LabelBits* bits) {
+  const int64_t* labels = tile_labels(a, i, j0);
+  const int64_t label = a.query_labels != nullptr ? a.query_labels[i] : 0;
+  const int64_t diagonal = in_batch ? i - j0 : -1;
+  const bool diagonal_in_tile = diagonal >= 0 && diagonal < cols;
+  if (!diagonal_in_tile && (labels == nullptr || (bits != nullptr && !bits->may_hold(label)))) return cols;
+  if (!in_batch) return drop_false_negatives(labels, label, cols, row);
+  // Keys before the first positive or false negative stay where they are.
+  int64_t j = 0;
+  if (labels != nullptr) {
+    while (j < cols && labels[j] != label && j != diagonal) ++j;
+  } else {
+    j = diagonal;
+  }
+  int64_t kept = j;
+  for (; j < cols; ++j) {
+    const KeyRole role = key_role(in_batch, a.decoupled, labels, label, j, j == diagonal);
+    if (role.positive && labels != nullptr) *positive_sum += static_cast<double>(row[j]);
+    row[kept] = row[j];
+    kept += role.in_sum ? 1 : 0;
+  }
+  return kept;
+}
+
+// Heapsort of int64 labels, here rather than std::sort: a std:: template instantiated in a wide
+// ISA's file is one symbol the linker may merge with the baseline's copy (so the scalar path
+// could run AVX code); this one lives in the ISA's namespace.
+inline void sort_labels(int64_t* a, int64_t n) {
+  const auto sift_down = [a](int64_t root, int64_t end) {
+    while (2 * root + 1 < end) {
+      int64_t child = 2 * root + 1;
+      if (child + 1 < end && a[child] < a[child + 1]) ++child;
+      if (!(a[root] < a[child])) return;
+      const int64_t t = a[root];
+      a[root] = a[child];
+      a[child] = t;
+      root = child;
+    }
+  };
+  for (int64_t start = n / 2 - 1; start >= 0; --start) sift_down(start, n);
+  for (int64_t end = n - 1; end > 0; --end) {
+    const int64_t t = a[0];
+    a[0] = a[end];
+    a[end] = t;
+    sift_down(0, end);
+  }
+}
+
+// The first index of sorted[0, n) whose value is >= value (strictly_greater: > value).
+inline int64_t label_bound(const int64_t* sorted, int64_t n, int64_t value, bool strictly_greater) {
+  int64_t low = 0, high = n;
+  while (low < high) {
+    const int64_t mid = low + (high - low) / 2;
+    const bool before = strictly_greater ? sorted[mid] <= value : sorted[mid] < value;
+    if (before) {
+      low = mid + 1;
+    } else {
+      high = mid;
+    }
+  }
+  return low;
+}
+
+// Per row, |P(i)| and |D(i)|, counted from the labels before any logit (the key labels of a
+// shared stream sorted once: O((N + M) log M)). |D(i)| = 0 gives the row loss -inf: the
+// log-sum-exp of no logit is log 0.
+template <class T>
+struct RowSets {
+  Buffer<int64_t> positives;
+  Buffer<int64_t> in_sum;
+
+  explicit RowSets(const InfoNceArgs<T>& a) : positives(a.query.rows), in_sum(a.query.rows) {
+    const int64_t n = a.query.rows;
+    const bool in_batch = a.mode == NegativeMode::in_batch;
+    const bool paired = a.mode == NegativeMode::paired;
+    const int64_t keys = in_batch ? n : a.num_negatives;
+    // Only in-batch positives with labels and an empty D(i) (possible only when decoupled) need
+    // the counts; otherwise |P(i)| = 1 and |D(i)| >= 1 (the positive), without the sort.
+    const bool labels = a.query_labels != nullptr && a.key_labels != nullptr && (in_batch || a.decoupled);
+    Buffer<int64_t> sorted(labels && !paired ? keys : 0);
+    if (!positives.ok() || !in_sum.ok() || !sorted.ok()) throw std::bad_alloc();
+    if (labels && !paired) {
+      for (int64_t j = 0; j < keys; ++j) sorted[j] = a.key_labels[j];
+      sort_labels(sorted.get(), keys);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t same = 0;
+      if (labels && paired) {
+        const int64_t* row = a.key_labels + i * keys;
+        for (int64_t j = 0; j < keys; ++j) same += row[j] == a.query_labels[i] ? 1 : 0;
+      } else if (labels) {
+        same = label_bound(sorted.get(), keys, a.query_labels[i], true) -
+               label_bound(sorted.get(), keys, a.query_labels[i], false);
+      }
+      if (in_batch) {
+        positives[i] = same + (labels && a.key_labels[i] == a.query_labels[i] ? 0 : 1);
+        in_sum[i] = a.decoupled ? n - positives[i] : n;
+      } else {
+        positives[i] = 1;
+        in_sum[i] = keys - same + (a.decoupled ? 0 : 1);
+      }
+    }
+  }
+};
 
 // Running log-sum-exp of one query: logsumexp = max + log(sum).
 struct OnlineLogSumExp {
@@ -482,8 +677,27 @@ double paired_logit(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int64_t i
       static_cast<T>(logit_of_dot(a, dot(q, key, dim), f.query_inv_norm[i], *key_inv)));
 }
 
+// Row i's loss from its log-sum-exp and its (mean) positive logit, and the saved log-sum-exp.
 template <class T>
-void info_nce_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int num_threads) {
+void finish_row(const InfoNceArgs<T>& a, const OnlineLogSumExp& state, double positive, bool empty,
+                int64_t i) {
+  if (empty) {
+    // No logit in the log-sum-exp: log 0 = -inf, exactly, on every path.
+    a.row_loss[i] = -HUGE_VAL;
+    if (a.row_max != nullptr) a.row_max[i] = a.row_log_sum[i] = -HUGE_VAL;
+    return;
+  }
+  a.row_loss[i] = state.neg_log_softmax(positive);
+  if (a.row_max != nullptr) {
+    a.row_max[i] = state.max;
+    a.row_log_sum[i] = log1(state.sum);
+  }
+}
+
+template <class T>
+void info_nce_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, const RowSets<T>& sets,
+                     int num_threads) {
+  const bool filtering = filters_keys(a);
   const int64_t n = a.query.rows;
   const int64_t m = a.num_negatives;
   const int threads = threads_for(n * (m + 1) * (a.query.cols + 1), n, num_threads);
@@ -503,19 +717,18 @@ void info_nce_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, int num_
       continue;
     }
     OnlineLogSumExp state;
-    if (a.positive_in_sum) state.merge(f.positive_logit[i], 1.0);
+    if (a.positive_in_sum && !a.decoupled) state.merge(f.positive_logit[i], 1.0);
     if (a.positive_logit != nullptr) a.positive_logit[i] = f.positive_logit[i];
     for (int64_t j0 = 0; j0 < m && !interrupted(a.interrupt); j0 += kKeyTile) {
       const int64_t cols = min_i64(kKeyTile, m - j0);
       double key_inv;
       for (int64_t c = 0; c < cols; ++c) logits[c] = static_cast<T>(paired_logit(a, f, i, j0 + c, &key_inv));
-      state.add(logits.get(), cols);
+      double unused = 0.0;
+      const int64_t kept =
+          filtering ? filter_row(a, false, i, j0, cols, logits.get(), &unused, nullptr) : cols;
+      if (kept > 0) state.add(logits.get(), kept);
     }
-    a.row_loss[i] = state.neg_log_softmax(f.positive_logit[i]);
-    if (a.row_max != nullptr) {
-      a.row_max[i] = state.max;
-      a.row_log_sum[i] = log1(state.sum);
-    }
+    finish_row(a, state, f.positive_logit[i], filtering && sets.in_sum[i] == 0, i);
   }
   if (failed) throw std::bad_alloc();
 }
@@ -525,12 +738,18 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
   const int64_t n = a.query.rows;
   if (n == 0) return;
   const QueryFactors<T> f(a);
+  const RowSets<T> sets(a);
   if (a.mode == NegativeMode::paired) {
-    info_nce_paired(a, f, num_threads);
+    info_nce_paired(a, f, sets, num_threads);
     return;
   }
+  const bool filtering = filters_keys(a);
   const KeyStream<T> keys = key_stream(a);
   const KeyChunks chunks(keys.count);
+  const bool positive_mean = keys.in_batch && a.query_labels != nullptr;
+  // In-batch with labels: per (chunk, query) sums of the positives' logits, merged in chunk order.
+  Buffer<double> part_positive(positive_mean ? chunks.count * n : 0);
+  if (!part_positive.ok()) throw std::bad_alloc();
   const int64_t query_groups = ceil_div(n, kQueryGroup);
   const int64_t items = query_groups * chunks.count;
   // Per (chunk, query) partial log-sum-exps, merged in chunk order below.
@@ -560,6 +779,8 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
       continue;
     }
     OnlineLogSumExp state[kQueryGroup];
+    double positive_sum[kQueryGroup];
+    for (int64_t r = 0; r < group_rows; ++r) positive_sum[r] = 0.0;
     for (int64_t j0 = c0; j0 < c1 && !interrupted(a.interrupt); j0 += kKeyTile) {
       const int64_t cols = min_i64(kKeyTile, c1 - j0);
       pack_keys(a, keys, j0, cols, &s);
@@ -568,15 +789,19 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
         const int64_t rows = min_i64(kQueryBlock, group_rows - b0);
         logit_tile(a, f, i0, rows, cols, &s);
         for (int64_t r = 0; r < rows; ++r) {
-          const T* row = s.logits.get() + r * kKeyTile;
-          state[b0 + r].add(row, cols);
+          T* row = s.logits.get() + r * kKeyTile;
           if (keys.in_batch && i0 + r >= j0 && i0 + r < j0 + cols) diagonal[i0 + r] = row[i0 + r - j0];
+          const int64_t kept = filtering ? filter_row(a, keys.in_batch, i0 + r, j0, cols, row,
+                                                      &positive_sum[b0 + r], &s.label_bits)
+                                         : cols;
+          if (kept > 0) state[b0 + r].add(row, kept);
         }
       }
     }
     for (int64_t r = 0; r < group_rows; ++r) {
       part_max[chunk * n + g0 + r] = state[r].max;
       part_sum[chunk * n + g0 + r] = state[r].sum;
+      if (positive_mean) part_positive[chunk * n + g0 + r] = positive_sum[r];
     }
   }
   if (failed) throw std::bad_alloc();
@@ -586,15 +811,16 @@ void info_nce(const InfoNceArgs<T>& a, int num_threads) {
     OnlineLogSumExp state;
     // With explicit negatives the positive is class 0 of the (M+1)-way softmax; in-batch it is
     // one of the streamed keys (key i) already.
-    if (!keys.in_batch && a.positive_in_sum) state.merge(f.positive_logit[i], 1.0);
+    if (!keys.in_batch && a.positive_in_sum && !a.decoupled) state.merge(f.positive_logit[i], 1.0);
     if (!keys.in_batch && a.positive_logit != nullptr) a.positive_logit[i] = f.positive_logit[i];
     for (int64_t c = 0; c < chunks.count; ++c) state.merge(part_max[c * n + i], part_sum[c * n + i]);
-    const double positive = keys.in_batch ? diagonal[i] : f.positive_logit[i];
-    a.row_loss[i] = state.neg_log_softmax(positive);
-    if (a.row_max != nullptr) {
-      a.row_max[i] = state.max;
-      a.row_log_sum[i] = log1(state.sum);
+    double positive = keys.in_batch ? diagonal[i] : f.positive_logit[i];
+    if (positive_mean) {
+      double total = 0.0;
+      for (int64_t c = 0; c < chunks.count; ++c) total += part_positive[c * n + i];
+      positive = total / static_cast<double>(sets.positives[i]);
     }
+    finish_row(a, state, positive, filtering && sets.in_sum[i] == 0, i);
   }
 }
 
@@ -681,9 +907,18 @@ void gemm_accumulate(int64_t rows, int64_t depth, const Operand& a, const T* b, 
   }
 }
 
+// The softmax probability of an explicit-negative row's positive (class 0): exactly 0 outside
+// D(i) (decoupled), and for a row whose D(i) is empty.
+template <class T>
+double positive_probability(const InfoNceArgs<T>& a, double positive_logit, const InfoNceGradArgs<T>& g,
+                            const RowSets<T>& sets, int64_t i) {
+  if (a.decoupled || sets.in_sum[i] == 0) return 0.0;
+  return exp1((positive_logit - g.row_max[i]) - g.row_log_sum[i]);
+}
+
 template <class T>
 void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f, const InfoNceGradArgs<T>& g,
-                              int num_threads) {
+                              const RowSets<T>& sets, int num_threads) {
   const int64_t n = a.query.rows;
   const int64_t m = a.num_negatives;
   const int64_t dim = a.query.cols;
@@ -707,12 +942,18 @@ void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f,
     const T* p = a.positive.data + i * a.positive.row_stride;
     const double scale = g.row_grad[i] * a.inv_temperature;
     for (int64_t k = 0; k < dim; ++k) d_query_hat[k] = 0.0;
+    const int64_t* labels = tile_labels(a, i, 0);
+    double moment = 0.0;  // sum_j p_ij z_ij over the negatives in D(i), in order
     for (int64_t j = 0; j < m; ++j) {
       // A tile's worth of negatives between checks, as in the forward pass.
       if (j % kKeyTile == 0 && interrupted(a.interrupt)) break;
+      // A false negative is outside the softmax: no gradient reaches it.
+      if (labels != nullptr && labels[j] == a.query_labels[i]) continue;
       double key_inv;
       const double logit = paired_logit(a, f, i, j, &key_inv);
-      const double coef = exp1((logit - g.row_max[i]) - g.row_log_sum[i]) * scale;
+      const double prob = exp1((logit - g.row_max[i]) - g.row_log_sum[i]);
+      moment += prob * logit;
+      const double coef = prob * scale;
       const T* key = a.negatives + i * a.negatives_stride0 + j * a.negatives_stride1;
       axpy_row(coef * key_inv, key, dim, d_query_hat.get());
       for (int64_t k = 0; k < dim; ++k) {
@@ -720,7 +961,11 @@ void info_nce_backward_paired(const InfoNceArgs<T>& a, const QueryFactors<T>& f,
       }
       add_row_gradient(key, d_key_hat.get(), dim, a.normalize, key_inv, g.d_negatives + (i * m + j) * dim);
     }
-    const double coef_pos = (exp1((f.positive_logit[i] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * scale;
+    const double prob_pos = positive_probability(a, f.positive_logit[i], g, sets, i);
+    const double coef_pos = (prob_pos - 1.0) * scale;
+    if (g.row_temperature_moment != nullptr) {
+      g.row_temperature_moment[i] = (moment + prob_pos * f.positive_logit[i]) - f.positive_logit[i];
+    }
     axpy_row(coef_pos * f.positive_inv_norm[i], p, dim, d_query_hat.get());
     for (int64_t k = 0; k < dim; ++k) {
       d_key_hat[k] = coef_pos * f.query_inv_norm[i] * static_cast<double>(load_unaligned(q + k));
@@ -742,13 +987,23 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
   const int64_t dim = a.query.cols;
   if (n == 0) return;
   const QueryFactors<T> f(a);
+  const RowSets<T> sets(a);
   if (a.mode == NegativeMode::paired) {
-    info_nce_backward_paired(a, f, g, num_threads);
+    info_nce_backward_paired(a, f, g, sets, num_threads);
     return;
   }
+  const bool filtering = filters_keys(a);
+  const bool moment = g.row_temperature_moment != nullptr;
   const KeyStream<T> keys = key_stream(a);
   T* d_keys = keys.in_batch ? g.d_positive : g.d_negatives;
   const KeyChunks chunks(keys.count);
+  // For a temperature's gradient: per (chunk, query) sum_{j in D(i)} p_ij z_ij and the sum of the
+  // positives' logits (in-batch), each in key order, merged in chunk order.
+  Buffer<double> part_moment(moment ? chunks.count * n : 0), part_positive(moment ? chunks.count * n : 0);
+  if (!part_moment.ok() || !part_positive.ok()) throw std::bad_alloc();
+  if (moment) {
+    for (int64_t k = 0; k < chunks.count * n; ++k) part_moment[k] = part_positive[k] = 0.0;
+  }
   Buffer<T> own_workspace(g.workspace != nullptr ? 0 : info_nce_backward_workspace(a));
   T* const d_query_part = g.workspace != nullptr ? g.workspace : own_workspace.get();
   if (d_query_part == nullptr) throw std::bad_alloc();
@@ -766,8 +1021,9 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
     if (c0 >= c1) continue;
     TileScratch<T> s(dim);
     Buffer<T> coef_query(kQueryBlock * kKeyTile), coef_query_t(kKeyTile * kQueryBlock),
-        coef_key(kQueryBlock * kKeyTile), d_key_hat(kKeyTile * dim);
-    if (!s.ok() || !coef_query.ok() || !coef_query_t.ok() || !coef_key.ok() || !d_key_hat.ok()) {
+        coef_key(kQueryBlock * kKeyTile), d_key_hat(kKeyTile * dim), probs(moment ? kKeyTile : 0);
+    if (!s.ok() || !coef_query.ok() || !coef_query_t.ok() || !coef_key.ok() || !d_key_hat.ok() ||
+        !probs.ok()) {
 #if defined(_OPENMP)
 #pragma omp atomic write
 #endif
@@ -800,14 +1056,40 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
             if (a.normalize) query_coef = S::mul(query_coef, S::load(s.key_scale.get() + j));
             S::store(cq + j, query_coef);
             S::store(ck + j, S::mul(p, key_side));
+            if (moment) S::store(probs.get() + j, p);
           }
-          if (keys.in_batch && i >= j0 && i < j0 + cols) {
-            // The positive's entry, softmax - 1, is formed in float64: it cancels.
-            const int64_t j = i - j0;
-            const double coef =
-                (exp1((static_cast<double>(logits[j]) - g.row_max[i]) - g.row_log_sum[i]) - 1.0) * scale;
-            cq[j] = static_cast<T>(coef * s.key_inv_norm[j]);
-            ck[j] = static_cast<T>(coef * f.query_inv_norm[i]);
+          const bool diagonal_here = keys.in_batch && i >= j0 && i < j0 + cols;
+          const int64_t* labels = tile_labels(a, i, j0);
+          const int64_t label = a.query_labels != nullptr ? a.query_labels[i] : 0;
+          const int64_t diagonal = keys.in_batch ? i - j0 : -1;
+          const bool special =
+              filtering ? tile_has_special(labels, label, cols, diagonal_here, &s.label_bits) : diagonal_here;
+          if (special) {
+            // The positives' entries, softmax - 1 / |P(i)|, are formed in float64 (they cancel);
+            // an entry outside D(i) has softmax exactly 0, whatever the vector exp gave it.
+            const double share = keys.in_batch ? 1.0 / static_cast<double>(sets.positives[i]) : 0.0;
+            for (int64_t j = 0; j < cols; ++j) {
+              const KeyRole role = key_role(keys.in_batch, a.decoupled, labels, label, j, j == diagonal);
+              if (!role.positive && role.in_sum) continue;
+              const double p = role.in_sum
+                                   ? exp1((static_cast<double>(logits[j]) - g.row_max[i]) - g.row_log_sum[i])
+                                   : 0.0;
+              const double coef = (p - (role.positive ? share : 0.0)) * scale;
+              cq[j] = static_cast<T>(coef * s.key_inv_norm[j]);
+              ck[j] = static_cast<T>(coef * f.query_inv_norm[i]);
+            }
+          }
+          if (moment) {
+            double weighted = 0.0, positive = 0.0;
+            for (int64_t j = 0; j < cols; ++j) {
+              const KeyRole role = special
+                                       ? key_role(keys.in_batch, a.decoupled, labels, label, j, j == diagonal)
+                                       : KeyRole{false, true};
+              if (role.in_sum) weighted += static_cast<double>(probs[j]) * static_cast<double>(logits[j]);
+              if (role.positive) positive += static_cast<double>(logits[j]);
+            }
+            part_moment[chunk * n + i] += weighted;
+            part_positive[chunk * n + i] += positive;
           }
         }
         // d q_hat[i0 .. i0 + rows) += coef_query (rows x cols) . keys (cols x dim)
@@ -839,10 +1121,22 @@ void info_nce_backward(const InfoNceArgs<T>& a, const InfoNceGradArgs<T>& g, int
       for (int64_t k = 0; k < dim; ++k) d_query_row[k] += static_cast<double>(part[k]);
     }
     const T* q = a.query.data + i * a.query.row_stride;
+    const double prob_pos = keys.in_batch ? 0.0 : positive_probability(a, f.positive_logit[i], g, sets, i);
+    if (moment) {
+      // Class 0 first (explicit negatives), then the chunks in order.
+      double weighted = keys.in_batch ? 0.0 : prob_pos * f.positive_logit[i];
+      double positive = 0.0;
+      for (int64_t c = 0; c < chunks.count; ++c) {
+        weighted += part_moment[c * n + i];
+        positive += part_positive[c * n + i];
+      }
+      g.row_temperature_moment[i] = keys.in_batch
+                                        ? weighted - positive / static_cast<double>(sets.positives[i])
+                                        : weighted - f.positive_logit[i];
+    }
     if (!keys.in_batch) {
       const T* p = a.positive.data + i * a.positive.row_stride;
-      const double coef_pos = (exp1((f.positive_logit[i] - g.row_max[i]) - g.row_log_sum[i]) - 1.0) *
-                              g.row_grad[i] * a.inv_temperature;
+      const double coef_pos = (prob_pos - 1.0) * g.row_grad[i] * a.inv_temperature;
       axpy_row(coef_pos * f.positive_inv_norm[i], p, dim, d_query_row.get());
       for (int64_t k = 0; k < dim; ++k) {
         d_positive_row[k] = coef_pos * f.query_inv_norm[i] * static_cast<double>(load_unaligned(q + k));

@@ -57,9 +57,14 @@ def cross_entropy(
     grad_scale: float = 1.0,
     grad_divide_by_denominator: bool = False,
     sample_weight: _Float64Array | None = None,
+    d_target: _Array | None = None,
 ) -> tuple[bytes, bytes]:
     """Returns the exact ``(loss sum, PyTorch's "mean" denominator)`` as states; exactly one of
-    ``target_index`` and ``target_prob`` is given."""
+    ``target_index`` and ``target_prob`` is given. ``logits`` is ``(rows, C)`` or ``(N, S, C)``
+    (K-dimensional inputs, rows = N * S; any strides), ``target_prob`` likewise; ``target_index``
+    has one int64 per row (1-D, or C-contiguous of the target's shape for messages that name a
+    multi-index). ``out`` (rows), ``grad`` and ``d_target`` (the gradient w.r.t. probabilities;
+    rows x C) are C-contiguous."""
 
 def info_nce(
     query: _Array,
@@ -73,11 +78,17 @@ def info_nce(
     row_log_sum: _Float64Array | None = None,
     positive_in_sum: bool = True,
     positive_logit: _Float64Array | None = None,
+    query_labels: NDArray[np.int64] | None = None,
+    key_labels: NDArray[np.int64] | None = None,
+    decoupled: bool = False,
 ) -> None:
     """Writes the per-row losses to ``row_loss`` (and the log-sum-exp parts for backward).
     ``positive_in_sum=False`` (a shard of a queue) leaves the positive out of the log-sum-exp and
     writes each row's positive logit to ``positive_logit``.
-    ``mode``: 0 in-batch (``negatives`` None), 1 unpaired ``(M, D)``, 2 paired ``(N, M, D)``."""
+    ``mode``: 0 in-batch (``negatives`` None), 1 unpaired ``(M, D)``, 2 paired ``(N, M, D)``.
+    ``query_labels`` (N) and ``key_labels`` (N in-batch, M unpaired, N*M paired), both or neither:
+    in-batch positives / false-negative elimination; ``decoupled``: positives leave the
+    log-sum-exp. A row with an empty log-sum-exp has loss -inf."""
 
 def info_nce_backward(
     query: _Array,
@@ -93,11 +104,17 @@ def info_nce_backward(
     d_positive: _Array,
     d_negatives: _Array | None,
     workspace: _Array | None = None,
+    query_labels: NDArray[np.int64] | None = None,
+    key_labels: NDArray[np.int64] | None = None,
+    decoupled: bool = False,
+    row_temperature_moment: _Float64Array | None = None,
 ) -> None:
     """Accumulates the gradients of ``sum_i row_grad[i] * loss_i`` into the ``d_*`` buffers.
     ``row_max`` and ``row_log_sum`` (from ``info_nce``) are required: None raises ValueError.
     ``workspace``: scratch of ``info_nce_backward_workspace(...)`` elements in the computation
-    dtype, or None to let the kernel allocate it."""
+    dtype, or None to let the kernel allocate it. ``query_labels`` / ``key_labels`` / ``decoupled``
+    as given to ``info_nce``; ``row_temperature_moment`` (N, or None) receives each row's
+    ``sum_{j in D} p_ij z_ij - mean_{p in P} z_ip`` (dL_i/dtemperature = -that / temperature)."""
 
 def info_nce_backward_workspace(query: _Array, positive: _Array, mode: int, negatives: _Array | None) -> int:
     """Elements of scratch ``info_nce_backward`` needs for these arrays (0 for paired negatives)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Literal, overload
 
@@ -22,6 +23,7 @@ from ._validation import (
     check_reduction,
     check_temperature,
     compute_dtype,
+    is_floating,
     sample_weights,
     to_kernel_layout,
 )
@@ -94,11 +96,23 @@ def regression_partial(
             f"pred and target must have the same shape (no broadcasting); got pred {pred_array.shape} "
             f"and target {target_array.shape}"
         )
-    if pred_array.ndim == 0:
-        raise ValueError("pred and target must have at least 1 dimension; got 0-d arrays")
     shape = pred_array.shape
-    rows = shape[0]
-    cols = int(np.prod(shape[1:], dtype=np.int64))
+    if pred_array.ndim == 0:
+        # A 0-d pair is one element (as in torch): one row of one element, with no row axis, so
+        # neither "batchmean" (sum / shape[0]) nor per-row weights have a meaning.
+        if reduction == "batchmean":
+            raise ValueError(
+                "reduction='batchmean' divides by pred.shape[0], which 0-d pred and target do not have; "
+                "use 'mean' or 'sum' (equal for one element), or pass arrays of shape (1,)"
+            )
+        if sample_weight is not None:
+            raise ValueError(
+                "sample_weight: 0-d pred and target have no rows to weight; pass arrays of shape (1,)"
+            )
+        rows, cols = 1, 1
+    else:
+        rows = shape[0]
+        cols = int(np.prod(shape[1:], dtype=np.int64))
     dtype = compute_dtype(pred_array, target_array)
     # The outputs first: a call too large to hold them fails at once, before the weights are
     # converted and checked (a pass over N values).
@@ -184,7 +198,8 @@ def mse(
     """Mean squared error: element loss ``(pred - target) ** 2``.
 
     Args:
-        pred, target: arrays of the same shape (ndim >= 1); no broadcasting.
+        pred, target: arrays of the same shape; no broadcasting. A 0-d pair is one element
+            (as in torch), for which ``"batchmean"`` and ``sample_weight`` are ValueErrors.
         reduction: ``"none"`` (element losses, shape of ``pred``), ``"sum"``, ``"mean"`` (sum /
             number of elements, like ``torch.nn.functional.mse_loss``) or ``"batchmean"`` (sum /
             ``pred.shape[0]``: the per-sample sum over features averaged over the batch).
@@ -196,7 +211,8 @@ def mse(
 
     Returns:
         A Python float for a reduction; an ndarray in the computation dtype for ``"none"``.
-        float32 inputs compute in float32, float16 in float32, ints and bools in float64.
+        float32 inputs compute in float32, float16 and bfloat16 in float32, ints and bools in
+        float64.
         With ``return_grad``: ``(loss, grad)``, ``grad`` shaped like ``pred`` and in its floating
         dtype (float64 for integer ``pred``).
     """
@@ -300,7 +316,7 @@ def _targets(
     kind = target_array.dtype.kind
     if kind in "iu":
         return _class_indices(target_array, index_shape), None
-    if kind == "f":
+    if is_floating(target_array.dtype):
         if target_array.shape != prob_shape:
             raise ValueError(
                 f"target: probabilities must have {prob_what} {prob_shape}; got "
@@ -406,27 +422,35 @@ def cross_entropy(
     (max-subtracted) log-softmax, so finite logits of any magnitude give a finite, correct loss.
 
     Args:
-        logits: ``(N, C)`` or ``(C,)`` scores.
-        target: integer class indices of shape ``(N,)`` (a scalar for ``(C,)`` logits), each in
-            ``[0, C)`` or equal to ``ignore_index``; or floating class probabilities with the
-            shape of ``logits`` (not checked to sum to 1; ``ignore_index`` does not apply).
+        logits: ``(N, C)``, ``(C,)`` or K-dimensional ``(N, C, d1, ..., dK)`` scores (e.g.
+            segmentation ``(N, C, H, W)``), any strides (a class stride other than 1 is read
+            without copying the logits).
+        target: integer class indices of shape ``(N,)`` (a scalar for ``(C,)`` logits,
+            ``(N, d1, ..., dK)`` for K-dimensional ones), each in ``[0, C)`` or equal to
+            ``ignore_index``; or floating class probabilities with the shape of ``logits`` (not
+            checked to sum to 1; ``ignore_index`` does not apply).
         reduction: ``"none"``, ``"sum"``, ``"mean"`` (PyTorch's: divided by the summed weight of
-            the non-ignored targets for indices, by N for probabilities; ``nan`` when every row is
-            ignored) or ``"batchmean"`` (sum / N).
+            the non-ignored targets for indices, by the number of rows, ``N * d1 * ... * dK``, for
+            probabilities; ``nan`` when every row is ignored) or ``"batchmean"`` (sum / N, N =
+            ``logits.shape[0]``).
         weight: optional ``(C,)`` class weights.
         ignore_index: class index whose rows contribute nothing.
         label_smoothing: in ``[0, 1]``; mixes the target with the uniform distribution.
-        sample_weight: optional ``(N,)`` finite weights >= 0 (scikit-learn's ``log_loss``): each
-            multiplies its row's loss and gradient and its share of the denominators: ``"mean"``
-            divides by ``sum(w_i * weight[t_i])`` over the non-ignored rows (``sum(w)`` for
-            probabilities), ``"batchmean"`` by ``sum(w)``.
+        sample_weight: optional ``(N,)`` finite weights >= 0 (scikit-learn's ``log_loss``; for
+            K-dimensional inputs applied at every position of the sample, or of the target's
+            shape, one per element): each multiplies its element's loss and gradient and its share
+            of the denominators: ``"mean"`` divides by ``sum(w_i * weight[t_i])`` over the
+            non-ignored elements (``sum(w)`` for probabilities), ``"batchmean"`` by ``sum(w)``
+            over the samples (element weights: ``sum(w) / (d1 * ... * dK)``).
         return_grad: also return the gradient w.r.t. ``logits`` (softmax minus the target
             distribution, scaled by the reduction), written in the same pass as the loss.
 
     Returns:
-        A Python float for a reduction (accumulated in float64); for ``"none"``, the ``(N,)`` row
-        losses (a 0-d array for ``(C,)`` logits) in the computation dtype. With ``return_grad``:
-        ``(loss, grad)``, ``grad`` shaped like ``logits``.
+        A Python float for a reduction (accumulated in float64); for ``"none"``, the losses of
+        the target's shape (``(N,)``; a 0-d array for ``(C,)`` logits; ``(N, d1, ..., dK)``) in
+        the computation dtype. With ``return_grad``: ``(loss, grad)``, ``grad`` shaped like
+        ``logits`` (for K-dimensional logits a channels-last view, ``np.moveaxis`` of the
+        contiguous ``(N, d1, ..., dK, C)`` array the kernel writes).
     """
     if (
         weight is None
@@ -463,44 +487,187 @@ def cross_entropy_partial(
     sample_weight: ArrayLike | None = None,
 ) -> tuple[Partial, np.ndarray | None, np.ndarray | None]:
     """One cross-entropy pass over checked scalars: its partial sums, and the row losses ("none",
-    0-d for a single sample) and the gradient of `reduction` when asked for."""
+    0-d for a single sample, the target's shape for K-dimensional inputs) and the gradient of
+    `reduction` w.r.t. the logits when asked for."""
+    partial, out, grad, _ = cross_entropy_pass(
+        logits, target, weight, ignore_index, smoothing, reduction, return_grad, sample_weight
+    )
+    return partial, out, grad
+
+
+def _position(flat: int, shape: tuple[int, ...]) -> str:
+    """Flat element `flat` of an array of `shape` in a message: ``5``, or ``(1, 2, 0)`` past 1-D
+    (the form bindings.cpp's class-index check uses)."""
+    if len(shape) <= 1:
+        return str(flat)
+    return str(tuple(int(i) for i in np.unravel_index(flat, shape)))
+
+
+def _ce_index_shape(logits_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the class indices that go with `logits_shape`: () for (C,), (N,) for (N, C),
+    (N, d1, ..., dK) for (N, C, d1, ..., dK)."""
+    return () if len(logits_shape) == 1 else (logits_shape[0],) + logits_shape[2:]
+
+
+def _ce_rows(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Logits (or probabilities of their shape) as the kernel's rows: (1, C) for (C,), (N, C) for
+    (N, C), and for (N, C, d1, ..., dK) the (N, S, C) view, S = d1 * ... * dK, whose row (n, s)
+    is position s of sample n, in the array's own memory (class stride H * W for the natural
+    (N, C, H, W) layout: the kernel gathers such rows, not a copy here). Only spatial axes that do
+    not merge into one stride (e.g. a slice of W) make a copy, channels-last."""
+    array = to_kernel_layout(array, dtype)
+    if array.ndim <= 2:
+        return array.reshape(1, -1) if array.ndim == 1 else array
+    shape = array.shape
+    rows_per_sample = int(np.prod(shape[2:], dtype=np.int64))
+    moved = np.moveaxis(array, 1, -1)
+    try:
+        return moved.reshape((shape[0], rows_per_sample, shape[1]), copy=False)
+    except ValueError:
+        return np.ascontiguousarray(moved).reshape(shape[0], rows_per_sample, shape[1])
+
+
+def _ce_targets(
+    target: ArrayLike, logits_shape: tuple[int, ...], dtype: np.dtype
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """(int64 class indices, one per row; None; the target array) for an integer target of the
+    index shape (1-D: any stride; K-dimensional: C-contiguous of that shape, so that the kernel's
+    check names a multi-index), or (None; probabilities as rows, _ce_rows; the target array) for
+    a floating one of the logits' shape. The kernels check the index values."""
+    try:
+        target_array = np.asarray(target)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"target: cannot be converted to an array ({error})") from None
+    index_shape = _ce_index_shape(logits_shape)
+    kind = target_array.dtype.kind
+    if kind in "iu":
+        if target_array.shape != index_shape:
+            if len(logits_shape) == 1:
+                raise ValueError(
+                    f"logits must be (N, C) for N targets; got logits {logits_shape} and target "
+                    f"{target_array.shape} (a single sample's logits (C,) take a scalar class index)"
+                )
+            what = "(N,)" if len(logits_shape) == 2 else "(N, d1, ..., dK)"
+            raise ValueError(
+                f"target: class indices for logits {logits_shape} must have shape {what} = "
+                f"{index_shape}; got {target_array.shape}"
+            )
+        int64_max = np.iinfo(np.int64).max
+        if target_array.dtype.kind == "u" and target_array.size and target_array.max() > int64_max:
+            flat = int(np.argmax(target_array.reshape(-1) > int64_max))
+            raise ValueError(
+                f"target: class index {int(target_array.reshape(-1)[flat])} at position "
+                f"{_position(flat, index_shape)} is out of range"
+            )
+        if target_array.ndim <= 1:
+            return to_kernel_layout(target_array.reshape(-1), np.dtype(np.int64)), None, target_array
+        return np.ascontiguousarray(target_array, dtype=np.int64), None, target_array
+    if is_floating(target_array.dtype):
+        if target_array.shape == logits_shape:
+            return None, _ce_rows(target_array, dtype), target_array
+        if target_array.shape == index_shape:
+            raise ValueError(
+                f"target: class indices must be integers; got a {target_array.dtype} target of shape "
+                f"{target_array.shape} for logits {logits_shape} (convert it with "
+                f"target.astype(np.int64)); class probabilities must have the shape of logits"
+            )
+        raise ValueError(
+            f"target: probabilities must have the shape of logits {logits_shape}; got "
+            f"{target_array.shape} (class indices must be an integer array of shape {index_shape})"
+        )
+    raise TypeError(
+        f"target: dtype {target_array.dtype} is not supported; expected integer class indices "
+        "or floating class probabilities"
+    )
+
+
+def _ce_sample_weights(
+    value: ArrayLike | None, index_shape: tuple[int, ...], samples: int
+) -> tuple[np.ndarray | None, ExactSum]:
+    """(one float64 weight per row, or None; "batchmean"'s denominator). Weights are ``(N,)``
+    (K-dimensional inputs: applied to every position of sample n) or, for K-dimensional inputs,
+    of the target's shape (one per element). The denominator is N unweighted, ``sum(w)`` for
+    ``(N,)`` weights, and for element weights the sum of ``w / S`` (S positions per sample: the
+    weight of a sample is its mean element weight, so equal element weights give what ``(N,)``
+    weights give)."""
+    if value is None:
+        return None, Partial.count(samples)
+    positions = int(np.prod(index_shape[1:], dtype=np.int64)) if len(index_shape) > 1 else 1
+    if len(index_shape) <= 1:
+        weights = sample_weights(value, samples)
+        assert weights is not None
+        return weights, ExactSum.of(weights)
+    weight_array = as_real_array(value, "sample_weight")
+    if weight_array.shape == (samples,):
+        weights = sample_weights(weight_array, samples)
+        assert weights is not None
+        return np.repeat(weights, positions), ExactSum.of(weights)
+    if weight_array.shape != index_shape:
+        raise ValueError(
+            f"sample_weight: expected shape ({samples},) (one weight per sample) or the target's shape "
+            f"{index_shape} (one per element); got {weight_array.shape}"
+        )
+    weights = sample_weights(weight_array.reshape(-1), samples * positions)
+    assert weights is not None
+    return weights, ExactSum.of(weights / positions)
+
+
+def cross_entropy_pass(
+    logits: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None,
+    ignore_index: int,
+    smoothing: float,
+    reduction: str,
+    return_grad: bool,
+    sample_weight: ArrayLike | None = None,
+    return_target_grad: bool = False,
+) -> tuple[Partial, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """:func:`cross_entropy_partial`, and with ``return_target_grad`` the gradient of `reduction`
+    w.r.t. probability targets (None for class indices), written in the same pass.
+
+    Gradients of K-dimensional inputs are returned as ``np.moveaxis`` views of the kernel's
+    contiguous ``(N, d1, ..., dK, C)`` buffer: shape ``(N, C, d1, ..., dK)``, channels-last
+    strides."""
     logits_array = as_real_array(logits, "logits")
-    if logits_array.ndim not in (1, 2):
-        raise ValueError(f"logits must have shape (N, C) or (C,); got {logits_array.shape}")
+    if logits_array.ndim == 0:
+        raise ValueError("logits must have shape (N, C), (C,) or (N, C, d1, ..., dK); got a 0-d array")
+    shape = logits_array.shape
     single = logits_array.ndim == 1
-    classes = logits_array.shape[-1]
+    classes = shape[0] if single else shape[1]
     if classes == 0:
         raise ValueError("logits: need at least one class (C >= 1)")
     dtype = compute_dtype(logits_array)
-    # Rows with unit stride (other layouts copied): the kernel reads every row one way, so the
-    # loss has the same bits whatever the layout.
-    logits2d = to_kernel_layout(
-        logits_array.reshape(1, classes) if single else logits_array, dtype, contiguous_rows=True
-    )
-    rows = logits2d.shape[0]
+    # Rows in the logits' own memory, any strides: the kernel reads every row one way (gathering
+    # rows whose classes are not adjacent), so the loss has the same bits whatever the layout.
+    logits_rows = _ce_rows(logits_array, dtype)
+    samples = 1 if single else shape[0]
+    rows = logits_rows.shape[0] * (logits_rows.shape[1] if logits_rows.ndim == 3 else 1)
+    index_shape = _ce_index_shape(shape)
 
-    target_index, target_prob = _targets(
-        target, () if single else (rows,), logits_array.shape, dtype, "the shape of logits"
-    )
+    target_index, target_prob, target_array = _ce_targets(target, shape, dtype)
     class_weight = _class_weights(weight, classes)
 
-    sample_weight_array = sample_weights(sample_weight, rows)
+    sample_weight_array, batch_denominator = _ce_sample_weights(sample_weight, index_shape, samples)
     # Every divisor but PyTorch's weighted "mean" (and a sample-weighted one) is known up front;
     # that one the kernel forms from the labels and weights before it writes the gradient.
     by_denominator = reduction == "mean" and (target_index is not None or sample_weight_array is not None)
-    if reduction == "batchmean" and sample_weight_array is not None:
-        divisor_override: float | None = float(ExactSum.of(sample_weight_array))
+    if reduction == "batchmean":
+        divisor = float(batch_denominator)
+    elif reduction == "mean" and not by_denominator:
+        divisor = float(rows)
     else:
-        divisor_override = None
-    divisor = float(rows) if reduction in ("mean", "batchmean") and not by_denominator else 1.0
-    if divisor_override is not None:
-        divisor = divisor_override
+        divisor = 1.0
     out = np.empty(rows, dtype=dtype) if reduction == "none" else None
-    grad, returned_grad = (
-        _gradient_buffers(logits_array.shape, dtype, logits_array) if return_grad else (None, None)
+    # Gradients in the kernel's row order: (N, d1, ..., dK, C) for K-dimensional inputs.
+    grad_shape = shape if logits_array.ndim <= 2 else (shape[0],) + shape[2:] + (classes,)
+    grad, returned_grad = _gradient_buffers(grad_shape, dtype, logits_array) if return_grad else (None, None)
+    want_target_grad = return_target_grad and target_prob is not None
+    d_target, returned_d_target = (
+        _gradient_buffers(grad_shape, dtype, target_array) if want_target_grad else (None, None)
     )
     loss_state, denominator_state = _core.cross_entropy(
-        logits2d,
+        logits_rows,
         target_index,
         target_prob,
         class_weight,
@@ -511,17 +678,18 @@ def cross_entropy_partial(
         1.0 / divisor if divisor else np.inf,
         by_denominator,
         sample_weight_array,
+        None if d_target is None else d_target.reshape(rows, classes),
     )
-    row_count = Partial.count(rows)
-    partial = Partial(
-        ExactSum(loss_state),
-        ExactSum(denominator_state),
-        row_count if sample_weight_array is None else ExactSum.of(sample_weight_array),
-    )
-    finished = (
-        _finish_gradient(grad, returned_grad) if grad is not None and returned_grad is not None else None
-    )
-    return partial, (out.reshape(()) if single else out) if out is not None else None, finished
+    partial = Partial(ExactSum(loss_state), ExactSum(denominator_state), batch_denominator)
+
+    def finish(buffer: np.ndarray | None, returned: np.ndarray | None) -> np.ndarray | None:
+        if buffer is None or returned is None:
+            return None
+        finished = _finish_gradient(buffer, returned)
+        return finished if logits_array.ndim <= 2 else np.moveaxis(finished, -1, 1)
+
+    losses = None if out is None else out.reshape(index_shape)
+    return partial, losses, finish(grad, returned_grad), finish(d_target, returned_d_target)
 
 
 def _matrix(value: ArrayLike, name: str) -> np.ndarray:
@@ -542,6 +710,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = ...,
     normalize: bool = ...,
     symmetric: bool = ...,
+    query_labels: ArrayLike | None = ...,
+    key_labels: ArrayLike | None = ...,
+    decoupled: bool = ...,
     return_grad: Literal[False] = ...,
 ) -> float: ...
 @overload
@@ -555,6 +726,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = ...,
     normalize: bool = ...,
     symmetric: bool = ...,
+    query_labels: ArrayLike | None = ...,
+    key_labels: ArrayLike | None = ...,
+    decoupled: bool = ...,
     return_grad: Literal[False] = ...,
 ) -> np.ndarray: ...
 @overload
@@ -568,6 +742,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = ...,
     normalize: bool = ...,
     symmetric: bool = ...,
+    query_labels: ArrayLike | None = ...,
+    key_labels: ArrayLike | None = ...,
+    decoupled: bool = ...,
     return_grad: Literal[True],
 ) -> tuple[float, InfoNceGrads]: ...
 @overload
@@ -581,6 +758,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = ...,
     normalize: bool = ...,
     symmetric: bool = ...,
+    query_labels: ArrayLike | None = ...,
+    key_labels: ArrayLike | None = ...,
+    decoupled: bool = ...,
     return_grad: Literal[True],
 ) -> tuple[np.ndarray, InfoNceGrads]: ...
 @overload
@@ -594,6 +774,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = ...,
     normalize: bool = ...,
     symmetric: bool = ...,
+    query_labels: ArrayLike | None = ...,
+    key_labels: ArrayLike | None = ...,
+    decoupled: bool = ...,
     return_grad: bool = ...,
 ) -> InfoNceLossAndGrad: ...
 def info_nce(
@@ -606,6 +789,9 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = "unpaired",
     normalize: bool = False,
     symmetric: bool = False,
+    query_labels: ArrayLike | None = None,
+    key_labels: ArrayLike | None = None,
+    decoupled: bool = False,
     return_grad: bool = False,
 ) -> InfoNceLossAndGrad:
     """InfoNCE: a (K+1)-way cross-entropy whose true class is the positive key.
@@ -627,7 +813,19 @@ def info_nce(
         normalize: L2-normalise every query and key row first (``x / max(||x||, 1e-12)``), as
             ``info-nce-pytorch``'s ``InfoNCE`` does.
         symmetric: with in-batch negatives only, average the query->key and key->query losses
-            (CLIP).
+            (CLIP). With labels, the key->query direction takes ``key_labels`` as its query labels
+            and ``query_labels`` as its key labels.
+        query_labels: ``(N,)`` integer class labels of the queries, or None. In-batch, row ``i``'s
+            positives are ``P(i) = {i} | {j : key_labels[j] == query_labels[i]}`` and its loss is
+            ``logsumexp_j z_ij - mean_{p in P(i)} z_ip`` (SupCon's L_out). With explicit
+            negatives, a negative of the query's label is a false negative and leaves the softmax.
+        key_labels: integer labels of the keys: ``(N,)`` in-batch (the rows of ``positive_key``;
+            default ``query_labels``, the two views of one sample sharing its label), ``(M,)``
+            for a queue, ``(N, M)`` for paired negatives (required with explicit negatives).
+        decoupled: leave the positives out of the log-sum-exp (DCL): in-batch, the sum runs over
+            the keys outside ``P(i)``; with explicit negatives, over the kept negatives. A row left
+            with nothing to sum has loss ``-inf`` (the log of an empty sum, log 0); its gradient is
+            the positives' term alone (the empty log-sum-exp is a constant).
         return_grad: also return ``(d_query, d_positive_key, d_negative_keys)``
             (``d_negative_keys`` is None without negatives), from a second streaming pass that
             recomputes each tile's logits from the saved log-sum-exps: memory stays O(N + tile).
@@ -642,6 +840,9 @@ def info_nce(
         negative_mode=negative_mode,
         normalize=normalize,
         symmetric=symmetric,
+        query_labels=query_labels,
+        key_labels=key_labels,
+        decoupled=decoupled,
     )
     if return_grad:
         # Every buffer before any work: an allocation that fails does so now, not after the forward pass.
@@ -678,6 +879,20 @@ class _InfoNceBuffers:
         self.workspace = np.empty(size, dtype=problem.dtype)
 
 
+def _labels(value: ArrayLike, name: str, shape: tuple[int, ...], shape_text: str) -> np.ndarray:
+    """Integer labels of exactly `shape`, as aligned contiguous int64 (the kernels' layout;
+    unsigned values wrap to int64, which keeps equality)."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:  # ragged nested sequences
+        raise ValueError(f"{name}: cannot be converted to an array ({error})") from None
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers (any integer dtype); got dtype {array.dtype}")
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape_text} = {shape}; got {array.shape}")
+    return np.require(array.astype(np.int64, copy=False), dtype=np.int64, requirements=["C", "A"])
+
+
 def _stats_rows(stats: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     return (None, None) if stats is None else (stats[0], stats[1])
 
@@ -697,11 +912,16 @@ class InfoNceProblem:
         negative_mode: Any,
         normalize: Any,
         symmetric: Any,
+        query_labels: Any = None,
+        key_labels: Any = None,
+        decoupled: Any = False,
     ) -> None:
         check_choice(negative_mode, "negative_mode", NEGATIVE_MODES)
         tau = check_temperature(temperature)
+        self.temperature = tau
         self.normalize = check_flag(normalize, "normalize")
         self.symmetric = check_flag(symmetric, "symmetric")
+        self.decoupled = check_flag(decoupled, "decoupled")
         self.inv_tau = 1.0 / tau
 
         query_array = _matrix(query, "query")
@@ -739,6 +959,7 @@ class InfoNceProblem:
                         f"{negatives_array.shape}"
                     )
         self.rows, self.dim = rows, dim
+        self.query_labels, self.key_labels = self._check_labels(query_labels, key_labels, negatives_array)
         self._originals = (query_array, positive_array, negatives_array)
         arrays = (query_array, positive_array) + (() if negatives_array is None else (negatives_array,))
         self.dtype = compute_dtype(*arrays)
@@ -760,6 +981,36 @@ class InfoNceProblem:
         self._key_stats: np.ndarray | None = None
         self._backward_buffers: _InfoNceBuffers | None = None
 
+    def _check_labels(
+        self, query_labels: ArrayLike | None, key_labels: ArrayLike | None, negatives: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if query_labels is None:
+            if key_labels is not None:
+                raise ValueError("key_labels: given without query_labels; pass query_labels too")
+            return None, None
+        queries = _labels(query_labels, "query_labels", (self.rows,), "(N,)")
+        if self.mode == _IN_BATCH:
+            if key_labels is None:  # the two views of one sample share its label (SimCLR, SupCon)
+                return queries, queries
+            return queries, _labels(key_labels, "key_labels", (self.rows,), "(N,) with in-batch negatives")
+        if key_labels is None:
+            raise ValueError(
+                "key_labels: required with query_labels and explicit negatives (the labels of the "
+                "negative_keys rows)"
+            )
+        assert negatives is not None
+        if self.mode == _UNPAIRED:
+            return queries, _labels(key_labels, "key_labels", negatives.shape[:1], "(M,) with a queue")
+        keys = _labels(key_labels, "key_labels", negatives.shape[:2], "(N, M) with paired negatives")
+        return queries, keys
+
+    def _label_args(self, swapped: bool = False) -> dict[str, Any]:
+        """The kernel's label arguments; swapped for the keys -> queries direction."""
+        queries, keys = (
+            (self.key_labels, self.query_labels) if swapped else (self.query_labels, self.key_labels)
+        )
+        return {"query_labels": queries, "key_labels": keys, "decoupled": self.decoupled}
+
     def shard_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """For one shard of a queue of negatives: each row's positive logit and the log-sum-exp of
         its logits against these negatives alone (-inf for none), both float64."""
@@ -780,6 +1031,7 @@ class InfoNceProblem:
             stats[1],
             positive_in_sum=False,
             positive_logit=positive,
+            **self._label_args(),
         )
         with np.errstate(invalid="ignore"):  # no negatives: max -inf, log of a zero sum -inf
             lse = np.where(np.isneginf(stats[0]), -np.inf, stats[0] + stats[1])
@@ -810,6 +1062,7 @@ class InfoNceProblem:
             self.normalize,
             row_loss,
             *_stats_rows(self._row_stats),
+            **self._label_args(),
         )
         if self.symmetric:
             _core.info_nce(
@@ -821,12 +1074,22 @@ class InfoNceProblem:
                 self.normalize,
                 key_loss,
                 *_stats_rows(self._key_stats),
+                **self._label_args(swapped=True),
             )
             row_loss = 0.5 * (row_loss + key_loss)
         return row_loss
 
     def backward(self, row_grad: np.ndarray) -> InfoNceGrads:
         """Gradients of sum_i row_grad[i] * loss_i: (d_query, d_positive_key, d_negative_keys)."""
+        return self.backward_with_temperature(row_grad, temperature=False)[0]
+
+    def backward_with_temperature(
+        self, row_grad: np.ndarray, temperature: bool = True
+    ) -> tuple[InfoNceGrads, float | None]:
+        """backward(), and with temperature=True the derivative of sum_i row_grad[i] * loss_i
+        w.r.t. the temperature: -(1/tau) sum_i row_grad[i] m_i, with the kernel's per-row
+        m_i = sum_{j in D(i)} p_ij z_ij - mean_{p in P(i)} z_ip, summed exactly (math.fsum) so
+        the result does not depend on any summation order."""
         if self._row_stats is None:
             raise RuntimeError("InfoNceProblem.backward needs forward(keep_for_backward=True) first")
         row_grad = np.ascontiguousarray(row_grad, dtype=np.float64)
@@ -838,6 +1101,7 @@ class InfoNceProblem:
             buffers = _InfoNceBuffers(self)
         d_query, d_positive, workspace = buffers.query[0], buffers.positive[0], buffers.workspace
         d_negatives = None if buffers.negatives is None else buffers.negatives[0]
+        moments = np.empty((2 if self.symmetric else 1, self.rows)) if temperature else None
         _core.info_nce_backward(
             self.query,
             self.positive,
@@ -851,6 +1115,8 @@ class InfoNceProblem:
             d_positive,
             d_negatives,
             workspace,
+            row_temperature_moment=None if moments is None else moments[0],
+            **self._label_args(),
         )
         if self.symmetric:
             # The keys -> queries direction: the two arrays swap roles.
@@ -867,12 +1133,20 @@ class InfoNceProblem:
                 d_query,
                 None,
                 workspace,
+                row_temperature_moment=None if moments is None else moments[1],
+                **self._label_args(swapped=True),
             )
-        return (
+        d_temperature = None
+        if moments is not None:
+            # row_grad is already halved when symmetric: each direction's rows weigh half
+            weighted = (moments * row_grad).ravel()
+            d_temperature = -self.inv_tau * math.fsum(weighted.tolist())
+        grads = (
             _finish_gradient(*buffers.query),
             _finish_gradient(*buffers.positive),
             None if buffers.negatives is None else _finish_gradient(*buffers.negatives),
         )
+        return grads, d_temperature
 
 
 # -- linear cross-entropy -------------------------------------------------------------------

@@ -61,21 +61,25 @@ def _array_digest(value: Any) -> str | None:
 class Accumulator:
     """A loss reduced over rows given in any number of ``update`` calls and merges.
 
-    Options are the loss's keyword arguments, given once: ``reduction`` (``"sum"``, ``"mean"``
-    or ``"batchmean"``; ``"none"`` has nothing to accumulate) and, for ``cross_entropy``,
-    ``weight``, ``ignore_index``, ``label_smoothing``; for ``info_nce``, ``temperature``,
-    ``normalize``, ``negative_mode``, ``symmetric`` and, with ``negative_mode="unpaired"``, the
-    shared queue ``negative_keys``, or ``queue_split=True`` to split a queue over accumulators of
-    the same rows (each one's ``update(query, positive_key, shard)`` scores the rows against its
-    shard; merging combines each row's log-sum-exp, within 2 ulp of the one-call one; the state
-    is then O(N)); for ``linear_cross_entropy``, the classifier ``linear_weight`` (required) and
-    ``linear_bias``, and ``weight``, ``ignore_index``, ``label_smoothing``, ``z_loss``,
-    ``softcap``. Per-row arrays go to ``update``:
+    Options are the loss's keyword arguments, given once: ``reduction`` (``"sum"``, ``"mean"`` or
+    ``"batchmean"``; ``"none"`` has nothing to accumulate) and, for ``cross_entropy``, ``weight``,
+    ``ignore_index``, ``label_smoothing``; for ``info_nce``, ``temperature``, ``normalize``,
+    ``negative_mode``, ``symmetric``, ``decoupled`` and, with ``negative_mode="unpaired"``, the
+    shared queue ``negative_keys`` (and its ``key_labels``), or ``queue_split=True`` to split a
+    queue over accumulators of the same rows (each one's ``update(query, positive_key, shard)``
+    scores the rows against its shard; merging combines each row's log-sum-exp, within 2 ulp of
+    the one-call one; the state is then O(N)); for ``linear_cross_entropy``, the classifier
+    ``linear_weight`` (required) and ``linear_bias``, and ``weight``, ``ignore_index``,
+    ``label_smoothing``, ``z_loss``, ``softcap``. Per-row arrays go to ``update``:
 
     - ``mse``/``mae``: ``update(pred, target, sample_weight=None)``
-    - ``cross_entropy``: ``update(logits, target, sample_weight=None)``
+    - ``cross_entropy``: ``update(logits, target, sample_weight=None)``, logits ``(N, C)`` or
+      K-dimensional ``(N, C, d1, ..., dK)`` (the rows are the N samples; every update's
+      ``(C, d1, ..., dK)`` must match)
     - ``info_nce``: ``update(query, positive_key)``, or ``update(query, positive_key,
-      negative_keys)`` with ``negative_mode="paired"``
+      negative_keys)`` with ``negative_mode="paired"``; labels as keywords,
+      ``update(..., query_labels=...)`` (and ``key_labels=...`` for paired negatives or a
+      queue_split shard)
     - ``linear_cross_entropy``: ``update(input, target)``
 
     ``result()`` equals the loss called once on all the rows, bit for bit. ``to_bytes()`` /
@@ -117,6 +121,17 @@ class Accumulator:
                 raise ValueError(
                     "negative_keys: paired negatives belong to their rows; pass them to update()"
                 )
+            # Kept out of the state's header unless used, so that earlier states still restore.
+            if check_flag(options.pop("decoupled", False), "decoupled"):
+                scalars["decoupled"] = True
+            key_labels = options.pop("key_labels", None)
+            if key_labels is not None:
+                if self._arrays["negative_keys"] is None and not restoring:
+                    raise ValueError(
+                        "key_labels: the labels of a shared queue (negative_keys=...); with "
+                        "queue_split=True or paired negatives, pass each update's key_labels to update()"
+                    )
+                self._arrays["key_labels"] = key_labels
         elif self.loss == "linear_cross_entropy":
             for name in ("linear_weight", "linear_bias", "weight"):
                 self._arrays[name] = options.pop(name, None)
@@ -175,8 +190,14 @@ class Accumulator:
         self._row_shape = row_shape
         self._partial = partial if self._partial is None else self._partial.merge(partial)
 
-    def update(self, *arrays: Any, sample_weight: Any = None) -> Accumulator:
-        """Adds the rows of these arrays (the loss's positional arguments); returns self."""
+    def update(
+        self, *arrays: Any, sample_weight: Any = None, query_labels: Any = None, key_labels: Any = None
+    ) -> Accumulator:
+        """Adds the rows of these arrays (the loss's positional arguments); returns self.
+        ``query_labels`` / ``key_labels``: info_nce's labels of these rows (``key_labels`` of
+        this update's paired negatives or queue shard; a shared queue's are an option)."""
+        if (query_labels is not None or key_labels is not None) and self.loss != "info_nce":
+            raise TypeError(f"{self.loss}.update takes no query_labels or key_labels")
         if not self._has_arrays:
             missing = sorted(name for name, digest in self._digests.items() if digest is not None)
             raise ValueError(f"update: restored without {missing}; pass them to from_bytes() to update")
@@ -184,6 +205,13 @@ class Accumulator:
             if len(arrays) != 2:
                 raise TypeError(f"{self.loss}.update takes (pred, target); got {len(arrays)} arrays")
             kind = 0 if self.loss == "mse" else 1
+            if np.ndim(arrays[0]) == 0:
+                # fastloss.mse takes a 0-d pair as one element, but an update adds rows, and a
+                # 0-d array has no row axis (its "batchmean" would be undefined).
+                raise ValueError(
+                    f"{self.loss}.update adds rows: pred and target must have at least 1 dimension; got "
+                    "0-d arrays (pass them reshaped to (1,) for one row of one element)"
+                )
             partial, _, _ = _losses.regression_partial(
                 kind, arrays[0], arrays[1], sample_weight, "sum", False
             )
@@ -193,8 +221,10 @@ class Accumulator:
             if len(arrays) != 2:
                 raise TypeError(f"cross_entropy.update takes (logits, target); got {len(arrays)} arrays")
             logits = np.asarray(arrays[0])
-            if logits.ndim != 2:
-                raise ValueError(f"logits: an update takes (N, C) rows; got {logits.shape}")
+            if logits.ndim < 2:
+                raise ValueError(
+                    f"logits: an update takes (N, C) or (N, C, d1, ..., dK) rows; got {logits.shape}"
+                )
             partial, _, _ = _losses.cross_entropy_partial(
                 logits,
                 arrays[1],
@@ -220,7 +250,7 @@ class Accumulator:
         if sample_weight is not None:
             raise TypeError("info_nce.update takes no sample_weight")
         if self._scalars.get("queue_split"):
-            return self._update_shard(*arrays)
+            return self._update_shard(*arrays, query_labels=query_labels, key_labels=key_labels)
         paired = self._scalars["negative_mode"] == "paired"
         if len(arrays) != (3 if paired else 2):
             raise TypeError(
@@ -229,6 +259,11 @@ class Accumulator:
                 + f"; got {len(arrays)} arrays"
             )
         negatives = arrays[2] if paired else self._arrays["negative_keys"]
+        if not paired and key_labels is not None:
+            raise TypeError(
+                "info_nce.update: key_labels of a shared queue are an option, "
+                "Accumulator('info_nce', negative_keys=..., key_labels=...)"
+            )
         problem = _losses.InfoNceProblem(
             arrays[0],
             arrays[1],
@@ -237,6 +272,9 @@ class Accumulator:
             negative_mode=self._scalars["negative_mode"],
             normalize=self._scalars["normalize"],
             symmetric=self._scalars["symmetric"],
+            query_labels=query_labels,
+            key_labels=key_labels if paired else self._arrays.get("key_labels"),
+            decoupled=self._scalars.get("decoupled", False),
         )
         if self._scalars["symmetric"] or (negatives is None and problem.rows):
             # In-batch negatives are the other rows of the same call: rows of separate updates
@@ -247,7 +285,7 @@ class Accumulator:
         self._add(problem.partial(problem.forward()), (problem.dim,))
         return self
 
-    def _update_shard(self, *arrays: Any) -> Accumulator:
+    def _update_shard(self, *arrays: Any, query_labels: Any = None, key_labels: Any = None) -> Accumulator:
         """queue_split: rows (query, positive_key) scored against this accumulator's shard of the
         queue (negative_keys); the rows of successive updates follow one another."""
         if len(arrays) != 3:
@@ -263,6 +301,9 @@ class Accumulator:
             negative_mode="unpaired",
             normalize=self._scalars["normalize"],
             symmetric=False,
+            query_labels=query_labels,
+            key_labels=key_labels,
+            decoupled=self._scalars.get("decoupled", False),
         )
         positive, lse = problem.shard_stats()
         if self._row_shape is not None and (problem.dim,) != self._row_shape:
@@ -310,8 +351,12 @@ class Accumulator:
     def result(self) -> float:
         """The reduced loss over every row so far (nan for no rows, as the loss of zero rows)."""
         if self._positive is not None and self._shard_lse is not None:
-            # queue_split: row loss = logaddexp(positive, lse over the negatives) - positive
-            rows = _logaddexp(np.zeros_like(self._positive), self._shard_lse - self._positive)
+            # queue_split: row loss = logaddexp(positive, lse over the negatives) - positive, or
+            # with decoupled (the positive outside the log-sum-exp) lse - positive
+            if self._scalars.get("decoupled"):
+                rows = self._shard_lse - self._positive
+            else:
+                rows = _logaddexp(np.zeros_like(self._positive), self._shard_lse - self._positive)
             count = Partial.count(rows.size)
             return Partial(ExactSum.of(rows), count, count).result(self.reduction)
         partial = self._partial if self._partial is not None else empty_partial()

@@ -122,32 +122,50 @@ def check_label_smoothing(value: Any, name: str = "label_smoothing") -> float:
     return check_real(value, name, 0.0, 1.0)
 
 
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """Whether `dtype` is ``ml_dtypes.bfloat16`` (which ``torch.bfloat16`` tensors also map to).
+
+    Known by its name, so that ml_dtypes need not be installed (nor imported) for fastloss: NumPy
+    reports the extension dtype as kind "V", 2 bytes, named "bfloat16"."""
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+
+
+def is_floating(dtype: np.dtype) -> bool:
+    """A floating dtype fastloss computes with: float16/32/64 (NumPy's kind "f") or bfloat16."""
+    return dtype.kind == "f" or is_bfloat16(dtype)
+
+
 def as_real_array(value: Any, name: str) -> np.ndarray:
     """np.asarray(value), refusing dtypes that have no real-valued meaning."""
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{name}: cannot be converted to an array ({error})") from None
-    if array.dtype.kind not in "fiub":
+    if array.dtype.kind not in "fiub" and not is_bfloat16(array.dtype):
         raise TypeError(
-            f"{name}: dtype {array.dtype} is not supported; expected a real floating, integer or bool array"
+            f"{name}: dtype {array.dtype} is not supported; expected a real floating (float16, bfloat16, "
+            "float32, float64), integer or bool array"
         )
     return array
 
 
 def compute_dtype(*arrays: np.ndarray) -> np.dtype:
-    """float32 when every array is float16/float32, else float64 (ints and bools count as float64)."""
+    """float32 when every array is float16/bfloat16/float32, else float64 (ints and bools count as
+    float64). bfloat16 and float16 values are exact in float32, so they compute as float32 does."""
     for array in arrays:
-        if array.dtype.kind != "f" or array.dtype.itemsize > 4:
+        if not is_floating(array.dtype) or array.dtype.itemsize > 4:
             return _FLOAT64
     return _FLOAT32
 
 
 def as_input_dtype(grad: np.ndarray, original: np.ndarray) -> np.ndarray:
-    """A gradient in the dtype of the argument it belongs to (float16 stays float16); arguments
-    that were integers or bools get the computation dtype."""
-    if original.dtype.kind == "f" and grad.dtype != original.dtype:
-        return grad.astype(original.dtype.newbyteorder("="))
+    """A gradient in the dtype of the argument it belongs to (float16 and bfloat16 stay so, rounded
+    to nearest from the float32 computation); arguments that were integers or bools get the
+    computation dtype."""
+    if is_floating(original.dtype) and grad.dtype != original.dtype:
+        # bfloat16 is always native (its byte-swapped form is a plain void dtype, "V2").
+        native = original.dtype if is_bfloat16(original.dtype) else original.dtype.newbyteorder("=")
+        return grad.astype(native)
     return grad
 
 

@@ -291,17 +291,18 @@ def cross_entropy(
     label_smoothing: float = 0.0,
 ) -> da.Array:
     """:func:`fastloss.cross_entropy` over dask arrays chunked by rows: ``logits`` ``(N, C)`` (or
-    ``(C,)``), ``target`` ``(N,)`` class indices or ``(N, C)`` probabilities, chunked in any way;
-    ``weight`` ``(C,)`` class weights (a NumPy array, or a dask array computed once here).
-    A 0-d dask array for a reduction, a lazy ``(N,)`` dask array (0-d for ``(C,)`` logits) for
-    ``"none"``."""
+    ``(C,)``, or K-dimensional ``(N, C, d1, ..., dK)``), ``target`` ``(N,)`` (``(N, d1, ..., dK)``)
+    class indices or probabilities of the logits' shape, chunked in any way along N (the other
+    axes are gathered into one chunk); ``weight`` ``(C,)`` class weights (a NumPy array, or a
+    dask array computed once here). A 0-d dask array for a reduction, a lazy dask array of the
+    target's shape (0-d for ``(C,)`` logits) for ``"none"``."""
     reduction = check_reduction(reduction)
     ignore = check_int(ignore_index, "ignore_index")
     smoothing = check_label_smoothing(label_smoothing)
     class_weight = _small_array(weight)
     x, y = _as_dask(logits, "logits"), _as_dask(target, "target")
-    if x.ndim not in (1, 2):
-        raise ValueError(f"logits must have shape (N, C) or (C,); got {x.shape}")
+    if x.ndim == 0:
+        raise ValueError("logits must have shape (N, C), (C,) or (N, C, d1, ..., dK); got a 0-d array")
     single = x.ndim == 1
     if single:
         # One sample: its row of one.
@@ -313,7 +314,10 @@ def cross_entropy(
     meta = _losses.cross_entropy_partial(_meta(x), _meta(y), class_weight, ignore, smoothing, "none", False)
     x = _by_rows(x, None)
     y = _by_rows(y, x.chunks[0])
-    args = [x, "ic", y, "i" if y.ndim == 1 else "ic"]
+    # Indices: "i" rows, "c" classes, then the K spatial axes.
+    spatial = _LETTERS[: x.ndim - 2].replace("c", "l")
+    index_target = "i" + spatial
+    args = [x, "ic" + spatial, y, index_target if y.ndim != x.ndim else "ic" + spatial]
     ce_options = (class_weight, ignore, smoothing)
 
     def partial(xb: np.ndarray, yb: np.ndarray) -> Partial:
@@ -328,7 +332,7 @@ def cross_entropy(
         return out
 
     assert meta[1] is not None
-    losses = _per_block(row_losses, "i", meta[1].dtype, "cross_entropy", ce_options, *args)
+    losses = _per_block(row_losses, index_target, meta[1].dtype, "cross_entropy", ce_options, *args)
     return _reshape(losses, ()) if single else losses
 
 
@@ -363,12 +367,17 @@ def info_nce(
     negative_mode: Literal["unpaired", "paired"] = "unpaired",
     normalize: bool = False,
     symmetric: bool = False,
+    query_labels: Any = None,
+    key_labels: Any = None,
+    decoupled: bool = False,
 ) -> da.Array:
     """:func:`fastloss.info_nce` over dask arrays chunked by rows: ``query`` and ``positive_key``
     ``(N, D)``; ``negative_keys`` an ``(M, D)`` queue (``"unpaired"``: a NumPy or dask array, sent
     to the workers once as one graph key), ``(N, M, D)`` per-query negatives chunked by rows
     (``"paired"``), or None for in-batch negatives, which need ``query`` in one row chunk. A 0-d
-    dask array for a reduction, a lazy ``(N,)`` dask array for ``"none"``."""
+    dask array for a reduction, a lazy ``(N,)`` dask array for ``"none"``. ``query_labels``
+    ``(N,)`` are chunked with the rows; ``key_labels`` go with their keys: a queue's ``(M,)`` as
+    one graph key, paired ``(N, M)`` by rows, in-batch ``(N,)`` with the rows."""
     reduction = check_reduction(reduction)
     mode = check_choice(negative_mode, "negative_mode", _losses.NEGATIVE_MODES)
     tau = check_temperature(temperature)
@@ -395,13 +404,37 @@ def info_nce(
                 f"negative_keys must have shape ({q.shape[0]}, M, {q.shape[1]}) with negative_mode='paired'; "
                 f"got {negatives.shape}"
             )
-    options = {"temperature": tau, "negative_mode": mode, "normalize": norm, "symmetric": sym}
+    options: dict[str, Any] = {
+        "temperature": tau,
+        "negative_mode": mode,
+        "normalize": norm,
+        "symmetric": sym,
+        "decoupled": check_flag(decoupled, "decoupled"),
+    }
     meta_negatives = (
         None
         if negatives is None
         else (_meta(negatives) if paired else np.empty(negatives.shape, negatives.dtype))
     )
-    meta = _losses.InfoNceProblem(_meta(q), _meta(k), meta_negatives, **options)
+    labels: list[da.Array | None] = [None, None]
+    shared_key_labels = negatives is not None and not paired  # a queue's: one graph key
+    if query_labels is not None or key_labels is not None:
+        if query_labels is not None and key_labels is None and negatives is None:
+            key_labels = query_labels  # in-batch: the two views share their labels
+        for index, (value, name) in enumerate(((query_labels, "query_labels"), (key_labels, "key_labels"))):
+            if value is not None:
+                shared = index == 1 and shared_key_labels
+                labels[index] = _one_key(value, name, "labels") if shared else _as_dask(value, name)
+    # Every label check (dtype, shapes) on zero rows of the same arrays.
+    meta_labels = [
+        None
+        if array is None
+        else (np.empty(array.shape, array.dtype) if index == 1 and shared_key_labels else _meta(array))
+        for index, array in enumerate(labels)
+    ]
+    meta = _losses.InfoNceProblem(
+        _meta(q), _meta(k), meta_negatives, query_labels=meta_labels[0], key_labels=meta_labels[1], **options
+    )
     q = _by_rows(q, None)
     if negatives is None and q.numblocks[0] > 1:
         raise ValueError(
@@ -419,16 +452,31 @@ def info_nce(
     args: list[Any] = [q, "id", k, "id"]
     if negatives is not None:
         args += [negatives, "imd" if paired else "nd"]
+    has_negatives = negatives is not None
+    if labels[0] is not None:
+        args += [_by_rows(labels[0], rows), "i"]
+    if labels[1] is not None:
+        if not has_negatives:
+            args += [_by_rows(labels[1], rows), "i"]
+        else:
+            args += [_by_rows(labels[1], rows), "im"] if paired else [labels[1], "n"]
 
-    def partial(qb: np.ndarray, kb: np.ndarray, nb: np.ndarray | None = None) -> Partial:
-        problem = _losses.InfoNceProblem(qb, kb, nb, **options)
+    def problem_of(blocks: tuple[Any, ...]) -> _losses.InfoNceProblem:
+        qb, kb, rest = blocks[0], blocks[1], list(blocks[2:])
+        nb = rest.pop(0) if has_negatives else None
+        qlb = rest.pop(0) if labels[0] is not None else None
+        klb = rest.pop(0) if labels[1] is not None else None
+        return _losses.InfoNceProblem(qb, kb, nb, query_labels=qlb, key_labels=klb, **options)
+
+    def partial(*blocks: Any) -> Partial:
+        problem = problem_of(blocks)
         return problem.partial(problem.forward())
 
     if reduction != "none":
         return _reduce(_per_block(partial, None, object, "info_nce", options, *args), reduction)
 
-    def row_losses(qb: np.ndarray, kb: np.ndarray, nb: np.ndarray | None = None) -> np.ndarray:
-        return _losses.InfoNceProblem(qb, kb, nb, **options).forward().astype(meta.dtype)
+    def row_losses(*blocks: Any) -> np.ndarray:
+        return problem_of(blocks).forward().astype(meta.dtype)
 
     return _per_block(row_losses, "i", meta.dtype, "info_nce", options, *args)
 

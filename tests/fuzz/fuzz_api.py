@@ -386,11 +386,16 @@ def reference_value(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
                 return None
             if np.asarray(target).dtype.kind == "f" and np.abs(_as64(target)).max(initial=0) > 1e30:
                 return None  # huge probabilities of both signs: inf - inf in the weighted sum
-            return reference.cross_entropy_ref(
-                logits, target, kwargs["reduction"], weight, kwargs["ignore_index"], kwargs["label_smoothing"]
-            )
+            return _cross_entropy_reference(logits, target, kwargs, weight)
         query, positive, negatives = args
-        options = {k: v for k, v in kwargs.items() if k != "return_grad"}
+        # With labels or decoupled there is no float64 reference here (tests/test_info_nce_labels.py
+        # has one): the call without them stands in for where inf - inf can legitimately occur,
+        # since masking and decoupling only drop logits (an empty log-sum-exp is -inf, not NaN).
+        options = {
+            k: v
+            for k, v in kwargs.items()
+            if k not in ("return_grad", "query_labels", "key_labels", "decoupled")
+        }
         if _computes_in_float32(query, positive, negatives):
             # float32 dot products are taken before 1/temperature (and the norms) scale them
             # (README, "Numbers"): beyond float32's range they are inf, whatever the logits.
@@ -402,6 +407,23 @@ def reference_value(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             if (logits > F32_MAX).any() or (np.nanmax(logits, axis=1, initial=-INF) < -F32_MAX).any():
                 return None
         return reference.info_nce_ref(query, positive, negatives, **options)
+
+
+def _cross_entropy_reference(logits: Any, target: Any, kwargs: dict[str, Any], weight: Any) -> Any:
+    """cross_entropy_ref, with K-dimensional (N, C, d1, ..., dK) logits as the (N * d1 * ... * dK, C)
+    rows they hold: the same losses, the same "mean" denominators; "batchmean" divides by N."""
+    options = (weight, kwargs["ignore_index"], kwargs["label_smoothing"])
+    x, t = np.asarray(logits), np.asarray(target)
+    if x.ndim < 3:
+        return reference.cross_entropy_ref(x, t, kwargs["reduction"], *options)
+    rows = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+    soft = t.shape == x.shape
+    flat = np.moveaxis(t, 1, -1).reshape(-1, x.shape[1]) if soft else t.reshape(-1)
+    reduction = kwargs["reduction"]
+    if reduction == "batchmean":
+        return reference.cross_entropy_ref(rows, flat, "sum", *options) / x.shape[0]
+    out = reference.cross_entropy_ref(rows, flat, reduction, *options)
+    return np.asarray(out).reshape(x.shape[:1] + x.shape[2:]) if reduction == "none" else out
 
 
 def _raw_dot_bound(query: Any, positive: Any, negatives: Any) -> float:
@@ -515,11 +537,12 @@ def regression_call(inp: Input, name: str) -> tuple[tuple[Any, ...], dict[str, A
 
 
 def cross_entropy_call(inp: Input) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    shape = inp.shape(inp.pick([1, 2, 2, 2, 0, 3]))
+    shape = inp.shape(inp.pick([1, 2, 2, 2, 0, 3, 3, 4]))
     logits = inp.array(shape)
-    classes = shape[-1] if shape else 1
+    # (C,), (N, C) or K-dimensional (N, C, d1, ..., dK): the class axis is 1 from 2-D on.
+    classes = (shape[0] if len(shape) == 1 else shape[1]) if shape else 1
     if inp.chance(65):
-        target = inp.labels(shape[:-1] if len(shape) == 2 else (), classes)
+        target = inp.labels(shape[:1] + shape[2:] if len(shape) >= 2 else (), classes)
     else:
         target = inp.array(shape)  # probabilities (or anything else of that shape)
     kwargs: dict[str, Any] = {
@@ -540,6 +563,7 @@ def info_nce_call(inp: Input) -> tuple[tuple[Any, ...], dict[str, Any]]:
     positive = inp.array((n, d)) if inp.chance(92) else inp.array()
     mode = inp.pick(["unpaired", "paired"]) if inp.chance(95) else inp.pick(ABSURD_SCALARS)
     negatives = None
+    m = 0
     if inp.chance(65):
         m = inp.pick(DIMS)
         negatives = inp.array((m, d) if mode == "unpaired" else (n, m, d)) if inp.chance(92) else inp.array()
@@ -551,6 +575,18 @@ def info_nce_call(inp: Input) -> tuple[tuple[Any, ...], dict[str, Any]]:
         "symmetric": inp.flag() if inp.chance(50) else False,
         "return_grad": inp.flag(),
     }
+    if inp.chance(30):
+        # Labels from a few classes, so that positives and false negatives are common.
+        classes = inp.pick([1, 2, 3, 1000])
+        kwargs["query_labels"] = inp.labels((n,), classes)
+        if negatives is None:
+            key_shape: tuple[int, ...] | None = (n,) if inp.chance(60) else None
+        else:
+            key_shape = (n, m) if mode == "paired" else (m,)  # the shape the negatives were meant to have
+        if key_shape is not None:
+            kwargs["key_labels"] = inp.labels(tuple(key_shape), classes)
+    if inp.chance(25):
+        kwargs["decoupled"] = inp.flag()
     return (query, positive, negatives), kwargs
 
 
