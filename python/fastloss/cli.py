@@ -421,20 +421,40 @@ def _score_cross_entropy(
         else fastloss.Accumulator("cross_entropy", reduction=args.reduction, **kw)
     )
 
+    call = _class_chunk_call(
+        lambda x, y: fastloss.cross_entropy(x, y, reduction="none", **kw),
+        acc,
+        soft,
+        n_classes,
+        kw["ignore_index"],
+    )
+    _, out = _run_chunks(args, [logits, target], call, (n_rows,))
+    return (out, out) if acc is None else (acc.result(), None)
+
+
+def _class_chunk_call(
+    row_losses: Callable[[np.ndarray, np.ndarray], Any],
+    acc: Any,
+    soft: bool,
+    n_classes: int,
+    ignore_index: int,
+) -> ChunkCall:
+    """A cross-entropy chunk (logits or input rows, target): its row losses for ``none``, else an
+    update of ``acc``; a bad class index is named by its row in the whole file."""
+
     def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
         x, y = parts
         try:
             if acc is None:
-                return fastloss.cross_entropy(x, y, reduction="none", **kw)
+                return row_losses(x, y)
             acc.update(x, y)
             return 0.0
         except ValueError:
             if not soft:
-                _check_labels(np.asarray(y), start, n_classes, kw["ignore_index"])
+                _check_labels(np.asarray(y), start, n_classes, ignore_index)
             raise
 
-    _, out = _run_chunks(args, [logits, target], call, (n_rows,))
-    return (out, out) if acc is None else (acc.result(), None)
+    return call
 
 
 def _class_targets(target: RowSource, n_rows: int, n_classes: int, inputs: str) -> bool:
@@ -490,18 +510,13 @@ def _score_linear_cross_entropy(
         raise CliError(str(exc)) from None
     classifier_kw = {name: value for name, value in kw.items() if name != "linear_weight"}
 
-    def call(parts: list[np.ndarray], start: int, stop: int) -> Any:
-        x, y = parts
-        try:
-            if acc is None:
-                return fastloss.linear_cross_entropy(x, classifier, y, reduction="none", **classifier_kw)
-            acc.update(x, y)
-            return 0.0
-        except ValueError:
-            if not soft:
-                _check_labels(np.asarray(y), start, n_classes, kw["ignore_index"])
-            raise
-
+    call = _class_chunk_call(
+        lambda x, y: fastloss.linear_cross_entropy(x, classifier, y, reduction="none", **classifier_kw),
+        acc,
+        soft,
+        n_classes,
+        kw["ignore_index"],
+    )
     _, out = _run_chunks(args, [input, target], call, (n_rows,))
     return (out, out) if acc is None else (acc.result(), None)
 
